@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: set up the machine, build and install bondhu, start a throwaway cluster
+# with pg_cron (target/demo-cluster, port 28815) and run the demo.
+source "$(dirname "$0")/common.sh"
+CLUSTER_DIR=$ROOT/target/demo-cluster
+CLUSTER_PORT=28815
+
+ensure_system
+install_extension --release
+start_cluster "$CLUSTER_DIR" "$CLUSTER_PORT" bondhu_demo
+recreate_database bondhu_demo >/dev/null
+cluster_psql -d bondhu_demo -f "$ROOT/scripts/demo.sql"
+log "demo cluster left running: psql -h $CLUSTER_DIR -p $CLUSTER_PORT -U postgres bondhu_demo"

@@ -1,0 +1,635 @@
+-- bondhu: data model and the exactly-once update pipeline.
+--
+-- Every insight row carries an *ingest position*: (incarnation << 48) | the id of the
+-- transaction that wrote it. A pipeline run takes a snapshot and turns it into a
+-- cursor of positions (xmin, xmax, in-progress list), like PgQ cuts batches. An insight
+-- is applied by a cursor when its transaction was committed in that snapshot. Each
+-- profile keeps the cursor that last applied it; the pipeline state keeps the cursor up
+-- to which every profile is applied. An insight is pending for a user when neither of
+-- those cursors covers it. A transaction that commits late is simply not covered yet,
+-- so nothing is lost and nothing is rewritten. The incarnation changes when the data
+-- moves to another cluster (dump and restore), where transaction ids start again: all
+-- positions of the old incarnation sort below the new one.
+
+------------------------------------------------------------------------------------
+-- Settings: one row per database, validated by CHECK constraints.
+------------------------------------------------------------------------------------
+CREATE TABLE bondhu.settings (
+    dampening numeric NOT NULL DEFAULT 0.1
+        CONSTRAINT dampening_between_0_and_1 CHECK (dampening > 0 AND dampening <= 1),
+    insight_window interval NOT NULL DEFAULT '30 days'
+        CONSTRAINT insight_window_positive CHECK (insight_window > interval '0'),
+    active_user_window interval NOT NULL DEFAULT '7 days'
+        CONSTRAINT active_user_window_positive CHECK (active_user_window > interval '0'),
+    insight_retention interval NOT NULL DEFAULT '90 days'
+        CONSTRAINT insight_retention_covers_insight_window CHECK (insight_retention >= insight_window),
+    run_log_retention interval NOT NULL DEFAULT '90 days'
+        CONSTRAINT run_log_retention_at_least_90_days CHECK (run_log_retention >= interval '90 days'),
+    self_update_min_interval interval NOT NULL DEFAULT '60 seconds'
+        CONSTRAINT self_update_min_interval_not_negative CHECK (self_update_min_interval >= interval '0')
+);
+COMMENT ON TABLE bondhu.settings IS
+    'bondhu settings for this database (one row). Change with UPDATE bondhu.settings SET ...; reset a value with SET col = DEFAULT.';
+CREATE UNIQUE INDEX settings_single_row ON bondhu.settings ((true));
+
+-- pg_dump restores this configuration table with COPY after CREATE EXTENSION has
+-- already inserted the default row: an insert into the table overwrites that row.
+CREATE FUNCTION bondhu.settings_keep_single_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF EXISTS (SELECT FROM bondhu.settings) THEN
+            UPDATE bondhu.settings SET
+                dampening = NEW.dampening,
+                insight_window = NEW.insight_window,
+                active_user_window = NEW.active_user_window,
+                insight_retention = NEW.insight_retention,
+                run_log_retention = NEW.run_log_retention,
+                self_update_min_interval = NEW.self_update_min_interval;
+            RETURN NULL;
+        END IF;
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'bondhu.settings must keep its one row'
+        USING ERRCODE = 'restrict_violation',
+              HINT = 'Reset a value with UPDATE bondhu.settings SET <column> = DEFAULT.';
+END $$;
+CREATE TRIGGER keep_single_row BEFORE INSERT OR DELETE ON bondhu.settings
+    FOR EACH ROW EXECUTE FUNCTION bondhu.settings_keep_single_row();
+CREATE TRIGGER keep_single_row_truncate BEFORE TRUNCATE ON bondhu.settings
+    FOR EACH STATEMENT EXECUTE FUNCTION bondhu.settings_keep_single_row();
+INSERT INTO bondhu.settings DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
+
+------------------------------------------------------------------------------------
+-- Pipeline state: the incarnation and the global cursor. Created on first use, so a
+-- restored dump brings its own row instead of clashing with a fresh one.
+------------------------------------------------------------------------------------
+CREATE TYPE bondhu.cursor AS (xmin_pos bigint, xmax_pos bigint, xip_pos bigint[]);
+
+CREATE TABLE bondhu.pipeline_state (
+    single_row boolean PRIMARY KEY DEFAULT true CONSTRAINT one_row CHECK (single_row),
+    incarnation integer NOT NULL CONSTRAINT incarnation_range CHECK (incarnation BETWEEN 1 AND 32767),
+    system_identifier bigint NOT NULL,
+    applied_xmin bigint NOT NULL,
+    applied_xmax bigint NOT NULL,
+    applied_xip bigint[] NOT NULL,
+    advanced_at timestamptz
+);
+COMMENT ON TABLE bondhu.pipeline_state IS
+    'Where the pipeline stands: every insight below this cursor is applied to every profile.';
+SELECT pg_catalog.pg_extension_config_dump('bondhu.pipeline_state', '');
+
+-- The incarnation of this database's insight positions; starts a new one when the data
+-- is found in another cluster. cacheable is false when this call changed the state
+-- (the change is not committed yet, so a backend must not remember it).
+CREATE FUNCTION bondhu.resolve_incarnation(OUT incarnation integer, OUT cacheable boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    this_cluster bigint := (SELECT c.system_identifier FROM pg_catalog.pg_control_system() c);
+    known bondhu.pipeline_state;
+BEGIN
+    SELECT * INTO known FROM bondhu.pipeline_state;
+    IF FOUND AND known.system_identifier = this_cluster THEN
+        incarnation := known.incarnation;
+        cacheable := true;
+        RETURN;
+    END IF;
+    IF NOT FOUND THEN
+        -- Positions already in the tables (adopted or surviving data) stay below ours.
+        INSERT INTO bondhu.pipeline_state
+            (incarnation, system_identifier, applied_xmin, applied_xmax, applied_xip)
+        SELECT greatest(1, (max(p) >> 48) + 1), this_cluster, 3, 3, '{}'
+        FROM (SELECT max(ingest_pos) AS p FROM public.chat_personality_insights
+              UNION ALL
+              SELECT max(ingest_pos) FROM public.entertainment_interactions) existing
+        ON CONFLICT (single_row) DO NOTHING;
+    ELSE
+        UPDATE bondhu.pipeline_state s
+        SET incarnation = s.incarnation + 1, system_identifier = this_cluster
+        WHERE s.system_identifier <> this_cluster;
+    END IF;
+    SELECT s.incarnation INTO STRICT incarnation FROM bondhu.pipeline_state s;
+    cacheable := false;
+END $$;
+
+-- The current snapshot as a cursor of positions.
+CREATE FUNCTION bondhu.current_cursor() RETURNS bondhu.cursor
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ROW(q.base + pg_snapshot_xmin(q.s)::text::bigint,
+               q.base + pg_snapshot_xmax(q.s)::text::bigint,
+               ARRAY(SELECT q.base + x::text::bigint FROM pg_snapshot_xip(q.s) AS x))::bondhu.cursor
+    FROM (SELECT pg_current_snapshot() AS s,
+                 (bondhu.resolve_incarnation()).incarnation::bigint << 48 AS base) AS q
+$$;
+
+-- Is the insight at position pos covered by the cursor (xmin, xmax, xip)? NULL when
+-- there is no cursor.
+CREATE FUNCTION bondhu.position_applied(pos bigint, xmin_pos bigint, xmax_pos bigint, xip_pos bigint[])
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT pos < xmin_pos OR (pos < xmax_pos AND pos <> ALL (xip_pos))
+$$;
+
+------------------------------------------------------------------------------------
+-- Application tables (schema public, as the app and Supabase expect them).
+------------------------------------------------------------------------------------
+CREATE TABLE public.chat_personality_insights (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id uuid NOT NULL,
+    session_id uuid,
+    "timestamp" timestamptz NOT NULL DEFAULT now(),
+    adjustments jsonb NOT NULL,
+    message_context text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    ingest_pos bigint NOT NULL DEFAULT bondhu.ingest_position()
+);
+COMMENT ON COLUMN public.chat_personality_insights.ingest_pos IS
+    'Managed by bondhu: which transaction wrote the insight. Leave it to its default.';
+CREATE INDEX chat_personality_insights_user_pos ON public.chat_personality_insights (user_id, ingest_pos);
+CREATE INDEX chat_personality_insights_pos_brin ON public.chat_personality_insights USING brin (ingest_pos);
+CREATE INDEX chat_personality_insights_timestamp_brin ON public.chat_personality_insights USING brin ("timestamp");
+
+CREATE TABLE public.entertainment_interactions (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id uuid NOT NULL,
+    content_type text,
+    interaction_type text,
+    content_id text,
+    interaction_data jsonb DEFAULT '{}',
+    personality_insights jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    ingest_pos bigint NOT NULL DEFAULT bondhu.ingest_position()
+);
+COMMENT ON COLUMN public.entertainment_interactions.ingest_pos IS
+    'Managed by bondhu: which transaction wrote the personality insight. Leave it to its default.';
+CREATE INDEX entertainment_interactions_user_pos ON public.entertainment_interactions (user_id, ingest_pos);
+CREATE INDEX entertainment_interactions_pos_brin ON public.entertainment_interactions USING brin (ingest_pos);
+CREATE INDEX entertainment_interactions_created_brin ON public.entertainment_interactions USING brin (created_at);
+
+-- Analysis often adds the insight to an interaction written earlier: that is when the
+-- insight is written, so it gets the position of that transaction.
+CREATE FUNCTION bondhu.position_added_insight() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF OLD.personality_insights IS NULL AND NEW.personality_insights IS NOT NULL THEN
+        NEW.ingest_pos := bondhu.ingest_position();
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER bondhu_position_added_insight
+    BEFORE UPDATE OF personality_insights ON public.entertainment_interactions
+    FOR EACH ROW EXECUTE FUNCTION bondhu.position_added_insight();
+
+CREATE TABLE public.user_personality_profiles (
+    user_id uuid PRIMARY KEY,
+    openness double precision NOT NULL DEFAULT 50 CONSTRAINT openness_0_to_100 CHECK (openness BETWEEN 0 AND 100),
+    conscientiousness double precision NOT NULL DEFAULT 50 CONSTRAINT conscientiousness_0_to_100 CHECK (conscientiousness BETWEEN 0 AND 100),
+    extraversion double precision NOT NULL DEFAULT 50 CONSTRAINT extraversion_0_to_100 CHECK (extraversion BETWEEN 0 AND 100),
+    agreeableness double precision NOT NULL DEFAULT 50 CONSTRAINT agreeableness_0_to_100 CHECK (agreeableness BETWEEN 0 AND 100),
+    neuroticism double precision NOT NULL DEFAULT 50 CONSTRAINT neuroticism_0_to_100 CHECK (neuroticism BETWEEN 0 AND 100),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    applied_xmin bigint,
+    applied_xmax bigint,
+    applied_xip bigint[]
+);
+COMMENT ON COLUMN public.user_personality_profiles.applied_xmin IS
+    'Managed by bondhu (with applied_xmax, applied_xip): the cursor that last updated this profile.';
+
+CREATE TABLE public.personality_profile_history (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id uuid NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    task_id uuid,
+    trigger text NOT NULL CONSTRAINT known_trigger CHECK (trigger IN ('update_all', 'self_update')),
+    insights_processed integer NOT NULL,
+    openness_before double precision NOT NULL,
+    openness_after double precision NOT NULL,
+    conscientiousness_before double precision NOT NULL,
+    conscientiousness_after double precision NOT NULL,
+    extraversion_before double precision NOT NULL,
+    extraversion_after double precision NOT NULL,
+    agreeableness_before double precision NOT NULL,
+    agreeableness_after double precision NOT NULL,
+    neuroticism_before double precision NOT NULL,
+    neuroticism_after double precision NOT NULL
+);
+COMMENT ON TABLE public.personality_profile_history IS
+    'One row per applied profile update: the audit trail and the data for a trait-evolution chart. task_id is the update_all run (NULL for a self-service update).';
+CREATE INDEX personality_profile_history_user_time ON public.personality_profile_history (user_id, applied_at);
+
+SELECT pg_catalog.pg_extension_config_dump('public.chat_personality_insights', '');
+SELECT pg_catalog.pg_extension_config_dump('public.entertainment_interactions', '');
+SELECT pg_catalog.pg_extension_config_dump('public.user_personality_profiles', '');
+SELECT pg_catalog.pg_extension_config_dump('public.personality_profile_history', '');
+SELECT pg_catalog.pg_extension_config_dump('public.personality_profile_history_id_seq', '');
+
+------------------------------------------------------------------------------------
+-- Run log
+------------------------------------------------------------------------------------
+CREATE TABLE bondhu.task_runs (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    task_name text NOT NULL CONSTRAINT known_task CHECK (task_name IN ('personality_update', 'insights_cleanup')),
+    executed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    status text NOT NULL CONSTRAINT known_status
+        CHECK (status IN ('running', 'completed', 'completed_with_errors', 'failed', 'skipped')),
+    run_by name NOT NULL DEFAULT session_user,
+    users_processed integer NOT NULL DEFAULT 0,
+    successful_updates integer NOT NULL DEFAULT 0,
+    failed_updates integer NOT NULL DEFAULT 0,
+    records_processed bigint NOT NULL DEFAULT 0,
+    error_message text,
+    metadata jsonb NOT NULL DEFAULT '{}',
+    duration_seconds numeric
+);
+CREATE INDEX task_runs_by_task_time ON bondhu.task_runs (task_name, executed_at DESC);
+SELECT pg_catalog.pg_extension_config_dump('bondhu.task_runs', '');
+
+CREATE VIEW public.system_tasks AS
+    SELECT id, task_name, executed_at, status, users_processed, successful_updates,
+           failed_updates, records_processed, error_message, metadata, duration_seconds
+    FROM bondhu.task_runs;
+COMMENT ON VIEW public.system_tasks IS 'Every personality_update and insights_cleanup run, scheduled or manual.';
+
+------------------------------------------------------------------------------------
+-- Insight documents and trait math
+------------------------------------------------------------------------------------
+-- Every insight, from both sources, as one relation.
+CREATE VIEW bondhu.insights AS
+    SELECT c.user_id, 'chat'::text AS source, c.adjustments AS doc,
+           c."timestamp" AS observed_at, c.ingest_pos
+    FROM public.chat_personality_insights c
+    UNION ALL
+    SELECT e.user_id, 'entertainment'::text, e.personality_insights,
+           e.created_at, e.ingest_pos
+    FROM public.entertainment_interactions e
+    WHERE e.personality_insights IS NOT NULL;
+
+-- One trait's value in an insight document: 0 when absent, NULL when not a number of
+-- magnitude at most 100 (JSON numbers are always finite).
+CREATE FUNCTION bondhu.trait_adjustment(value jsonb) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN value IS NULL THEN 0
+        WHEN jsonb_typeof(value) = 'number' AND abs(value::numeric) <= 100 THEN value::numeric
+    END
+$$;
+
+-- The five Big Five adjustments of a document, in the order openness,
+-- conscientiousness, extraversion, agreeableness, neuroticism. NULL, or an array
+-- holding a NULL, means the document is rejected.
+CREATE FUNCTION bondhu.insight_adjustments(doc jsonb) RETURNS numeric[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN jsonb_typeof(doc) = 'object' THEN ARRAY[
+        bondhu.trait_adjustment(doc -> 'openness'),
+        bondhu.trait_adjustment(doc -> 'conscientiousness'),
+        bondhu.trait_adjustment(doc -> 'extraversion'),
+        bondhu.trait_adjustment(doc -> 'agreeableness'),
+        bondhu.trait_adjustment(doc -> 'neuroticism')]
+    END
+$$;
+
+-- How many keys of a document are not Big Five traits (they are ignored).
+CREATE FUNCTION bondhu.unknown_key_count(doc jsonb) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN jsonb_typeof(doc) = 'object' THEN jsonb_array_length(jsonb_path_query_array(
+        doc - '{openness,conscientiousness,extraversion,agreeableness,neuroticism}'::text[], '$.*'))
+        ELSE 0 END
+$$;
+
+-- new = clamp(current + dampening * sum, 0, 100), in exact decimal arithmetic.
+CREATE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
+RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT least(100, greatest(0, current::numeric + dampening * total))::double precision
+$$;
+
+------------------------------------------------------------------------------------
+-- Applying pending insights
+------------------------------------------------------------------------------------
+-- Applies every insight that is covered by p_new and by neither p_global nor the
+-- profile's own cursor, for the given users (NULL: every user). The caller holds the
+-- row locks of those users' profiles, taken before p_new was read. Returns one row per
+-- user that had pending insights (fresh, stale or rejected).
+CREATE FUNCTION bondhu.apply_pending(p_users uuid[], p_global bondhu.cursor, p_new bondhu.cursor,
+                                     p_task_id uuid, p_trigger text)
+RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
+               entertainment_insights integer, rejected_insights integer, stale_insights integer,
+               ignored_keys integer, traits_before double precision[], traits_after double precision[])
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg bondhu.settings;
+BEGIN
+    SELECT * INTO STRICT cfg FROM bondhu.settings;
+    RETURN QUERY
+    WITH pending AS (
+        SELECT i.user_id, i.source,
+               bondhu.insight_adjustments(i.doc) AS adj,
+               i.observed_at >= now() - cfg.insight_window AS fresh,
+               bondhu.unknown_key_count(i.doc) AS unknown_keys
+        FROM bondhu.insights i
+        JOIN public.user_personality_profiles p ON p.user_id = i.user_id
+        WHERE i.ingest_pos >= (p_global).xmin_pos
+          AND (p_users IS NULL OR i.user_id = ANY (p_users))
+          AND NOT bondhu.position_applied(i.ingest_pos, (p_global).xmin_pos, (p_global).xmax_pos, (p_global).xip_pos)
+          AND bondhu.position_applied(i.ingest_pos, (p_new).xmin_pos, (p_new).xmax_pos, (p_new).xip_pos)
+          AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
+    ), classified AS (
+        SELECT pending.*, (adj IS NOT NULL AND array_position(adj, NULL) IS NULL) AS valid
+        FROM pending
+    ), totals AS (
+        SELECT c.user_id,
+               count(*) FILTER (WHERE c.fresh AND c.valid)::integer AS applied,
+               count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'chat')::integer AS chat,
+               count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'entertainment')::integer AS entertainment,
+               count(*) FILTER (WHERE c.fresh AND NOT c.valid)::integer AS rejected,
+               count(*) FILTER (WHERE NOT c.fresh)::integer AS stale,
+               coalesce(sum(c.unknown_keys) FILTER (WHERE c.fresh AND c.valid), 0)::integer AS ignored,
+               coalesce(sum(c.adj[1]) FILTER (WHERE c.fresh AND c.valid), 0) AS d1,
+               coalesce(sum(c.adj[2]) FILTER (WHERE c.fresh AND c.valid), 0) AS d2,
+               coalesce(sum(c.adj[3]) FILTER (WHERE c.fresh AND c.valid), 0) AS d3,
+               coalesce(sum(c.adj[4]) FILTER (WHERE c.fresh AND c.valid), 0) AS d4,
+               coalesce(sum(c.adj[5]) FILTER (WHERE c.fresh AND c.valid), 0) AS d5
+        FROM classified c
+        GROUP BY c.user_id
+    ), updated AS (
+        UPDATE public.user_personality_profiles p SET
+            openness = bondhu.adjusted_trait(p.openness, t.d1, cfg.dampening),
+            conscientiousness = bondhu.adjusted_trait(p.conscientiousness, t.d2, cfg.dampening),
+            extraversion = bondhu.adjusted_trait(p.extraversion, t.d3, cfg.dampening),
+            agreeableness = bondhu.adjusted_trait(p.agreeableness, t.d4, cfg.dampening),
+            neuroticism = bondhu.adjusted_trait(p.neuroticism, t.d5, cfg.dampening),
+            updated_at = CASE WHEN t.applied > 0 THEN now() ELSE p.updated_at END,
+            applied_xmin = (p_new).xmin_pos,
+            applied_xmax = (p_new).xmax_pos,
+            applied_xip = (p_new).xip_pos
+        FROM totals t, public.user_personality_profiles old
+        WHERE p.user_id = t.user_id AND old.user_id = t.user_id
+        RETURNING p.user_id, t.applied, t.chat, t.entertainment, t.rejected, t.stale, t.ignored,
+                  ARRAY[old.openness, old.conscientiousness, old.extraversion, old.agreeableness, old.neuroticism] AS before,
+                  ARRAY[p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism] AS after
+    ), history AS (
+        INSERT INTO public.personality_profile_history
+            (user_id, applied_at, task_id, trigger, insights_processed,
+             openness_before, openness_after, conscientiousness_before, conscientiousness_after,
+             extraversion_before, extraversion_after, agreeableness_before, agreeableness_after,
+             neuroticism_before, neuroticism_after)
+        SELECT u.user_id, now(), p_task_id, p_trigger, u.applied,
+               u.before[1], u.after[1], u.before[2], u.after[2], u.before[3], u.after[3],
+               u.before[4], u.after[4], u.before[5], u.after[5]
+        FROM updated u
+        WHERE u.applied > 0
+    )
+    SELECT u.user_id, u.applied, u.chat, u.entertainment, u.rejected, u.stale, u.ignored, u.before, u.after
+    FROM updated u;
+END $$;
+
+-- {"openness": {"before", "after", "change"}, ...} for two trait arrays.
+CREATE FUNCTION bondhu.trait_changes(before double precision[], after double precision[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_object_agg(t.name, jsonb_build_object(
+               'before', before[t.i], 'after', after[t.i],
+               'change', after[t.i]::numeric - before[t.i]::numeric))
+    FROM unnest(ARRAY['openness', 'conscientiousness', 'extraversion', 'agreeableness', 'neuroticism'])
+         WITH ORDINALITY AS t(name, i)
+$$;
+
+------------------------------------------------------------------------------------
+-- Public API
+------------------------------------------------------------------------------------
+CREATE FUNCTION public.bondhu_update_personality(user_id uuid) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target uuid := bondhu_update_personality.user_id;
+    snapshot bondhu.cursor;
+    profile public.user_personality_profiles;
+    applied record;
+    traits double precision[];
+BEGIN
+    IF target IS NULL THEN
+        RAISE EXCEPTION 'bondhu_update_personality: user_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
+    INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
+    ON CONFLICT ON CONSTRAINT user_personality_profiles_pkey DO NOTHING;
+    SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
+
+    -- Taken after the lock: covers whatever the previous holder of the lock applied.
+    snapshot := bondhu.current_cursor();
+    SELECT * INTO applied
+    FROM bondhu.apply_pending(ARRAY[target], bondhu.global_cursor(), snapshot, NULL, 'self_update');
+    traits := ARRAY[profile.openness, profile.conscientiousness, profile.extraversion,
+                    profile.agreeableness, profile.neuroticism];
+    RETURN jsonb_build_object(
+        'user_id', target,
+        'insights_processed', coalesce(applied.insights_processed, 0),
+        'chat_insights', coalesce(applied.chat_insights, 0),
+        'entertainment_insights', coalesce(applied.entertainment_insights, 0),
+        'rejected_insights', coalesce(applied.rejected_insights, 0),
+        'stale_insights', coalesce(applied.stale_insights, 0),
+        'ignored_keys', coalesce(applied.ignored_keys, 0),
+        'trait_changes', bondhu.trait_changes(traits, coalesce(applied.traits_after, traits)),
+        'updated_at', CASE WHEN applied.insights_processed > 0 THEN now() ELSE profile.updated_at END);
+END $$;
+COMMENT ON FUNCTION public.bondhu_update_personality(uuid) IS
+    'Applies this user''s pending insights to their profile, each exactly once.';
+
+-- The global cursor, as last advanced.
+CREATE FUNCTION bondhu.global_cursor() RETURNS bondhu.cursor
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ROW(s.applied_xmin, s.applied_xmax, s.applied_xip)::bondhu.cursor
+    FROM bondhu.pipeline_state s
+$$;
+
+-- Applies every user's pending insights. Returns the totals; failed_user_ids lists the
+-- users whose update raised an error (their insights stay pending for the next run).
+CREATE FUNCTION bondhu.apply_all_pending(p_task_id uuid,
+    OUT users_processed integer, OUT successful_updates integer, OUT failed_updates integer,
+    OUT insights_processed bigint, OUT rejected_insights bigint, OUT stale_insights bigint,
+    OUT ignored_keys bigint, OUT failed_user_ids uuid[], OUT first_error text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snapshot bondhu.cursor := bondhu.current_cursor();
+    covered bondhu.cursor := bondhu.global_cursor();
+    one_user uuid;
+BEGIN
+    failed_user_ids := '{}';
+    DROP TABLE IF EXISTS pg_temp.bondhu_run_users;
+    CREATE TEMP TABLE bondhu_run_users (user_id uuid PRIMARY KEY) ON COMMIT DROP;
+    INSERT INTO pg_temp.bondhu_run_users
+    SELECT DISTINCT i.user_id
+    FROM bondhu.insights i
+    WHERE i.ingest_pos >= (covered).xmin_pos
+      AND NOT bondhu.position_applied(i.ingest_pos, (covered).xmin_pos, (covered).xmax_pos, (covered).xip_pos)
+      AND bondhu.position_applied(i.ingest_pos, (snapshot).xmin_pos, (snapshot).xmax_pos, (snapshot).xip_pos);
+
+    INSERT INTO public.user_personality_profiles (user_id)
+    SELECT u.user_id FROM pg_temp.bondhu_run_users u
+    ON CONFLICT ON CONSTRAINT user_personality_profiles_pkey DO NOTHING;
+    -- Lock in key order (no deadlock with another locker of several profiles); a
+    -- self-service update holding one of them is waited for, then seen.
+    PERFORM FROM public.user_personality_profiles p
+    WHERE p.user_id IN (SELECT u.user_id FROM pg_temp.bondhu_run_users u)
+    ORDER BY p.user_id
+    FOR UPDATE OF p;
+
+    BEGIN
+        SELECT count(*), count(*), 0, coalesce(sum(a.insights_processed), 0),
+               coalesce(sum(a.rejected_insights), 0), coalesce(sum(a.stale_insights), 0),
+               coalesce(sum(a.ignored_keys), 0)
+        INTO users_processed, successful_updates, failed_updates, insights_processed,
+             rejected_insights, stale_insights, ignored_keys
+        FROM bondhu.apply_pending(NULL, covered, snapshot, p_task_id, 'update_all') a;
+    EXCEPTION WHEN OTHERS THEN
+        -- Some user's update fails: redo them one by one so the others still go through.
+        GET STACKED DIAGNOSTICS first_error = MESSAGE_TEXT;
+        users_processed := 0; successful_updates := 0; failed_updates := 0;
+        insights_processed := 0; rejected_insights := 0; stale_insights := 0; ignored_keys := 0;
+        FOR one_user IN SELECT u.user_id FROM pg_temp.bondhu_run_users u ORDER BY u.user_id LOOP
+            users_processed := users_processed + 1;
+            BEGIN
+                SELECT insights_processed + coalesce(sum(a.insights_processed), 0),
+                       rejected_insights + coalesce(sum(a.rejected_insights), 0),
+                       stale_insights + coalesce(sum(a.stale_insights), 0),
+                       ignored_keys + coalesce(sum(a.ignored_keys), 0)
+                INTO insights_processed, rejected_insights, stale_insights, ignored_keys
+                FROM bondhu.apply_pending(ARRAY[one_user], covered, snapshot, p_task_id, 'update_all') a;
+                successful_updates := successful_updates + 1;
+            EXCEPTION WHEN OTHERS THEN
+                failed_updates := failed_updates + 1;
+                failed_user_ids := failed_user_ids || one_user;
+            END;
+        END LOOP;
+    END;
+
+    -- Every user is covered by this snapshot now, unless one failed: then the global
+    -- cursor stays, and the next run retries exactly what is still pending.
+    IF failed_updates = 0 THEN
+        UPDATE bondhu.pipeline_state SET
+            applied_xmin = (snapshot).xmin_pos, applied_xmax = (snapshot).xmax_pos,
+            applied_xip = (snapshot).xip_pos, advanced_at = now();
+    END IF;
+END $$;
+
+-- Updates every user with pending insights. Never overlaps itself: a second call while
+-- one runs returns status 'skipped'. Each call leaves one row in system_tasks.
+CREATE FUNCTION public.bondhu_update_all() RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    run bondhu.task_runs;
+    result record;
+    error_text text;
+    error_state text;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(bondhu.lock_key('personality_update')) THEN
+        INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
+        VALUES ('personality_update', 'skipped', clock_timestamp(), 0,
+                'another personality update was running')
+        RETURNING * INTO run;
+        RETURN jsonb_build_object('task_id', run.id, 'status', run.status, 'users_processed', 0,
+            'successful_updates', 0, 'failed_updates', 0, 'insights_processed', 0,
+            'duration_seconds', 0);
+    END IF;
+
+    INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running')
+    RETURNING * INTO run;
+    BEGIN
+        SELECT * INTO STRICT result FROM bondhu.apply_all_pending(run.id);
+        run.status := CASE WHEN result.failed_updates > 0 THEN 'completed_with_errors' ELSE 'completed' END;
+        run.users_processed := result.users_processed;
+        run.successful_updates := result.successful_updates;
+        run.failed_updates := result.failed_updates;
+        run.records_processed := result.insights_processed;
+        run.error_message := result.first_error;
+        run.metadata := jsonb_build_object(
+            'insights_processed', result.insights_processed,
+            'rejected_insights', result.rejected_insights,
+            'stale_insights', result.stale_insights,
+            'ignored_keys', result.ignored_keys,
+            'failed_user_ids', to_jsonb(result.failed_user_ids));
+    EXCEPTION WHEN OTHERS THEN
+        -- The run's own work is rolled back; the failure is still logged.
+        GET STACKED DIAGNOSTICS error_text = MESSAGE_TEXT, error_state = RETURNED_SQLSTATE;
+        run.status := 'failed';
+        run.error_message := error_text;
+        run.metadata := jsonb_build_object('sqlstate', error_state);
+    END;
+    UPDATE bondhu.task_runs t SET
+        status = run.status, finished_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - t.executed_at)::numeric, 3),
+        users_processed = run.users_processed, successful_updates = run.successful_updates,
+        failed_updates = run.failed_updates, records_processed = run.records_processed,
+        error_message = run.error_message, metadata = run.metadata
+    WHERE t.id = run.id
+    RETURNING * INTO run;
+    RETURN jsonb_build_object(
+        'task_id', run.id, 'status', run.status,
+        'users_processed', run.users_processed, 'successful_updates', run.successful_updates,
+        'failed_updates', run.failed_updates,
+        'insights_processed', coalesce((run.metadata ->> 'insights_processed')::bigint, 0),
+        'rejected_insights', coalesce((run.metadata ->> 'rejected_insights')::bigint, 0),
+        'stale_insights', coalesce((run.metadata ->> 'stale_insights')::bigint, 0),
+        'duration_seconds', run.duration_seconds,
+        'error_message', run.error_message);
+END $$;
+COMMENT ON FUNCTION public.bondhu_update_all() IS
+    'Applies every user''s pending insights, each exactly once; logs the run in system_tasks.';
+
+-- Deletes chat insights older than older_than and clears the insight of entertainment
+-- interactions as old (the interactions belong to the entertainment feature). Also
+-- prunes run log rows older than the run_log_retention setting.
+CREATE FUNCTION public.bondhu_cleanup_insights(older_than interval DEFAULT '90 days') RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg bondhu.settings;
+    cutoff timestamptz;
+    run bondhu.task_runs;
+    chat_deleted bigint;
+    entertainment_cleared bigint;
+    log_pruned bigint;
+BEGIN
+    SELECT * INTO STRICT cfg FROM bondhu.settings;
+    IF older_than IS NULL THEN
+        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    ELSIF older_than <= interval '0' THEN
+        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must be a positive interval, got %', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF older_than < cfg.insight_window THEN
+        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than (%) is shorter than the insight window (%)', older_than, cfg.insight_window
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Insights inside the window may not be applied yet; deleting them would lose them.',
+                  HINT = 'Use an interval of at least bondhu.settings.insight_window.';
+    END IF;
+    cutoff := now() - older_than;
+
+    DELETE FROM public.chat_personality_insights c WHERE c."timestamp" < cutoff;
+    GET DIAGNOSTICS chat_deleted = ROW_COUNT;
+    UPDATE public.entertainment_interactions e SET personality_insights = NULL
+    WHERE e.created_at < cutoff AND e.personality_insights IS NOT NULL;
+    GET DIAGNOSTICS entertainment_cleared = ROW_COUNT;
+    DELETE FROM bondhu.task_runs t WHERE t.executed_at < now() - cfg.run_log_retention;
+    GET DIAGNOSTICS log_pruned = ROW_COUNT;
+
+    INSERT INTO bondhu.task_runs (task_name, status, finished_at, records_processed, metadata, duration_seconds)
+    VALUES ('insights_cleanup', 'completed', clock_timestamp(), chat_deleted + entertainment_cleared,
+            jsonb_build_object('older_than', older_than, 'cutoff', cutoff,
+                               'chat_insights_deleted', chat_deleted,
+                               'entertainment_insights_cleared', entertainment_cleared,
+                               'run_log_rows_pruned', log_pruned),
+            round(extract(epoch FROM clock_timestamp() - now())::numeric, 3))
+    RETURNING * INTO run;
+    RETURN jsonb_build_object('task_id', run.id, 'status', run.status,
+        'records_processed', run.records_processed,
+        'chat_insights_deleted', chat_deleted,
+        'entertainment_insights_cleared', entertainment_cleared);
+END $$;
+COMMENT ON FUNCTION public.bondhu_cleanup_insights(interval) IS
+    'Deletes chat insights and clears entertainment insights older than older_than (at least the insight window).';
+
+-- Advisory lock keys of bondhu's tasks: class 'bndh', one object id per task.
+CREATE FUNCTION bondhu.lock_key(task text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (x'626e6468'::bigint << 32) | CASE task WHEN 'personality_update' THEN 1 WHEN 'insights_cleanup' THEN 2 END
+$$;
