@@ -32,8 +32,9 @@ ensure_system() {
 
 # Builds the extension and installs it into the system's PostgreSQL 15 directories.
 install_extension() {
-    log "building and installing bondhu ($1)"
-    (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@" 2>&1 | grep -vE '^\s+(Copying|Writing|Discovered)' >&2)
+    log "building and installing bondhu ${*:-(debug)}"
+    (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@" >"$ROOT/target/install.log" 2>&1) ||
+        { cat "$ROOT/target/install.log" >&2; return 1; }
 }
 
 # A throwaway cluster of our own: data in $1, port $2, pg_cron preloaded for database

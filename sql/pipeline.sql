@@ -322,7 +322,7 @@ DECLARE
 BEGIN
     SELECT * INTO STRICT cfg FROM bondhu.settings;
     RETURN QUERY
-    WITH pending AS (
+    WITH pending AS MATERIALIZED (
         SELECT i.user_id, i.source,
                bondhu.insight_adjustments(i.doc) AS adj,
                i.observed_at >= now() - cfg.insight_window AS fresh,
@@ -453,10 +453,14 @@ DECLARE
     snapshot bondhu.cursor := bondhu.current_cursor();
     covered bondhu.cursor := bondhu.global_cursor();
     one_user uuid;
+    one_result record;
 BEGIN
     failed_user_ids := '{}';
-    DROP TABLE IF EXISTS pg_temp.bondhu_run_users;
-    CREATE TEMP TABLE bondhu_run_users (user_id uuid PRIMARY KEY) ON COMMIT DROP;
+    IF to_regclass('pg_temp.bondhu_run_users') IS NULL THEN
+        CREATE TEMP TABLE bondhu_run_users (user_id uuid PRIMARY KEY) ON COMMIT DROP;
+    ELSE
+        TRUNCATE pg_temp.bondhu_run_users;
+    END IF;
     INSERT INTO pg_temp.bondhu_run_users
     SELECT DISTINCT i.user_id
     FROM bondhu.insights i
@@ -489,12 +493,16 @@ BEGIN
         FOR one_user IN SELECT u.user_id FROM pg_temp.bondhu_run_users u ORDER BY u.user_id LOOP
             users_processed := users_processed + 1;
             BEGIN
-                SELECT insights_processed + coalesce(sum(a.insights_processed), 0),
-                       rejected_insights + coalesce(sum(a.rejected_insights), 0),
-                       stale_insights + coalesce(sum(a.stale_insights), 0),
-                       ignored_keys + coalesce(sum(a.ignored_keys), 0)
-                INTO insights_processed, rejected_insights, stale_insights, ignored_keys
+                SELECT coalesce(sum(a.insights_processed), 0) AS applied,
+                       coalesce(sum(a.rejected_insights), 0) AS rejected,
+                       coalesce(sum(a.stale_insights), 0) AS stale,
+                       coalesce(sum(a.ignored_keys), 0) AS ignored
+                INTO one_result
                 FROM bondhu.apply_pending(ARRAY[one_user], covered, snapshot, p_task_id, 'update_all') a;
+                insights_processed := insights_processed + one_result.applied;
+                rejected_insights := rejected_insights + one_result.rejected;
+                stale_insights := stale_insights + one_result.stale;
+                ignored_keys := ignored_keys + one_result.ignored;
                 successful_updates := successful_updates + 1;
             EXCEPTION WHEN OTHERS THEN
                 failed_updates := failed_updates + 1;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit tests (cargo pgrx test), then the SQL regression suite and
+# the isolation specs against a throwaway cluster with pg_cron (target/test-cluster).
+source "$(dirname "$0")/common.sh"
+CLUSTER_DIR=$ROOT/target/test-cluster
+CLUSTER_PORT=28816
+RESULTS=$ROOT/target/test-results
+
+ensure_system
+passed=0 failed=0
+record() { # name, exit status
+    if [ "$2" -eq 0 ]; then passed=$((passed + 1)); echo "ok: $1"; else failed=$((failed + 1)); echo "FAILED: $1"; fi
+}
+
+log "Rust unit tests and #[pg_test]s"
+mkdir -p "$ROOT/target/pgrx-test-data" && chown postgres:postgres "$ROOT/target/pgrx-test-data"
+set +e
+(cd "$ROOT" && cargo pgrx test pg15 --runas postgres --pgdata "$ROOT/target/pgrx-test-data")
+record "cargo pgrx test" $?
+set -e
+
+install_extension
+start_cluster "$CLUSTER_DIR" "$CLUSTER_PORT" bondhu_cron
+trap 'stop_cluster "$CLUSTER_DIR"' EXIT
+rm -rf "$RESULTS" && mkdir -p "$RESULTS" && chown postgres:postgres "$RESULTS"
+conn=(--host="$CLUSTER_DIR" --port="$CLUSTER_PORT" --user=postgres)
+
+log "SQL regression suite (tests/pg_regress)"
+regress_tests=$(cd "$ROOT/tests/pg_regress/sql" && ls *.sql | sed 's/\.sql$//' | sort)
+set +e
+for t in $regress_tests; do
+    sudo -u postgres "$PGXS_TEST/regress/pg_regress" "${conn[@]}" --dbname=bondhu_regress \
+        --inputdir="$ROOT/tests/pg_regress" --outputdir="$RESULTS/regress-$t" "$t" >"$RESULTS/regress-$t.log" 2>&1
+    status=$?
+    [ $status -eq 0 ] || cat "$RESULTS/regress-$t/regression.diffs" 2>/dev/null | head -80
+    record "regress $t" $status
+done
+
+log "isolation specs (tests/isolation)"
+iso_tests=$(cd "$ROOT/tests/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
+for t in $iso_tests; do
+    sudo -u postgres "$PGXS_TEST/isolation/pg_isolation_regress" "${conn[@]}" --dbname=bondhu_isolation \
+        --inputdir="$ROOT/tests/isolation" --outputdir="$RESULTS/isolation-$t" "$t" >"$RESULTS/isolation-$t.log" 2>&1
+    status=$?
+    [ $status -eq 0 ] || cat "$RESULTS/isolation-$t/output_iso/regression.diffs" "$RESULTS/isolation-$t/regression.diffs" 2>/dev/null | head -80
+    record "isolation $t" $status
+done
+set -e
+
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,37 @@
+-- bondhu_cleanup_insights: refusals that change nothing, then what it removes.
+CREATE EXTENSION bondhu CASCADE;
+\set gina '''00000000-0000-0000-0000-00000000919a'''
+
+INSERT INTO chat_personality_insights (user_id, "timestamp", adjustments) VALUES
+    (:gina, now() - interval '100 days', '{"openness": 1}'),
+    (:gina, now() - interval '91 days', '{"openness": 1}'),
+    (:gina, now() - interval '89 days', '{"openness": 1}'),
+    (:gina, now(), '{"openness": 1}');
+INSERT INTO entertainment_interactions (user_id, created_at, personality_insights) VALUES
+    (:gina, now() - interval '120 days', '{"openness": 1}'),
+    (:gina, now() - interval '95 days', NULL),
+    (:gina, now() - interval '10 days', '{"openness": 1}');
+
+\set VERBOSITY default
+SELECT bondhu_cleanup_insights(NULL);
+SELECT bondhu_cleanup_insights('0 days');
+SELECT bondhu_cleanup_insights('-5 days');
+SELECT bondhu_cleanup_insights('29 days');
+\set VERBOSITY sqlstate
+SELECT bondhu_cleanup_insights(NULL);
+SELECT bondhu_cleanup_insights('29 days');
+\set VERBOSITY default
+SELECT count(*) AS chat_rows FROM chat_personality_insights;
+SELECT count(*) AS runs FROM system_tasks;
+
+SELECT r - 'task_id' AS result FROM bondhu_cleanup_insights() r;
+SELECT now() - "timestamp" > interval '90 days' AS old FROM chat_personality_insights ORDER BY "timestamp";
+SELECT now() - created_at > interval '90 days' AS old, personality_insights
+FROM entertainment_interactions ORDER BY created_at;
+SELECT task_name, status, records_processed, metadata ->> 'chat_insights_deleted' AS deleted,
+       metadata ->> 'entertainment_insights_cleared' AS cleared
+FROM system_tasks;
+-- The window itself is allowed; what it removed was never going to be applied.
+SELECT r -> 'records_processed' AS n FROM bondhu_cleanup_insights('30 days') r;
+SELECT r -> 'insights_processed' AS n, r -> 'trait_changes' -> 'openness' -> 'after' AS openness
+FROM bondhu_update_personality(:gina) r;

@@ -1,0 +1,40 @@
+-- Insight documents: the five Big Five keys count, other keys are ignored and counted,
+-- and a document that is not an object, holds a non-number or a magnitude over 100 is
+-- rejected on its own, never aborting the update.
+CREATE EXTENSION bondhu CASCADE;
+\set carol '''00000000-0000-0000-0000-0000000ca201'''
+
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES
+    -- valid
+    (:carol, '{"openness": 1}'),
+    (:carol, '{"openness": 100, "neuroticism": -100}'),
+    (:carol, '{"extraversion": 0.5, "humour": 3, "mood": "happy"}'),
+    (:carol, '{}'),
+    -- rejected: not an object
+    (:carol, '[1, 2]'), (:carol, '"openness"'), (:carol, '3'), (:carol, 'null'), (:carol, 'true'),
+    -- rejected: a trait that is not a number
+    (:carol, '{"openness": "NaN"}'), (:carol, '{"openness": "2"}'), (:carol, '{"openness": null}'),
+    (:carol, '{"openness": true}'), (:carol, '{"openness": {"value": 1}}'), (:carol, '{"openness": [1]}'),
+    -- rejected: magnitude over 100
+    (:carol, '{"openness": 100.0001}'), (:carol, '{"neuroticism": -101}'), (:carol, '{"openness": 1e300}'),
+    (:carol, '{"agreeableness": -1e1000}');
+INSERT INTO entertainment_interactions (user_id, content_type, personality_insights) VALUES
+    (:carol, 'game', '{"conscientiousness": 2}'),
+    (:carol, 'game', '"bad"'),
+    (:carol, 'game', NULL);  -- an interaction without analysis is not an insight
+
+SELECT r - 'updated_at' - 'user_id' AS result FROM bondhu_update_personality(:carol) r;
+
+-- The same documents through update_all are rejected the same way and reported in the run log.
+\set dave '''00000000-0000-0000-0000-00000000da7e'''
+INSERT INTO chat_personality_insights (user_id, adjustments)
+SELECT :dave, adjustments FROM chat_personality_insights WHERE user_id = :carol;
+SELECT r ->> 'status' AS status, r -> 'insights_processed' AS n, r -> 'rejected_insights' AS rejected
+FROM bondhu_update_all() r;
+SELECT status, records_processed, metadata - 'failed_user_ids' AS metadata
+FROM system_tasks ORDER BY executed_at DESC LIMIT 1;
+SELECT openness, extraversion, neuroticism FROM user_personality_profiles WHERE user_id = :dave;
+
+-- The pure document check, directly.
+SELECT doc, bondhu.insight_adjustments(doc) AS adjustments, bondhu.unknown_key_count(doc) AS unknown_keys
+FROM (VALUES ('{"openness": -2.5, "x": 1}'::jsonb), ('{"openness": 101}'), ('[]'), ('{"a": {"b": 1}}')) v(doc);

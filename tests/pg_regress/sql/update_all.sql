@@ -1,0 +1,58 @@
+-- update_all: every user with pending insights, one user's failure counted and never
+-- stopping the others, failed users retried exactly once, the run log.
+CREATE EXTENSION bondhu CASCADE;
+
+INSERT INTO chat_personality_insights (user_id, adjustments)
+SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid,
+       jsonb_build_object('openness', u, 'extraversion', -1)
+FROM generate_series(1, 50) u, generate_series(1, 3);
+INSERT INTO entertainment_interactions (user_id, personality_insights)
+SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{"agreeableness": 2}'
+FROM generate_series(1, 50, 2) u;
+
+-- User 7's profile update fails (a trigger of the application raises for it).
+CREATE FUNCTION refuse_user_7() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.user_id = '00000000-0000-0000-0000-000000000007' AND TG_OP = 'UPDATE' THEN
+        RAISE EXCEPTION 'profile of user 7 is frozen';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_user_7 BEFORE UPDATE ON user_personality_profiles
+    FOR EACH ROW EXECUTE FUNCTION refuse_user_7();
+
+SELECT r - 'task_id' - 'duration_seconds' AS result FROM bondhu_update_all() r;
+SELECT task_name, status, users_processed, successful_updates, failed_updates, records_processed,
+       error_message, metadata -> 'failed_user_ids' AS failed_user_ids, duration_seconds >= 0 AS timed
+FROM system_tasks ORDER BY executed_at;
+SELECT count(*) AS profiles, round(sum(openness)::numeric, 6) AS openness_sum, min(extraversion), max(extraversion)
+FROM user_personality_profiles WHERE openness <> 50;
+-- every successful user: 50 + 0.1 * 3u openness, 50 - 0.3 extraversion
+SELECT count(*) AS wrong FROM user_personality_profiles
+WHERE user_id <> '00000000-0000-0000-0000-000000000007'
+  AND (openness <> 50 + 0.3 * right(user_id::text, 12)::int OR extraversion <> 49.7);
+
+-- Nothing new: the failed user is retried, the others are not touched again.
+DROP TRIGGER refuse_user_7 ON user_personality_profiles;
+SELECT r ->> 'status' AS status, r -> 'users_processed' AS users, r -> 'insights_processed' AS n
+FROM bondhu_update_all() r;
+SELECT openness, extraversion, agreeableness FROM user_personality_profiles
+WHERE user_id = '00000000-0000-0000-0000-000000000007';
+SELECT r ->> 'status' AS status, r -> 'users_processed' AS users, r -> 'insights_processed' AS n
+FROM bondhu_update_all() r;
+SELECT count(*) AS history_rows, count(DISTINCT user_id) AS users FROM personality_profile_history;
+
+-- A run that fails as a whole (here: a new user's profile cannot be created) leaves a
+-- 'failed' row; its work is rolled back, and the next run does it.
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES
+    ('00000000-0000-0000-0000-000000000001', '{"openness": 1}'),
+    ('00000000-0000-0000-0000-0000000000ff', '{"openness": 1}');
+ALTER TABLE user_personality_profiles ADD CONSTRAINT no_user_ff
+    CHECK (user_id <> '00000000-0000-0000-0000-0000000000ff') NOT VALID;
+SELECT r ->> 'status' AS status, r ->> 'error_message' AS error FROM bondhu_update_all() r;
+SELECT status, users_processed, error_message, metadata FROM system_tasks ORDER BY executed_at DESC LIMIT 1;
+SELECT openness FROM user_personality_profiles WHERE user_id = '00000000-0000-0000-0000-000000000001';
+ALTER TABLE user_personality_profiles DROP CONSTRAINT no_user_ff;
+SELECT r ->> 'status' AS status, r -> 'insights_processed' AS n FROM bondhu_update_all() r;
+SELECT user_id, openness FROM user_personality_profiles
+WHERE user_id IN ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-0000000000ff') ORDER BY 1;

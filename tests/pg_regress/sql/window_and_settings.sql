@@ -1,0 +1,46 @@
+-- The insight window (stale insights), clamping at both ends, and settings.
+CREATE EXTENSION bondhu CASCADE;
+\set erin '''00000000-0000-0000-0000-00000000e417'''
+\set finn '''00000000-0000-0000-0000-00000000f144'''
+
+-- Pending insights older than the 30-day window are skipped as stale, and counted.
+INSERT INTO chat_personality_insights (user_id, "timestamp", adjustments) VALUES
+    (:erin, now() - interval '31 days', '{"openness": 50}'),
+    (:erin, now() - interval '29 days', '{"openness": 5}');
+INSERT INTO entertainment_interactions (user_id, created_at, personality_insights) VALUES
+    (:erin, now() - interval '40 days', '{"openness": 50}');
+SELECT r -> 'insights_processed' AS n, r -> 'stale_insights' AS stale, r -> 'trait_changes' -> 'openness' AS openness
+FROM bondhu_update_personality(:erin) r;
+-- and they stay skipped
+SELECT r -> 'insights_processed' AS n, r -> 'stale_insights' AS stale FROM bondhu_update_personality(:erin) r;
+
+-- Clamping: never above 100, never below 0.
+INSERT INTO user_personality_profiles (user_id, openness, neuroticism) VALUES (:finn, 99, 1);
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES
+    (:finn, '{"openness": 100, "neuroticism": -100}'), (:finn, '{"openness": 100, "neuroticism": -100}');
+SELECT r -> 'trait_changes' -> 'openness' AS openness, r -> 'trait_changes' -> 'neuroticism' AS neuroticism
+FROM bondhu_update_personality(:finn) r;
+
+-- Settings: one row per database, seed values by default.
+SELECT * FROM bondhu.settings;
+UPDATE bondhu.settings SET dampening = 0.5;
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:erin, '{"extraversion": 3}');
+SELECT r -> 'trait_changes' -> 'extraversion' AS extraversion FROM bondhu_update_personality(:erin) r;
+UPDATE bondhu.settings SET dampening = DEFAULT;
+-- A shorter window makes older pending insights stale.
+UPDATE bondhu.settings SET insight_window = '1 day', insight_retention = '1 day';
+INSERT INTO chat_personality_insights (user_id, "timestamp", adjustments) VALUES (:erin, now() - interval '2 days', '{"extraversion": 3}');
+SELECT r -> 'insights_processed' AS n, r -> 'stale_insights' AS stale FROM bondhu_update_personality(:erin) r;
+UPDATE bondhu.settings SET insight_window = DEFAULT, insight_retention = DEFAULT;
+
+-- Invalid settings are refused with the constraint that says why.
+\set VERBOSITY terse
+UPDATE bondhu.settings SET dampening = 0;
+UPDATE bondhu.settings SET dampening = 1.5;
+UPDATE bondhu.settings SET dampening = NULL;
+UPDATE bondhu.settings SET insight_window = '-1 day';
+UPDATE bondhu.settings SET insight_retention = '10 days';
+UPDATE bondhu.settings SET run_log_retention = '30 days';
+DELETE FROM bondhu.settings;
+INSERT INTO bondhu.settings (dampening) VALUES (0.2);  -- as pg_dump restores it: replaces the row
+SELECT count(*), min(dampening) FROM bondhu.settings;
