@@ -20,7 +20,11 @@ record "cargo pgrx test" $?
 set -e
 
 install_extension
+# A new cluster every run; pg_cron's launcher waits for its database to appear.
+stop_cluster "$CLUSTER_DIR"
+rm -rf "$CLUSTER_DIR"
 start_cluster "$CLUSTER_DIR" "$CLUSTER_PORT" bondhu_cron
+cluster_psql -d postgres -c "CREATE DATABASE bondhu_cron"
 trap 'stop_cluster "$CLUSTER_DIR"' EXIT
 rm -rf "$RESULTS" && mkdir -p "$RESULTS" && chown postgres:postgres "$RESULTS"
 conn=(--host="$CLUSTER_DIR" --port="$CLUSTER_PORT" --user=postgres)
@@ -34,6 +38,16 @@ for t in $regress_tests; do
     status=$?
     [ $status -eq 0 ] || cat "$RESULTS/regress-$t/regression.diffs" 2>/dev/null | head -80
     record "regress $t" $status
+done
+
+log "pg_cron suite (tests/cron), in the cron database"
+cron_tests=$(cd "$ROOT/tests/cron/sql" && ls *.sql | sed 's/\.sql$//' | sort)
+for t in $cron_tests; do
+    sudo -u postgres "$PGXS_TEST/regress/pg_regress" "${conn[@]}" --use-existing --dbname=bondhu_cron \
+        --inputdir="$ROOT/tests/cron" --outputdir="$RESULTS/cron-$t" "$t" >"$RESULTS/cron-$t.log" 2>&1
+    status=$?
+    [ $status -eq 0 ] || cat "$RESULTS/cron-$t/regression.diffs" 2>/dev/null | head -80
+    record "cron $t" $status
 done
 
 log "isolation specs (tests/isolation)"

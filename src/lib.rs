@@ -4,15 +4,23 @@
 //! logic (positions, cron schedules) and the functions that need to be fast per row.
 use pgrx::prelude::*;
 
+pub mod cron;
 pub mod position;
 
 ::pgrx::pg_module_magic!(name, version);
 
-pgrx::extension_sql_file!("../sql/pipeline.sql", name = "pipeline", finalize);
+pgrx::extension_sql_file!(
+    "../sql/pipeline.sql",
+    name = "pipeline",
+    requires = [bondhu::ingest_position]
+);
+pgrx::extension_sql_file!("../sql/scheduling.sql", name = "scheduling", finalize);
 
 #[pg_schema]
 mod bondhu {
+    use crate::cron::Schedule;
     use crate::position;
+    use chrono::{DateTime, Utc};
     use pgrx::prelude::*;
     use std::cell::Cell;
 
@@ -52,6 +60,34 @@ mod bondhu {
             }
         }
     }
+
+    /// Refuses an invalid cron schedule given as argument `argument`, with 22023.
+    #[pg_extern(immutable, parallel_safe)]
+    fn cron_check(argument: &str, schedule: Option<&str>) {
+        let Some(schedule) = schedule else {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                format!("{argument} must not be NULL")
+            );
+        };
+        if let Err(why) = Schedule::parse(schedule) {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("{argument} \"{schedule}\" is not a valid cron schedule: {why}")
+            );
+        }
+    }
+
+    /// Seconds since the epoch of the next time `schedule` fires after `after_epoch`
+    /// (GMT); NULL when it never fires. SQL callers use bondhu.cron_next_run().
+    #[pg_extern(immutable, parallel_safe)]
+    fn cron_next_run_epoch(schedule: &str, after_epoch: f64) -> Option<i64> {
+        let schedule = Schedule::parse(schedule).ok()?;
+        let after = DateTime::<Utc>::from_timestamp(after_epoch.floor() as i64, 0)?;
+        Some(schedule.next_after(after)?.timestamp())
+    }
 }
 
 #[cfg(test)]
@@ -60,6 +96,9 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["shared_preload_libraries='pg_cron'", "cron.database_name='pgrx_tests'"]
+        vec![
+            "shared_preload_libraries='pg_cron'",
+            "cron.database_name='pgrx_tests'",
+        ]
     }
 }

@@ -57,7 +57,10 @@ mod tests {
             position(MAX_INCARNATION + 1, 5),
             Err(PositionError::IncarnationOutOfRange(MAX_INCARNATION + 1))
         );
-        assert_eq!(position(1, 1 << 48), Err(PositionError::XidTooLarge(1 << 48)));
+        assert_eq!(
+            position(1, 1 << 48),
+            Err(PositionError::XidTooLarge(1 << 48))
+        );
         assert!(position(MAX_INCARNATION, (1 << 48) - 1).unwrap() > 0);
     }
 }

@@ -1,0 +1,329 @@
+//! Cron schedules as pg_cron reads them: five fields (minute, hour, day of month, month,
+//! day of week) or @yearly/@annually/@monthly/@weekly/@daily/@midnight/@hourly, and the
+//! next time such a schedule fires. pg_cron does not store that time, so health
+//! computes it here. pg_cron 1.4 evaluates schedules in GMT: times here are UTC.
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    minutes: u64,       // bit n: minute n
+    hours: u32,         // bit n: hour n
+    days_of_month: u32, // bit n: day n (1..=31)
+    months: u16,        // bit n: month n (1..=12)
+    days_of_week: u8,   // bit n: weekday n, 0 = Sunday
+    // Standard cron: when both day fields are restricted, a day matches either.
+    day_of_month_restricted: bool,
+    day_of_week_restricted: bool,
+}
+
+const MONTH_NAMES: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+const DAY_NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+struct Field {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    names: &'static [&'static str],
+    names_start: u32,
+}
+
+const FIELDS: [Field; 5] = [
+    Field {
+        name: "minute",
+        min: 0,
+        max: 59,
+        names: &[],
+        names_start: 0,
+    },
+    Field {
+        name: "hour",
+        min: 0,
+        max: 23,
+        names: &[],
+        names_start: 0,
+    },
+    Field {
+        name: "day of month",
+        min: 1,
+        max: 31,
+        names: &[],
+        names_start: 0,
+    },
+    Field {
+        name: "month",
+        min: 1,
+        max: 12,
+        names: &MONTH_NAMES,
+        names_start: 1,
+    },
+    // 7 is Sunday too, as in cron.
+    Field {
+        name: "day of week",
+        min: 0,
+        max: 7,
+        names: &DAY_NAMES,
+        names_start: 0,
+    },
+];
+
+impl Field {
+    fn value(&self, text: &str) -> Result<u32, String> {
+        let lower = text.to_ascii_lowercase();
+        if let Some(i) = self.names.iter().position(|n| *n == lower) {
+            return Ok(self.names_start + i as u32);
+        }
+        let v: u32 = text
+            .parse()
+            .map_err(|_| format!("{} field: \"{text}\" is not a number", self.name))?;
+        if v < self.min || v > self.max {
+            return Err(format!(
+                "{} field: {v} is outside {}-{}",
+                self.name, self.min, self.max
+            ));
+        }
+        Ok(v)
+    }
+
+    /// The set of values of one field as a bit mask, and whether it was restricted.
+    fn parse(&self, text: &str) -> Result<(u64, bool), String> {
+        let mut mask = 0u64;
+        for part in text.split(',') {
+            let (range, step) = match part.split_once('/') {
+                Some((r, s)) => {
+                    let step: u32 = s
+                        .parse()
+                        .ok()
+                        .filter(|s| *s > 0)
+                        .ok_or_else(|| format!("{} field: bad step \"{s}\"", self.name))?;
+                    (r, step)
+                }
+                None => (part, 1),
+            };
+            let (lo, hi) = if range == "*" {
+                (self.min, self.max)
+            } else if let Some((a, b)) = range.split_once('-') {
+                let (a, b) = (self.value(a)?, self.value(b)?);
+                if a > b {
+                    return Err(format!("{} field: range {range} is backwards", self.name));
+                }
+                (a, b)
+            } else {
+                let a = self.value(range)?;
+                // "5/15" means from 5 to the end, every 15.
+                (a, if step > 1 { self.max } else { a })
+            };
+            let mut v = lo;
+            while v <= hi {
+                mask |= 1 << v;
+                v += step;
+            }
+        }
+        Ok((mask, text != "*"))
+    }
+}
+
+impl Schedule {
+    pub fn parse(expression: &str) -> Result<Schedule, String> {
+        let expanded = match expression.trim().to_ascii_lowercase().as_str() {
+            "@yearly" | "@annually" => "0 0 1 1 *".to_string(),
+            "@monthly" => "0 0 1 * *".to_string(),
+            "@weekly" => "0 0 * * 0".to_string(),
+            "@daily" | "@midnight" => "0 0 * * *".to_string(),
+            "@hourly" => "0 * * * *".to_string(),
+            other if other.starts_with('@') => {
+                return Err(format!("unknown schedule \"{expression}\""))
+            }
+            _ => expression.trim().to_string(),
+        };
+        let parts: Vec<&str> = expanded.split_whitespace().collect();
+        if parts.len() != 5 {
+            return Err(format!(
+                "\"{expression}\" has {} fields; a cron schedule has 5: minute hour day-of-month month day-of-week",
+                parts.len()
+            ));
+        }
+        let mut masks = [(0u64, false); 5];
+        for (i, (field, text)) in FIELDS.iter().zip(&parts).enumerate() {
+            masks[i] = field.parse(text)?;
+        }
+        let mut days_of_week = masks[4].0 as u8;
+        if days_of_week & (1 << 7) != 0 {
+            days_of_week = (days_of_week & 0x7f) | 1;
+        }
+        Ok(Schedule {
+            minutes: masks[0].0,
+            hours: masks[1].0 as u32,
+            days_of_month: masks[2].0 as u32,
+            months: masks[3].0 as u16,
+            days_of_week,
+            day_of_month_restricted: masks[2].1,
+            day_of_week_restricted: masks[4].1,
+        })
+    }
+
+    fn day_matches(&self, date: NaiveDate) -> bool {
+        if self.months & (1 << date.month()) == 0 {
+            return false;
+        }
+        let dom = self.days_of_month & (1 << date.day()) != 0;
+        let dow = self.days_of_week & (1 << date.weekday().num_days_from_sunday()) != 0;
+        match (self.day_of_month_restricted, self.day_of_week_restricted) {
+            (true, true) => dom || dow,
+            (true, false) => dom,
+            (false, true) => dow,
+            (false, false) => true,
+        }
+    }
+
+    /// The first time strictly after `after` at which the schedule fires, or None when
+    /// it never does (e.g. 30 February) within the next five years.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let start = after
+            .with_second(0)?
+            .with_nanosecond(0)?
+            .checked_add_signed(Duration::minutes(1))?;
+        let mut date = start.date_naive();
+        for _ in 0..(366 * 5) {
+            if self.day_matches(date) {
+                let from = if date == start.date_naive() {
+                    start.hour() * 60 + start.minute()
+                } else {
+                    0
+                };
+                for minute_of_day in from..24 * 60 {
+                    let (h, m) = (minute_of_day / 60, minute_of_day % 60);
+                    if self.hours & (1 << h) != 0 && self.minutes & (1 << m) != 0 {
+                        return Utc.from_utc_datetime(&date.and_hms_opt(h, m, 0)?).into();
+                    }
+                }
+            }
+            date = date.succ_opt()?;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn next(expr: &str, after: &str) -> String {
+        Schedule::parse(expr)
+            .unwrap()
+            .next_after(at(after))
+            .unwrap()
+            .to_rfc3339()
+    }
+
+    #[test]
+    fn daily_at_two() {
+        assert_eq!(
+            next("0 2 * * *", "2025-10-01T01:59:00Z"),
+            "2025-10-01T02:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 2 * * *", "2025-10-01T02:00:00Z"),
+            "2025-10-02T02:00:00+00:00"
+        );
+        assert_eq!(
+            next("@daily", "2025-12-31T23:59:30Z"),
+            "2026-01-01T00:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn weekly_on_sunday_including_seven() {
+        // 2025-10-01 is a Wednesday.
+        assert_eq!(
+            next("0 3 * * 0", "2025-10-01T00:00:00Z"),
+            "2025-10-05T03:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 3 * * 7", "2025-10-01T00:00:00Z"),
+            "2025-10-05T03:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 3 * * sun", "2025-10-05T03:00:00Z"),
+            "2025-10-12T03:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn month_and_year_boundaries() {
+        assert_eq!(
+            next("30 23 31 * *", "2025-11-01T00:00:00Z"),
+            "2025-12-31T23:30:00+00:00"
+        );
+        assert_eq!(
+            next("0 0 29 2 *", "2025-03-01T00:00:00Z"),
+            "2028-02-29T00:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 0 1 jan *", "2025-06-15T12:00:00Z"),
+            "2026-01-01T00:00:00+00:00"
+        );
+        assert!(Schedule::parse("0 0 30 2 *")
+            .unwrap()
+            .next_after(at("2025-01-01T00:00:00Z"))
+            .is_none());
+    }
+
+    #[test]
+    fn steps_ranges_and_lists() {
+        assert_eq!(
+            next("*/15 * * * *", "2025-10-01T10:16:00Z"),
+            "2025-10-01T10:30:00+00:00"
+        );
+        assert_eq!(
+            next("5/20 * * * *", "2025-10-01T10:46:00Z"),
+            "2025-10-01T11:05:00+00:00"
+        );
+        assert_eq!(
+            next("0 9-17/4 * * mon-fri", "2025-10-03T18:00:00Z"),
+            "2025-10-06T09:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 0,12 * * *", "2025-10-01T00:00:00Z"),
+            "2025-10-01T12:00:00+00:00"
+        );
+        assert_eq!(
+            next("* * * * *", "2025-10-01T10:16:42Z"),
+            "2025-10-01T10:17:00+00:00"
+        );
+    }
+
+    #[test]
+    fn day_of_month_or_day_of_week_when_both_given() {
+        // The 13th or any Friday: Friday 2025-10-03 comes first.
+        assert_eq!(
+            next("0 0 13 * 5", "2025-10-01T00:00:00Z"),
+            "2025-10-03T00:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn bad_expressions_say_why() {
+        for (expr, why) in [
+            ("0 2 * *", "has 4 fields"),
+            ("60 2 * * *", "minute field: 60 is outside 0-59"),
+            ("0 24 * * *", "hour field: 24 is outside 0-23"),
+            ("0 2 0 * *", "day of month field: 0 is outside 1-31"),
+            ("0 2 * 13 *", "month field: 13"),
+            ("0 2 * * 8", "day of week field: 8"),
+            ("0 2 * * funday", "is not a number"),
+            ("*/0 * * * *", "bad step"),
+            ("5-1 * * * *", "backwards"),
+            ("@sometimes", "unknown schedule"),
+            ("", "has 0 fields"),
+        ] {
+            let err = Schedule::parse(expr).unwrap_err();
+            assert!(err.contains(why), "{expr}: {err}");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+-- pg_cron scheduling: jobs at install, (re)scheduling, refusals, health in each state,
+-- a real scheduled run, and DROP EXTENSION leaving no job behind.
+CREATE EXTENSION pg_cron;
+CREATE EXTENSION bondhu CASCADE;
+-- The launcher restarts after the database is recreated: wait for it (at most 60 s).
+DO $$
+BEGIN
+    FOR i IN 1..60 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'pg_cron launcher');
+        PERFORM pg_sleep(1);
+    END LOOP;
+END $$;
+SELECT jobname, schedule, command, active FROM cron.job ORDER BY jobname;
+
+-- Healthy needs nothing more than the jobs; no run yet is not a missed run.
+SELECT h ->> 'status' AS status, h -> 'scheduler_running' AS running, h -> 'problems' AS problems
+FROM bondhu_system_health() h;
+SELECT j ->> 'id' AS id, j ->> 'trigger' AS trigger, j -> 'active' AS active,
+       (j ->> 'next_run_time')::timestamptz > now() AS next_in_future,
+       to_char((j ->> 'next_run_time')::timestamptz AT TIME ZONE 'UTC', 'HH24:MI') AS next_gmt,
+       j ->> 'next_run_time' ~ '[+-]\d\d:\d\d$' AS iso_with_offset
+FROM bondhu_system_health() h, jsonb_array_elements(h -> 'scheduled_jobs') j;
+SELECT extract(dow FROM (j ->> 'next_run_time')::timestamptz AT TIME ZONE 'UTC') AS cleanup_weekday
+FROM bondhu_system_health() h, jsonb_array_elements(h -> 'scheduled_jobs') j WHERE j ->> 'id' = 'insights_cleanup';
+
+-- Rescheduling is idempotent; an invalid schedule changes nothing.
+SELECT bondhu_schedule('30 1 * * *', '0 4 * * 6') -> 'scheduled' -> 0 ->> 'schedule' AS update_schedule;
+SELECT bondhu_schedule('30 1 * * *', '0 4 * * 6') IS NOT NULL AS again;
+SELECT count(*) AS jobs FROM cron.job;
+\set VERBOSITY default
+SELECT bondhu_schedule('0 25 * * *');
+SELECT bondhu_schedule('0 2 * * *', 'weekly');
+SELECT bondhu_schedule(NULL);
+\set VERBOSITY sqlstate
+SELECT bondhu_schedule('0 25 * * *');
+\set VERBOSITY default
+SELECT jobname, schedule FROM cron.job ORDER BY jobname;
+
+-- Unscheduled: unhealthy, and says what to do.
+SELECT jsonb_array_length(bondhu_unschedule() -> 'unscheduled') AS removed;
+SELECT h ->> 'status' AS status, h -> 'problems' AS problems FROM bondhu_system_health() h;
+SELECT bondhu_schedule() IS NOT NULL AS rescheduled;
+
+-- The last update failed: unhealthy. Completed with errors: degraded.
+INSERT INTO bondhu.task_runs (task_name, status, error_message) VALUES ('personality_update', 'failed', 'boom');
+SELECT h ->> 'status' AS status, h -> 'last_personality_update' ->> 'status' AS last FROM bondhu_system_health() h;
+INSERT INTO bondhu.task_runs (task_name, status, failed_updates) VALUES ('personality_update', 'completed_with_errors', 1);
+SELECT h ->> 'status' AS status FROM bondhu_system_health() h;
+-- A missed run: the last success is three days old and the job is daily.
+DELETE FROM bondhu.task_runs;
+INSERT INTO bondhu.task_runs (task_name, status, executed_at) VALUES ('personality_update', 'completed', now() - interval '3 days');
+SELECT h ->> 'status' AS status, (h ->> 'missed_run_since')::timestamptz < now() - interval '1 day' AS missed
+FROM bondhu_system_health() h;
+-- A good run now: healthy.
+SELECT bondhu_update_all() ->> 'status' AS status;
+SELECT h ->> 'status' AS status, h -> 'missed_run_since' AS missed FROM bondhu_system_health() h;
+
+-- A real pg_cron run: the update job every minute, then wait for it (at most 130 s).
+INSERT INTO chat_personality_insights (user_id, adjustments)
+VALUES ('00000000-0000-0000-0000-000000000001', '{"openness": 4}');
+DELETE FROM bondhu.task_runs;
+SELECT bondhu_schedule('* * * * *') IS NOT NULL AS every_minute;
+DO $$
+BEGIN
+    FOR i IN 1..130 LOOP
+        EXIT WHEN EXISTS (SELECT FROM bondhu.task_runs WHERE status = 'completed')
+              AND EXISTS (SELECT FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+                          WHERE j.jobname = 'bondhu_personality_update' AND d.status = 'succeeded');
+        PERFORM pg_sleep(1);
+    END LOOP;
+END $$;
+SELECT task_name, status, users_processed, records_processed FROM system_tasks;
+SELECT d.status, d.return_message FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+WHERE j.jobname = 'bondhu_personality_update' ORDER BY d.runid LIMIT 1;
+SELECT openness FROM user_personality_profiles;
+SELECT j -> 'last_run' ->> 'status' AS last_run FROM bondhu_system_health() h, jsonb_array_elements(h -> 'scheduled_jobs') j
+WHERE j ->> 'id' = 'personality_update';
+SELECT bondhu_unschedule() IS NOT NULL AS stopped;
+SELECT bondhu_schedule() IS NOT NULL AS back_to_nightly;
+
+-- Dropping another extension keeps the jobs; dropping bondhu removes them.
+CREATE EXTENSION pg_trgm;
+DROP EXTENSION pg_trgm;
+SELECT jobname, schedule, active FROM cron.job ORDER BY jobname;
+DROP EXTENSION bondhu;
+SELECT count(*) AS jobs_left FROM cron.job;
+DROP EXTENSION pg_cron;
