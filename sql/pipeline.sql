@@ -596,6 +596,8 @@ DECLARE
     chat_deleted bigint;
     entertainment_cleared bigint;
     log_pruned bigint;
+    error_text text;
+    error_state text;
 BEGIN
     SELECT * INTO STRICT cfg FROM bondhu.settings;
     IF older_than IS NULL THEN
@@ -612,13 +614,26 @@ BEGIN
     END IF;
     cutoff := now() - older_than;
 
-    DELETE FROM public.chat_personality_insights c WHERE c."timestamp" < cutoff;
-    GET DIAGNOSTICS chat_deleted = ROW_COUNT;
-    UPDATE public.entertainment_interactions e SET personality_insights = NULL
-    WHERE e.created_at < cutoff AND e.personality_insights IS NOT NULL;
-    GET DIAGNOSTICS entertainment_cleared = ROW_COUNT;
-    DELETE FROM bondhu.task_runs t WHERE t.executed_at < now() - cfg.run_log_retention;
-    GET DIAGNOSTICS log_pruned = ROW_COUNT;
+    BEGIN
+        DELETE FROM public.chat_personality_insights c WHERE c."timestamp" < cutoff;
+        GET DIAGNOSTICS chat_deleted = ROW_COUNT;
+        UPDATE public.entertainment_interactions e SET personality_insights = NULL
+        WHERE e.created_at < cutoff AND e.personality_insights IS NOT NULL;
+        GET DIAGNOSTICS entertainment_cleared = ROW_COUNT;
+        DELETE FROM bondhu.task_runs t WHERE t.executed_at < now() - cfg.run_log_retention;
+        GET DIAGNOSTICS log_pruned = ROW_COUNT;
+    EXCEPTION WHEN OTHERS THEN
+        -- Nothing was removed; the failure is still logged.
+        GET STACKED DIAGNOSTICS error_text = MESSAGE_TEXT, error_state = RETURNED_SQLSTATE;
+        INSERT INTO bondhu.task_runs (task_name, status, finished_at, error_message, metadata, duration_seconds)
+        VALUES ('insights_cleanup', 'failed', clock_timestamp(), error_text,
+                jsonb_build_object('older_than', older_than, 'sqlstate', error_state),
+                round(extract(epoch FROM clock_timestamp() - now())::numeric, 3))
+        RETURNING * INTO run;
+        RETURN jsonb_build_object('task_id', run.id, 'status', run.status, 'records_processed', 0,
+            'chat_insights_deleted', 0, 'entertainment_insights_cleared', 0,
+            'error_message', error_text);
+    END;
 
     INSERT INTO bondhu.task_runs (task_name, status, finished_at, records_processed, metadata, duration_seconds)
     VALUES ('insights_cleanup', 'completed', clock_timestamp(), chat_deleted + entertainment_cleared,

@@ -35,3 +35,22 @@ FROM system_tasks;
 SELECT r -> 'records_processed' AS n FROM bondhu_cleanup_insights('30 days') r;
 SELECT r -> 'insights_processed' AS n, r -> 'trait_changes' -> 'openness' -> 'after' AS openness
 FROM bondhu_update_personality(:gina) r;
+
+-- Old run log rows are pruned (run_log_retention, 90 days).
+INSERT INTO bondhu.task_runs (task_name, status, executed_at) VALUES
+    ('personality_update', 'completed', now() - interval '100 days'),
+    ('personality_update', 'completed', now() - interval '80 days');
+SELECT r -> 'status' AS status FROM bondhu_cleanup_insights() r;
+SELECT count(*) FILTER (WHERE executed_at < now() - interval '90 days') AS older_than_90_days, count(*) AS runs
+FROM system_tasks;
+
+-- A cleanup that fails leaves a 'failed' row and removes nothing.
+INSERT INTO chat_personality_insights (user_id, "timestamp", adjustments)
+VALUES (:gina, now() - interval '200 days', '{"openness": 1}');
+CREATE FUNCTION keep_chat() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'chat insights are on legal hold'; END $$;
+CREATE TRIGGER keep_chat BEFORE DELETE ON chat_personality_insights FOR EACH ROW EXECUTE FUNCTION keep_chat();
+SELECT r ->> 'status' AS status, r ->> 'error_message' AS error FROM bondhu_cleanup_insights() r;
+SELECT status, error_message, metadata ->> 'sqlstate' AS sqlstate FROM system_tasks
+WHERE task_name = 'insights_cleanup' ORDER BY executed_at DESC LIMIT 1;
+SELECT count(*) AS chat_rows_kept FROM chat_personality_insights WHERE "timestamp" < now() - interval '90 days';
