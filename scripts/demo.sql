@@ -7,16 +7,16 @@ CREATE EXTENSION bondhu CASCADE;
 
 \echo '\n-- 1. The worked example: two chat insights and two entertainment insights'
 INSERT INTO chat_personality_insights (user_id, adjustments, message_context) VALUES
-    ('00000000-0000-0000-0000-0000000000a1', '{"openness": 2.0}', 'creative language, curiosity'),
-    ('00000000-0000-0000-0000-0000000000a1', '{"conscientiousness": 1.5}', 'planning, goals');
+    ('00000000-0000-0000-0000-00000000a11c', '{"openness": 2.0}', 'creative language, curiosity'),
+    ('00000000-0000-0000-0000-00000000a11c', '{"conscientiousness": 1.5}', 'planning, goals');
 INSERT INTO entertainment_interactions (user_id, content_type, interaction_type, personality_insights) VALUES
-    ('00000000-0000-0000-0000-0000000000a1', 'music', 'like', '{"openness": 1.0}'),
-    ('00000000-0000-0000-0000-0000000000a1', 'video', 'watch', '{"extraversion": -0.5}');
+    ('00000000-0000-0000-0000-00000000a11c', 'music', 'like', '{"openness": 1.0}'),
+    ('00000000-0000-0000-0000-00000000a11c', 'video', 'watch', '{"extraversion": -0.5}');
 \x on
-SELECT jsonb_pretty(bondhu_update_personality('00000000-0000-0000-0000-0000000000a1')) AS first_update;
+SELECT jsonb_pretty(bondhu_update_personality('00000000-0000-0000-0000-00000000a11c')) AS first_update;
 \echo '-- Updating again applies nothing twice:'
 SELECT r -> 'insights_processed' AS insights_processed, r -> 'trait_changes' -> 'openness' AS openness
-FROM bondhu_update_personality('00000000-0000-0000-0000-0000000000a1') AS r;
+FROM bondhu_update_personality('00000000-0000-0000-0000-00000000a11c') AS r;
 \x off
 
 \echo '\n-- 2. 2,000 synthetic users with 20 chat and 10 entertainment insights each, then update_all'
@@ -52,4 +52,4 @@ SELECT user_id, round(openness::numeric, 2) AS openness, round(extraversion::num
        round(neuroticism::numeric, 2) AS neuroticism
 FROM user_personality_profiles ORDER BY user_id LIMIT 3;
 SELECT trigger, insights_processed, openness_before, openness_after
-FROM personality_profile_history WHERE user_id = '00000000-0000-0000-0000-0000000000a1';
+FROM personality_profile_history WHERE user_id = '00000000-0000-0000-0000-00000000a11c';
