@@ -40,6 +40,12 @@ for t in $regress_tests; do
     record "regress $t" $status
 done
 
+log "server log: bondhu's messages carry no user id"
+grep -q 'may only update their own profile' "$CLUSTER_DIR/server.log"
+record "the refusal reached the server log" $?
+! grep -q '5ec00000-0000-4000-8000' "$CLUSTER_DIR/server.log"
+record "no user id of the security test in the server log" $?
+
 log "pg_cron suite (tests/cron), in the cron database"
 cron_tests=$(cd "$ROOT/tests/cron/sql" && ls *.sql | sed 's/\.sql$//' | sort)
 for t in $cron_tests; do

@@ -401,6 +401,7 @@ CREATE FUNCTION public.bondhu_update_personality(user_id uuid) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target uuid := bondhu_update_personality.user_id;
+    operator boolean;
     snapshot bondhu.cursor;
     profile public.user_personality_profiles;
     applied record;
@@ -411,9 +412,17 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
 
+    operator := bondhu.caller_is_operator();
+    IF NOT operator THEN
+        PERFORM bondhu.require_own_profile(target);
+    END IF;
+
     INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
     ON CONFLICT ON CONSTRAINT user_personality_profiles_pkey DO NOTHING;
     SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
+    IF NOT operator THEN
+        PERFORM bondhu.admit_self_update(target);
+    END IF;
 
     -- Taken after the lock: covers whatever the previous holder of the lock applied.
     snapshot := bondhu.current_cursor();
@@ -433,7 +442,7 @@ BEGIN
         'updated_at', CASE WHEN applied.insights_processed > 0 THEN now() ELSE profile.updated_at END);
 END $$;
 COMMENT ON FUNCTION public.bondhu_update_personality(uuid) IS
-    'Applies this user''s pending insights to their profile, each exactly once.';
+    'Applies this user''s pending insights to their profile, each exactly once. A signed-in user may update only their own profile, once per self_update_min_interval; operators any.';
 
 -- The global cursor, as last advanced.
 CREATE FUNCTION bondhu.global_cursor() RETURNS bondhu.cursor

@@ -185,9 +185,14 @@ BEGIN
             'records_processed', last_cleanup.records_processed, 'status', last_cleanup.status) END,
         'active_users_count', (SELECT count(DISTINCT i.user_id) FROM bondhu.insights i
                                WHERE i.observed_at > now() - cfg.active_user_window),
-        'pending_insights', (SELECT count(*) FROM bondhu.insights i, bondhu.global_cursor() g
+        'pending_insights', (SELECT count(*)
+                             FROM bondhu.insights i
+                             CROSS JOIN bondhu.global_cursor() g
+                             LEFT JOIN public.user_personality_profiles p ON p.user_id = i.user_id
                              WHERE i.ingest_pos >= g.xmin_pos
-                               AND NOT bondhu.position_applied(i.ingest_pos, g.xmin_pos, g.xmax_pos, g.xip_pos)));
+                               AND NOT bondhu.position_applied(i.ingest_pos, g.xmin_pos, g.xmax_pos, g.xip_pos)
+                               AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin,
+                                                                        p.applied_xmax, p.applied_xip), false)));
 END $$;
 COMMENT ON FUNCTION public.bondhu_system_health() IS
     'Scheduler state, jobs with next and last runs, the last update and cleanup, and an overall status.';

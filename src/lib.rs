@@ -14,7 +14,12 @@ pgrx::extension_sql_file!(
     name = "pipeline",
     requires = [bondhu::ingest_position]
 );
-pgrx::extension_sql_file!("../sql/scheduling.sql", name = "scheduling", finalize);
+pgrx::extension_sql_file!(
+    "../sql/scheduling.sql",
+    name = "scheduling",
+    requires = ["pipeline", bondhu::cron_next_run_epoch, bondhu::cron_check]
+);
+pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
 #[pg_schema]
 mod bondhu {

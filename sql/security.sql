@@ -1,0 +1,156 @@
+-- bondhu: who may do what.
+--
+-- Three kinds of callers: the app's frontend through Supabase RPC (PostgREST runs each
+-- request as SET LOCAL ROLE anon|authenticated|service_role with request.jwt.claims set),
+-- pg_cron, and DBAs. Operators are superusers and members of the role bondhu_operator
+-- (Supabase's service_role is made one); they may do everything, for any user. An
+-- authenticated user may update and read only their own profile. Nobody else may do
+-- anything. Every SECURITY DEFINER function pins search_path to pg_catalog, pg_temp.
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'bondhu_operator') THEN
+        CREATE ROLE bondhu_operator NOLOGIN;
+    END IF;
+END $$;
+COMMENT ON ROLE bondhu_operator IS
+    'bondhu operators: run and schedule the pipeline, read health and the run log, update any profile. GRANT bondhu_operator TO <role>.';
+
+-- The role the caller acts as: the one set by SET ROLE (as PostgREST does), otherwise
+-- the session's. current_user cannot tell, inside a SECURITY DEFINER function.
+CREATE FUNCTION bondhu.calling_role() RETURNS name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN current_setting('role') = 'none' THEN session_user
+                ELSE current_setting('role')::name END
+$$;
+
+CREATE FUNCTION bondhu.caller_is_operator() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT r.rolsuper OR pg_has_role(r.oid, 'bondhu_operator', 'MEMBER')
+                     FROM pg_catalog.pg_roles r WHERE r.rolname = bondhu.calling_role()), false)
+$$;
+
+-- The signed-in user of a PostgREST request (Supabase's auth.uid(), without needing
+-- the auth schema): the JWT's sub claim.
+CREATE FUNCTION bondhu.jwt_subject() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub',
+                    nullif(current_setting('request.jwt.claim.sub', true), ''))
+$$;
+
+-- Refuses, with 42501, a caller who is not the signed-in owner of the profile. The
+-- messages name no user: they reach the server log.
+CREATE FUNCTION bondhu.require_own_profile(target uuid) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    subject text := bondhu.jwt_subject();
+    subject_id uuid;
+BEGIN
+    IF subject IS NULL THEN
+        RAISE EXCEPTION 'bondhu_update_personality: no signed-in user'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'request.jwt.claims has no sub claim.';
+    END IF;
+    BEGIN
+        subject_id := subject::uuid;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'bondhu_update_personality: the signed-in user id is not a uuid'
+            USING ERRCODE = 'insufficient_privilege';
+    END;
+    IF subject_id <> target THEN
+        RAISE EXCEPTION 'bondhu_update_personality: a user may only update their own profile'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END $$;
+
+-- Self-service updates: at most one per self_update_min_interval per user.
+CREATE TABLE bondhu.self_update_requests (
+    user_id uuid PRIMARY KEY,
+    requested_at timestamptz NOT NULL
+);
+
+-- Refuses, with SQLSTATE PT429 (PostgREST answers HTTP 429), a self-service update
+-- inside the interval, saying how long to wait; otherwise records this one. Called with
+-- the profile locked, so two concurrent requests are seen in turn.
+CREATE FUNCTION bondhu.admit_self_update(target uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    min_interval interval := (SELECT s.self_update_min_interval FROM bondhu.settings s);
+    last_request timestamptz;
+    wait_seconds integer;
+BEGIN
+    SELECT r.requested_at INTO last_request FROM bondhu.self_update_requests r WHERE r.user_id = target;
+    IF last_request > now() - min_interval THEN
+        wait_seconds := greatest(1, ceil(extract(epoch FROM last_request + min_interval - now())))::integer;
+        RAISE EXCEPTION 'bondhu_update_personality: too many updates, try again in % seconds', wait_seconds
+            USING ERRCODE = 'PT429',
+                  DETAIL = format('retry_after_seconds=%s', wait_seconds),
+                  HINT = 'A user may update their profile once per bondhu.settings.self_update_min_interval.';
+    END IF;
+    INSERT INTO bondhu.self_update_requests AS r (user_id, requested_at) VALUES (target, now())
+    ON CONFLICT (user_id) DO UPDATE SET requested_at = excluded.requested_at;
+END $$;
+
+------------------------------------------------------------------------------------
+-- Privileges: nothing for PUBLIC, then granted deliberately.
+------------------------------------------------------------------------------------
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA bondhu FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA bondhu FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
+    public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
+    public.bondhu_unschedule(), public.bondhu_system_health() FROM PUBLIC;
+REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
+    public.user_personality_profiles, public.personality_profile_history, public.system_tasks FROM PUBLIC;
+
+-- Whoever may insert an insight runs its ingest_pos default.
+GRANT USAGE ON SCHEMA bondhu TO PUBLIC;
+GRANT EXECUTE ON FUNCTION bondhu.ingest_position(), bondhu.resolve_incarnation() TO PUBLIC;
+
+GRANT EXECUTE ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
+    public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
+    public.bondhu_unschedule(), public.bondhu_system_health() TO bondhu_operator;
+GRANT SELECT ON public.system_tasks, bondhu.settings, bondhu.pipeline_state, bondhu.task_runs TO bondhu_operator;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.chat_personality_insights, public.entertainment_interactions,
+    public.user_personality_profiles, public.personality_profile_history TO bondhu_operator;
+
+-- Row level security: a signed-in user sees their own rows; operators see all. Table
+-- owners and BYPASSRLS roles (Supabase's service_role) are not subject to it.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['chat_personality_insights', 'entertainment_interactions',
+                             'user_personality_profiles', 'personality_profile_history'] LOOP
+        EXECUTE format('ALTER TABLE public.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format($p$CREATE POLICY bondhu_own_rows ON public.%I FOR SELECT
+            USING (user_id = (SELECT nullif(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub', '')::uuid))$p$, t);
+        EXECUTE format('CREATE POLICY bondhu_operators ON public.%I TO bondhu_operator USING (true) WITH CHECK (true)', t);
+    END LOOP;
+END $$;
+
+-- Supabase's roles, where they exist. Supabase's default privileges grant new objects in
+-- public to anon and authenticated: take that back, then grant what the contract says.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+        REVOKE ALL ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
+            public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
+            public.bondhu_unschedule(), public.bondhu_system_health() FROM anon;
+        REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
+            public.user_personality_profiles, public.personality_profile_history, public.system_tasks FROM anon;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
+        REVOKE ALL ON FUNCTION public.bondhu_update_all(), public.bondhu_cleanup_insights(interval),
+            public.bondhu_schedule(text, text), public.bondhu_unschedule(), public.bondhu_system_health()
+            FROM authenticated;
+        REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
+            public.user_personality_profiles, public.personality_profile_history, public.system_tasks
+            FROM authenticated;
+        GRANT EXECUTE ON FUNCTION public.bondhu_update_personality(uuid) TO authenticated;
+        GRANT SELECT ON public.chat_personality_insights, public.entertainment_interactions,
+            public.user_personality_profiles, public.personality_profile_history TO authenticated;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT bondhu_operator TO service_role;
+    END IF;
+END $$;
