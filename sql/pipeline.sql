@@ -1,228 +1,4 @@
--- bondhu: data model and the exactly-once update pipeline.
---
--- Every insight row carries an *ingest position*: (incarnation << 48) | the id of the
--- transaction that wrote it. A pipeline run takes a snapshot and turns it into a
--- cursor of positions (xmin, xmax, in-progress list), like PgQ cuts batches. An insight
--- is applied by a cursor when its transaction was committed in that snapshot. Each
--- profile keeps the cursor that last applied it; the pipeline state keeps the cursor up
--- to which every profile is applied. An insight is pending for a user when neither of
--- those cursors covers it. A transaction that commits late is simply not covered yet,
--- so nothing is lost and nothing is rewritten. The incarnation changes when the data
--- moves to another cluster (dump and restore), where transaction ids start again: all
--- positions of the old incarnation sort below the new one.
-
-------------------------------------------------------------------------------------
--- Settings: one row per database, validated by CHECK constraints.
-------------------------------------------------------------------------------------
-CREATE TABLE bondhu.settings (
-    dampening numeric NOT NULL DEFAULT 0.1
-        CONSTRAINT dampening_between_0_and_1 CHECK (dampening > 0 AND dampening <= 1),
-    insight_window interval NOT NULL DEFAULT '30 days'
-        CONSTRAINT insight_window_positive CHECK (insight_window > interval '0'),
-    active_user_window interval NOT NULL DEFAULT '7 days'
-        CONSTRAINT active_user_window_positive CHECK (active_user_window > interval '0'),
-    insight_retention interval NOT NULL DEFAULT '90 days'
-        CONSTRAINT insight_retention_covers_insight_window CHECK (insight_retention >= insight_window),
-    run_log_retention interval NOT NULL DEFAULT '90 days'
-        CONSTRAINT run_log_retention_at_least_90_days CHECK (run_log_retention >= interval '90 days'),
-    self_update_min_interval interval NOT NULL DEFAULT '60 seconds'
-        CONSTRAINT self_update_min_interval_not_negative CHECK (self_update_min_interval >= interval '0')
-);
-COMMENT ON TABLE bondhu.settings IS
-    'bondhu settings for this database (one row). Change with UPDATE bondhu.settings SET ...; reset a value with SET col = DEFAULT.';
-CREATE UNIQUE INDEX settings_single_row ON bondhu.settings ((true));
-
--- pg_dump restores this configuration table with COPY after CREATE EXTENSION has
--- already inserted the default row: an insert into the table overwrites that row.
-CREATE FUNCTION bondhu.settings_keep_single_row() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF EXISTS (SELECT FROM bondhu.settings) THEN
-            UPDATE bondhu.settings SET
-                dampening = NEW.dampening,
-                insight_window = NEW.insight_window,
-                active_user_window = NEW.active_user_window,
-                insight_retention = NEW.insight_retention,
-                run_log_retention = NEW.run_log_retention,
-                self_update_min_interval = NEW.self_update_min_interval;
-            RETURN NULL;
-        END IF;
-        RETURN NEW;
-    END IF;
-    RAISE EXCEPTION 'bondhu.settings must keep its one row'
-        USING ERRCODE = 'restrict_violation',
-              HINT = 'Reset a value with UPDATE bondhu.settings SET <column> = DEFAULT.';
-END $$;
-CREATE TRIGGER keep_single_row BEFORE INSERT OR DELETE ON bondhu.settings
-    FOR EACH ROW EXECUTE FUNCTION bondhu.settings_keep_single_row();
-CREATE TRIGGER keep_single_row_truncate BEFORE TRUNCATE ON bondhu.settings
-    FOR EACH STATEMENT EXECUTE FUNCTION bondhu.settings_keep_single_row();
-INSERT INTO bondhu.settings DEFAULT VALUES;
-SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
-
-------------------------------------------------------------------------------------
--- Pipeline state: the incarnation and the global cursor. Created on first use, so a
--- restored dump brings its own row instead of clashing with a fresh one.
-------------------------------------------------------------------------------------
-CREATE TYPE bondhu.cursor AS (xmin_pos bigint, xmax_pos bigint, xip_pos bigint[]);
-
-CREATE TABLE bondhu.pipeline_state (
-    single_row boolean PRIMARY KEY DEFAULT true CONSTRAINT one_row CHECK (single_row),
-    incarnation integer NOT NULL CONSTRAINT incarnation_range CHECK (incarnation BETWEEN 1 AND 32767),
-    system_identifier bigint NOT NULL,
-    applied_xmin bigint NOT NULL,
-    applied_xmax bigint NOT NULL,
-    applied_xip bigint[] NOT NULL,
-    advanced_at timestamptz
-);
-COMMENT ON TABLE bondhu.pipeline_state IS
-    'Where the pipeline stands: every insight below this cursor is applied to every profile.';
-SELECT pg_catalog.pg_extension_config_dump('bondhu.pipeline_state', '');
-
--- The incarnation of this database's insight positions; starts a new one when the data
--- is found in another cluster. cacheable is false when this call changed the state
--- (the change is not committed yet, so a backend must not remember it).
-CREATE FUNCTION bondhu.resolve_incarnation(OUT incarnation integer, OUT cacheable boolean)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    this_cluster bigint := (SELECT c.system_identifier FROM pg_catalog.pg_control_system() c);
-    known bondhu.pipeline_state;
-BEGIN
-    SELECT * INTO known FROM bondhu.pipeline_state;
-    IF FOUND AND known.system_identifier = this_cluster THEN
-        incarnation := known.incarnation;
-        cacheable := true;
-        RETURN;
-    END IF;
-    IF NOT FOUND THEN
-        -- Positions already in the tables (adopted or surviving data) stay below ours.
-        INSERT INTO bondhu.pipeline_state
-            (incarnation, system_identifier, applied_xmin, applied_xmax, applied_xip)
-        SELECT greatest(1, (max(p) >> 48) + 1), this_cluster, 3, 3, '{}'
-        FROM (SELECT max(ingest_pos) AS p FROM public.chat_personality_insights
-              UNION ALL
-              SELECT max(ingest_pos) FROM public.entertainment_interactions) existing
-        ON CONFLICT (single_row) DO NOTHING;
-    ELSE
-        UPDATE bondhu.pipeline_state s
-        SET incarnation = s.incarnation + 1, system_identifier = this_cluster
-        WHERE s.system_identifier <> this_cluster;
-    END IF;
-    SELECT s.incarnation INTO STRICT incarnation FROM bondhu.pipeline_state s;
-    cacheable := false;
-END $$;
-
--- The current snapshot as a cursor of positions.
-CREATE FUNCTION bondhu.current_cursor() RETURNS bondhu.cursor
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ROW(q.base + pg_snapshot_xmin(q.s)::text::bigint,
-               q.base + pg_snapshot_xmax(q.s)::text::bigint,
-               ARRAY(SELECT q.base + x::text::bigint FROM pg_snapshot_xip(q.s) AS x))::bondhu.cursor
-    FROM (SELECT pg_current_snapshot() AS s,
-                 (bondhu.resolve_incarnation()).incarnation::bigint << 48 AS base) AS q
-$$;
-
--- Is the insight at position pos covered by the cursor (xmin, xmax, xip)? NULL when
--- there is no cursor.
-CREATE FUNCTION bondhu.position_applied(pos bigint, xmin_pos bigint, xmax_pos bigint, xip_pos bigint[])
-RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT pos < xmin_pos OR (pos < xmax_pos AND pos <> ALL (xip_pos))
-$$;
-
-------------------------------------------------------------------------------------
--- Application tables (schema public, as the app and Supabase expect them).
-------------------------------------------------------------------------------------
-CREATE TABLE public.chat_personality_insights (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    user_id uuid NOT NULL,
-    session_id uuid,
-    "timestamp" timestamptz NOT NULL DEFAULT now(),
-    adjustments jsonb NOT NULL,
-    message_context text,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    ingest_pos bigint NOT NULL DEFAULT bondhu.ingest_position()
-);
-COMMENT ON COLUMN public.chat_personality_insights.ingest_pos IS
-    'Managed by bondhu: which transaction wrote the insight. Leave it to its default.';
-CREATE INDEX chat_personality_insights_user_pos ON public.chat_personality_insights (user_id, ingest_pos);
-CREATE INDEX chat_personality_insights_pos_brin ON public.chat_personality_insights USING brin (ingest_pos);
-CREATE INDEX chat_personality_insights_timestamp_brin ON public.chat_personality_insights USING brin ("timestamp");
-
-CREATE TABLE public.entertainment_interactions (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    user_id uuid NOT NULL,
-    content_type text,
-    interaction_type text,
-    content_id text,
-    interaction_data jsonb DEFAULT '{}',
-    personality_insights jsonb,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    ingest_pos bigint NOT NULL DEFAULT bondhu.ingest_position()
-);
-COMMENT ON COLUMN public.entertainment_interactions.ingest_pos IS
-    'Managed by bondhu: which transaction wrote the personality insight. Leave it to its default.';
-CREATE INDEX entertainment_interactions_user_pos ON public.entertainment_interactions (user_id, ingest_pos);
-CREATE INDEX entertainment_interactions_pos_brin ON public.entertainment_interactions USING brin (ingest_pos);
-CREATE INDEX entertainment_interactions_created_brin ON public.entertainment_interactions USING brin (created_at);
-
--- Analysis often adds the insight to an interaction written earlier: that is when the
--- insight is written, so it gets the position of that transaction.
-CREATE FUNCTION bondhu.position_added_insight() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF OLD.personality_insights IS NULL AND NEW.personality_insights IS NOT NULL THEN
-        NEW.ingest_pos := bondhu.ingest_position();
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER bondhu_position_added_insight
-    BEFORE UPDATE OF personality_insights ON public.entertainment_interactions
-    FOR EACH ROW EXECUTE FUNCTION bondhu.position_added_insight();
-
-CREATE TABLE public.user_personality_profiles (
-    user_id uuid PRIMARY KEY,
-    openness double precision NOT NULL DEFAULT 50 CONSTRAINT openness_0_to_100 CHECK (openness BETWEEN 0 AND 100),
-    conscientiousness double precision NOT NULL DEFAULT 50 CONSTRAINT conscientiousness_0_to_100 CHECK (conscientiousness BETWEEN 0 AND 100),
-    extraversion double precision NOT NULL DEFAULT 50 CONSTRAINT extraversion_0_to_100 CHECK (extraversion BETWEEN 0 AND 100),
-    agreeableness double precision NOT NULL DEFAULT 50 CONSTRAINT agreeableness_0_to_100 CHECK (agreeableness BETWEEN 0 AND 100),
-    neuroticism double precision NOT NULL DEFAULT 50 CONSTRAINT neuroticism_0_to_100 CHECK (neuroticism BETWEEN 0 AND 100),
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    applied_xmin bigint,
-    applied_xmax bigint,
-    applied_xip bigint[]
-);
-COMMENT ON COLUMN public.user_personality_profiles.applied_xmin IS
-    'Managed by bondhu (with applied_xmax, applied_xip): the cursor that last updated this profile.';
-
-CREATE TABLE public.personality_profile_history (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    user_id uuid NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now(),
-    task_id uuid,
-    trigger text NOT NULL CONSTRAINT known_trigger CHECK (trigger IN ('update_all', 'self_update')),
-    insights_processed integer NOT NULL,
-    openness_before double precision NOT NULL,
-    openness_after double precision NOT NULL,
-    conscientiousness_before double precision NOT NULL,
-    conscientiousness_after double precision NOT NULL,
-    extraversion_before double precision NOT NULL,
-    extraversion_after double precision NOT NULL,
-    agreeableness_before double precision NOT NULL,
-    agreeableness_after double precision NOT NULL,
-    neuroticism_before double precision NOT NULL,
-    neuroticism_after double precision NOT NULL
-);
-COMMENT ON TABLE public.personality_profile_history IS
-    'One row per applied profile update: the audit trail and the data for a trait-evolution chart. task_id is the update_all run (NULL for a self-service update).';
-CREATE INDEX personality_profile_history_user_time ON public.personality_profile_history (user_id, applied_at);
-
-SELECT pg_catalog.pg_extension_config_dump('public.chat_personality_insights', '');
-SELECT pg_catalog.pg_extension_config_dump('public.entertainment_interactions', '');
-SELECT pg_catalog.pg_extension_config_dump('public.user_personality_profiles', '');
-SELECT pg_catalog.pg_extension_config_dump('public.personality_profile_history', '');
-SELECT pg_catalog.pg_extension_config_dump('public.personality_profile_history_id_seq', '');
+-- bondhu: the run log and the update pipeline (how positions and cursors work: state.sql).
 
 ------------------------------------------------------------------------------------
 -- Run log
@@ -246,6 +22,31 @@ CREATE TABLE bondhu.task_runs (
 CREATE INDEX task_runs_by_task_time ON bondhu.task_runs (task_name, executed_at DESC);
 SELECT pg_catalog.pg_extension_config_dump('bondhu.task_runs', '');
 
+-- The Python pipeline's run log was a table named system_tasks: its rows join the run
+-- log, and the table itself is kept, renamed system_tasks_python.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = to_regclass('public.system_tasks') AND relkind = 'r') THEN
+        INSERT INTO bondhu.task_runs (id, task_name, executed_at, finished_at, status, run_by, users_processed,
+                                      successful_updates, failed_updates, records_processed, error_message,
+                                      metadata, duration_seconds)
+        SELECT coalesce(t.id, gen_random_uuid()),
+               CASE WHEN t.task_name IN ('personality_update', 'insights_cleanup') THEN t.task_name
+                    WHEN t.task_name ILIKE '%clean%' THEN 'insights_cleanup' ELSE 'personality_update' END,
+               coalesce(t.executed_at, t.created_at, now()), NULL,
+               CASE WHEN t.status IN ('running', 'completed', 'completed_with_errors', 'failed', 'skipped')
+                         AND t.status <> 'running' THEN t.status ELSE 'failed' END,
+               'python pipeline', coalesce(t.users_processed, 0), coalesce(t.successful_updates, 0),
+               coalesce(t.failed_updates, 0), coalesce(t.records_processed, 0), t.error_message,
+               coalesce(t.metadata, '{}') || jsonb_build_object('imported_from', 'system_tasks_python',
+                                                                'original_task_name', t.task_name,
+                                                                'original_status', t.status),
+               t.duration_seconds
+        FROM public.system_tasks t;
+        ALTER TABLE public.system_tasks RENAME TO system_tasks_python;
+    END IF;
+END $$;
+
 CREATE VIEW public.system_tasks AS
     SELECT id, task_name, executed_at, status, users_processed, successful_updates,
            failed_updates, records_processed, error_message, metadata, duration_seconds
@@ -258,7 +59,7 @@ COMMENT ON VIEW public.system_tasks IS 'Every personality_update and insights_cl
 -- Every insight, from both sources, as one relation.
 CREATE VIEW bondhu.insights AS
     SELECT c.user_id, 'chat'::text AS source, c.adjustments AS doc,
-           c."timestamp" AS observed_at, c.ingest_pos
+           coalesce(c."timestamp", c.created_at) AS observed_at, c.ingest_pos
     FROM public.chat_personality_insights c
     UNION ALL
     SELECT e.user_id, 'entertainment'::text, e.personality_insights,
@@ -298,10 +99,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         ELSE 0 END
 $$;
 
--- new = clamp(current + dampening * sum, 0, 100), in exact decimal arithmetic.
+-- new = clamp(current + dampening * sum, 0, 100), in exact decimal arithmetic. A trait
+-- without a value (an adopted profile) starts at 50, like a missing profile.
 CREATE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
 RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT least(100, greatest(0, current::numeric + dampening * total))::double precision
+    SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total))::double precision
 $$;
 
 ------------------------------------------------------------------------------------
@@ -399,6 +201,7 @@ $$;
 ------------------------------------------------------------------------------------
 CREATE FUNCTION public.bondhu_update_personality(user_id uuid) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
 DECLARE
     target uuid := bondhu_update_personality.user_id;
     operator boolean;
@@ -418,7 +221,7 @@ BEGIN
     END IF;
 
     INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
-    ON CONFLICT ON CONSTRAINT user_personality_profiles_pkey DO NOTHING;
+    ON CONFLICT (user_id) DO NOTHING;
     SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
     IF NOT operator THEN
         PERFORM bondhu.admit_self_update(target);
@@ -479,7 +282,7 @@ BEGIN
 
     INSERT INTO public.user_personality_profiles (user_id)
     SELECT u.user_id FROM pg_temp.bondhu_run_users u
-    ON CONFLICT ON CONSTRAINT user_personality_profiles_pkey DO NOTHING;
+    ON CONFLICT (user_id) DO NOTHING;
     -- Lock in key order (no deadlock with another locker of several profiles); a
     -- self-service update holding one of them is waited for, then seen.
     PERFORM FROM public.user_personality_profiles p

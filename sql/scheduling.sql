@@ -72,37 +72,6 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION public.bondhu_unschedule() IS 'Removes bondhu''s pg_cron jobs.';
 
--- DROP EXTENSION must leave no job behind that would fail every night. At the start
--- of any DROP EXTENSION the jobs are set aside; if bondhu is still there at the end
--- (another extension was dropped), they are put back as they were.
-CREATE FUNCTION bondhu.set_jobs_aside() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF bondhu.cron_installed() THEN
-        PERFORM set_config('bondhu.jobs_set_aside', bondhu.scheduled_jobs()::text, true);
-        PERFORM cron.unschedule(j.jobid) FROM cron.job j JOIN bondhu.jobs() b ON b.jobname = j.jobname;
-    END IF;
-END $$;
-
-CREATE FUNCTION bondhu.put_jobs_back() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    jobs jsonb := nullif(current_setting('bondhu.jobs_set_aside', true), '')::jsonb;
-BEGIN
-    PERFORM set_config('bondhu.jobs_set_aside', '', true);
-    IF jobs IS NULL OR NOT bondhu.cron_installed() THEN
-        RETURN;
-    END IF;
-    PERFORM cron.alter_job(cron.schedule(j ->> 'jobname', j ->> 'schedule', j ->> 'command'),
-                           active => (j ->> 'active')::boolean)
-    FROM jsonb_array_elements(jobs) j;
-END $$;
-
-CREATE EVENT TRIGGER bondhu_set_jobs_aside ON ddl_command_start
-    WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION bondhu.set_jobs_aside();
-CREATE EVENT TRIGGER bondhu_put_jobs_back ON ddl_command_end
-    WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION bondhu.put_jobs_back();
-
 -- The seed's admin health response. Status rules:
 --   unhealthy: the scheduler is not running, or the last personality update failed;
 --   degraded:  a scheduled update was missed (none succeeded since the first time the

@@ -122,9 +122,16 @@ BEGIN
     FOREACH t IN ARRAY ARRAY['chat_personality_insights', 'entertainment_interactions',
                              'user_personality_profiles', 'personality_profile_history'] LOOP
         EXECUTE format('ALTER TABLE public.%I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format($p$CREATE POLICY bondhu_own_rows ON public.%I FOR SELECT
-            USING (user_id = (SELECT nullif(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub', '')::uuid))$p$, t);
-        EXECUTE format('CREATE POLICY bondhu_operators ON public.%I TO bondhu_operator USING (true) WITH CHECK (true)', t);
+        -- Policies stay with tables left behind by DROP EXTENSION.
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_policies WHERE schemaname = 'public' AND tablename = t
+                       AND policyname = 'bondhu_own_rows') THEN
+            EXECUTE format($p$CREATE POLICY bondhu_own_rows ON public.%I FOR SELECT
+                USING (user_id = (SELECT nullif(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub', '')::uuid))$p$, t);
+        END IF;
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_policies WHERE schemaname = 'public' AND tablename = t
+                       AND policyname = 'bondhu_operators') THEN
+            EXECUTE format('CREATE POLICY bondhu_operators ON public.%I TO bondhu_operator USING (true) WITH CHECK (true)', t);
+        END IF;
     END LOOP;
 END $$;
 

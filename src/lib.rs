@@ -10,14 +10,25 @@ pub mod position;
 ::pgrx::pg_module_magic!(name, version);
 
 pgrx::extension_sql_file!(
+    "../sql/state.sql",
+    name = "state",
+    requires = [bondhu::ingest_position]
+);
+pgrx::extension_sql_file!("../sql/data.sql", name = "data", requires = ["state"]);
+pgrx::extension_sql_file!(
     "../sql/pipeline.sql",
     name = "pipeline",
-    requires = [bondhu::ingest_position]
+    requires = ["data"]
 );
 pgrx::extension_sql_file!(
     "../sql/scheduling.sql",
     name = "scheduling",
     requires = ["pipeline", bondhu::cron_next_run_epoch, bondhu::cron_check]
+);
+pgrx::extension_sql_file!(
+    "../sql/uninstall.sql",
+    name = "uninstall",
+    requires = ["scheduling"]
 );
 pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
 

@@ -1,0 +1,132 @@
+-- bondhu: settings, and where the exactly-once pipeline stands.
+--
+-- Every insight row carries an *ingest position*: (incarnation << 48) | the id of the
+-- transaction that wrote it. A pipeline run takes a snapshot and turns it into a
+-- cursor of positions (xmin, xmax, in-progress list), like PgQ cuts batches. An insight
+-- is applied by a cursor when its transaction was committed in that snapshot. Each
+-- profile keeps the cursor that last applied it; the pipeline state keeps the cursor up
+-- to which every profile is applied. An insight is pending for a user when neither of
+-- those cursors covers it. A transaction that commits late is simply not covered yet,
+-- so nothing is lost and nothing is rewritten. The incarnation changes when the data
+-- moves to another cluster (dump and restore), where transaction ids start again: all
+-- positions of the old incarnation sort below the new one.
+
+------------------------------------------------------------------------------------
+-- Settings: one row per database, validated by CHECK constraints.
+------------------------------------------------------------------------------------
+CREATE TABLE bondhu.settings (
+    dampening numeric NOT NULL DEFAULT 0.1
+        CONSTRAINT dampening_between_0_and_1 CHECK (dampening > 0 AND dampening <= 1),
+    insight_window interval NOT NULL DEFAULT '30 days'
+        CONSTRAINT insight_window_positive CHECK (insight_window > interval '0'),
+    active_user_window interval NOT NULL DEFAULT '7 days'
+        CONSTRAINT active_user_window_positive CHECK (active_user_window > interval '0'),
+    insight_retention interval NOT NULL DEFAULT '90 days'
+        CONSTRAINT insight_retention_covers_insight_window CHECK (insight_retention >= insight_window),
+    run_log_retention interval NOT NULL DEFAULT '90 days'
+        CONSTRAINT run_log_retention_at_least_90_days CHECK (run_log_retention >= interval '90 days'),
+    self_update_min_interval interval NOT NULL DEFAULT '60 seconds'
+        CONSTRAINT self_update_min_interval_not_negative CHECK (self_update_min_interval >= interval '0')
+);
+COMMENT ON TABLE bondhu.settings IS
+    'bondhu settings for this database (one row). Change with UPDATE bondhu.settings SET ...; reset a value with SET col = DEFAULT.';
+CREATE UNIQUE INDEX settings_single_row ON bondhu.settings ((true));
+
+-- pg_dump restores this configuration table with COPY after CREATE EXTENSION has
+-- already inserted the default row: an insert into the table overwrites that row.
+CREATE FUNCTION bondhu.settings_keep_single_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF EXISTS (SELECT FROM bondhu.settings) THEN
+            UPDATE bondhu.settings SET
+                dampening = NEW.dampening,
+                insight_window = NEW.insight_window,
+                active_user_window = NEW.active_user_window,
+                insight_retention = NEW.insight_retention,
+                run_log_retention = NEW.run_log_retention,
+                self_update_min_interval = NEW.self_update_min_interval;
+            RETURN NULL;
+        END IF;
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'bondhu.settings must keep its one row'
+        USING ERRCODE = 'restrict_violation',
+              HINT = 'Reset a value with UPDATE bondhu.settings SET <column> = DEFAULT.';
+END $$;
+CREATE TRIGGER keep_single_row BEFORE INSERT OR DELETE ON bondhu.settings
+    FOR EACH ROW EXECUTE FUNCTION bondhu.settings_keep_single_row();
+CREATE TRIGGER keep_single_row_truncate BEFORE TRUNCATE ON bondhu.settings
+    FOR EACH STATEMENT EXECUTE FUNCTION bondhu.settings_keep_single_row();
+INSERT INTO bondhu.settings DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
+
+------------------------------------------------------------------------------------
+-- Pipeline state: the incarnation and the global cursor. Created on first use, so a
+-- restored dump brings its own row instead of clashing with a fresh one.
+------------------------------------------------------------------------------------
+CREATE TYPE bondhu.cursor AS (xmin_pos bigint, xmax_pos bigint, xip_pos bigint[]);
+
+CREATE TABLE bondhu.pipeline_state (
+    single_row boolean PRIMARY KEY DEFAULT true CONSTRAINT one_row CHECK (single_row),
+    incarnation integer NOT NULL CONSTRAINT incarnation_range CHECK (incarnation BETWEEN 1 AND 32767),
+    system_identifier bigint NOT NULL,
+    applied_xmin bigint NOT NULL,
+    applied_xmax bigint NOT NULL,
+    applied_xip bigint[] NOT NULL,
+    advanced_at timestamptz
+);
+COMMENT ON TABLE bondhu.pipeline_state IS
+    'Where the pipeline stands: every insight below this cursor is applied to every profile.';
+SELECT pg_catalog.pg_extension_config_dump('bondhu.pipeline_state', '');
+
+-- The incarnation of this database's insight positions; starts a new one when the data
+-- is found in another cluster. cacheable is false when this call changed the state
+-- (the change is not committed yet, so a backend must not remember it).
+CREATE FUNCTION bondhu.resolve_incarnation(OUT incarnation integer, OUT cacheable boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    this_cluster bigint := (SELECT c.system_identifier FROM pg_catalog.pg_control_system() c);
+    known bondhu.pipeline_state;
+BEGIN
+    SELECT * INTO known FROM bondhu.pipeline_state;
+    IF FOUND AND known.system_identifier = this_cluster THEN
+        incarnation := known.incarnation;
+        cacheable := true;
+        RETURN;
+    END IF;
+    IF NOT FOUND THEN
+        -- Positions already in the tables (adopted or surviving data) stay below ours.
+        INSERT INTO bondhu.pipeline_state
+            (incarnation, system_identifier, applied_xmin, applied_xmax, applied_xip)
+        SELECT greatest(1, (max(p) >> 48) + 1), this_cluster, 3, 3, '{}'
+        FROM (SELECT max(ingest_pos) AS p FROM public.chat_personality_insights
+              UNION ALL
+              SELECT max(ingest_pos) FROM public.entertainment_interactions) existing
+        ON CONFLICT (single_row) DO NOTHING;
+    ELSE
+        UPDATE bondhu.pipeline_state s
+        SET incarnation = s.incarnation + 1, system_identifier = this_cluster
+        WHERE s.system_identifier <> this_cluster;
+    END IF;
+    SELECT s.incarnation INTO STRICT incarnation FROM bondhu.pipeline_state s;
+    cacheable := false;
+END $$;
+
+-- The current snapshot as a cursor of positions.
+CREATE FUNCTION bondhu.current_cursor() RETURNS bondhu.cursor
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ROW(q.base + pg_snapshot_xmin(q.s)::text::bigint,
+               q.base + pg_snapshot_xmax(q.s)::text::bigint,
+               ARRAY(SELECT q.base + x::text::bigint FROM pg_snapshot_xip(q.s) AS x))::bondhu.cursor
+    FROM (SELECT pg_current_snapshot() AS s,
+                 (bondhu.resolve_incarnation()).incarnation::bigint << 48 AS base) AS q
+$$;
+
+-- Is the insight at position pos covered by the cursor (xmin, xmax, xip)? NULL when
+-- there is no cursor.
+CREATE FUNCTION bondhu.position_applied(pos bigint, xmin_pos bigint, xmax_pos bigint, xip_pos bigint[])
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT pos < xmin_pos OR (pos < xmax_pos AND pos <> ALL (xip_pos))
+$$;
+
