@@ -168,7 +168,9 @@ BEGIN
         FROM totals t, public.user_personality_profiles old
         WHERE p.user_id = t.user_id AND old.user_id = t.user_id
         RETURNING p.user_id, t.applied, t.chat, t.entertainment, t.rejected, t.stale, t.ignored,
-                  ARRAY[old.openness, old.conscientiousness, old.extraversion, old.agreeableness, old.neuroticism] AS before,
+                  -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
+                  ARRAY[coalesce(old.openness, 50), coalesce(old.conscientiousness, 50), coalesce(old.extraversion, 50),
+                        coalesce(old.agreeableness, 50), coalesce(old.neuroticism, 50)] AS before,
                   ARRAY[p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism] AS after
     ), history AS (
         INSERT INTO public.personality_profile_history
@@ -231,8 +233,9 @@ BEGIN
     snapshot := bondhu.current_cursor();
     SELECT * INTO applied
     FROM bondhu.apply_pending(ARRAY[target], bondhu.global_cursor(), snapshot, NULL, 'self_update');
-    traits := ARRAY[profile.openness, profile.conscientiousness, profile.extraversion,
-                    profile.agreeableness, profile.neuroticism];
+    traits := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
+                    coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
+                    coalesce(profile.neuroticism, 50)];
     RETURN jsonb_build_object(
         'user_id', target,
         'insights_processed', coalesce(applied.insights_processed, 0),

@@ -1,0 +1,37 @@
+-- DROP EXTENSION never deletes the application's data; CREATE EXTENSION afterwards picks
+-- it up again: what was applied stays applied, what is pending is applied once.
+CREATE EXTENSION bondhu;
+\set ann '''00000000-0000-0000-0000-0000000a0001'''
+\set ben '''00000000-0000-0000-0000-0000000b0002'''
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ann, '{"openness": 10}');
+INSERT INTO entertainment_interactions (user_id, personality_insights) VALUES (:ann, '{"extraversion": 10}');
+SELECT bondhu_update_all() ->> 'insights_processed' AS applied;
+-- one more for ann, applied by her own update; one for ben, still pending
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ann, '{"openness": 1}');
+SELECT bondhu_update_personality(:ann) ->> 'insights_processed' AS self_applied;
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 5}');
+
+DROP EXTENSION bondhu;
+SELECT (SELECT count(*) FROM chat_personality_insights) AS chat, (SELECT count(*) FROM entertainment_interactions) AS entertainment,
+       (SELECT count(*) FROM user_personality_profiles) AS profiles, (SELECT count(*) FROM personality_profile_history) AS history;
+SELECT count(*) AS extension_objects_left FROM pg_extension WHERE extname = 'bondhu';
+-- the app keeps writing while bondhu is not installed
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 7}');
+UPDATE entertainment_interactions SET personality_insights = NULL WHERE user_id = :ann;  -- allowed, no trigger left
+INSERT INTO entertainment_interactions (user_id, personality_insights) VALUES (:ann, '{"extraversion": -10}');
+
+CREATE EXTENSION bondhu;
+SELECT count(*) AS chat_rows, count(DISTINCT id) AS distinct_ids FROM chat_personality_insights;
+SELECT r ->> 'users_processed' AS users, r ->> 'insights_processed' AS applied FROM bondhu_update_all() r;
+SELECT right(user_id::text, 4) AS u, openness, extraversion FROM user_personality_profiles ORDER BY user_id;
+SELECT bondhu_update_all() ->> 'insights_processed' AS nothing_left;
+SELECT count(*) AS history_rows FROM personality_profile_history;
+-- the tables are members again, with their data in pg_dump's output
+SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
+WHERE e.extname = 'bondhu' ORDER BY 1;
+\d chat_personality_insights
+-- dropping another extension leaves everything attached
+CREATE EXTENSION pg_trgm;
+DROP EXTENSION pg_trgm;
+SELECT count(*) AS member_tables FROM bondhu.data_tables() WHERE bondhu.is_member(relation);
+SELECT count(*) AS config_tables FROM pg_extension e, unnest(e.extconfig) t WHERE e.extname = 'bondhu';
