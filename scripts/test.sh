@@ -56,6 +56,21 @@ for t in $cron_tests; do
     record "cron $t" $status
 done
 
+log "upgrades: each earlier version plus its upgrade scripts equals a fresh install"
+cp "$ROOT"/sql/archive/bondhu--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+fingerprint() { cluster_psql -d "$1" -f "$ROOT/tests/upgrade/fingerprint.sql"; }
+recreate_database bondhu_fresh >/dev/null
+cluster_psql -d bondhu_fresh -c "CREATE EXTENSION bondhu"
+fingerprint bondhu_fresh >"$RESULTS/fingerprint-fresh.txt"
+for script in "$ROOT"/sql/archive/bondhu--*.sql; do
+    version=$(basename "$script" .sql | sed 's/^bondhu--//')
+    recreate_database bondhu_upgraded >/dev/null
+    cluster_psql -d bondhu_upgraded -c "CREATE EXTENSION bondhu VERSION '$version'" -c "ALTER EXTENSION bondhu UPDATE"
+    fingerprint bondhu_upgraded >"$RESULTS/fingerprint-from-$version.txt"
+    diff -u "$RESULTS/fingerprint-fresh.txt" "$RESULTS/fingerprint-from-$version.txt"
+    record "upgrade from $version" $?
+done
+
 log "isolation specs (tests/isolation)"
 iso_tests=$(cd "$ROOT/tests/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
 for t in $iso_tests; do
