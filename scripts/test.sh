@@ -80,6 +80,8 @@ for t in $iso_tests; do
     [ $status -eq 0 ] || cat "$RESULTS/isolation-$t/output_iso/regression.diffs" "$RESULTS/isolation-$t/regression.diffs" 2>/dev/null | head -80
     record "isolation $t" $status
 done
+
+source "$ROOT/tests/reliability/run.sh"
 set -e
 
 echo

@@ -1,0 +1,154 @@
+# Reliability: concurrency, kills, dump and restore into a new cluster, hostile input.
+# Sourced by scripts/test.sh, with set +e (uses its cluster, cluster_psql and record). Each scenario
+# ends with tests/reliability/invariant.sql: every profile = 50 + 0.1 x the sum of its
+# insights, and the history accounts for every insight exactly once.
+HERE="$ROOT/tests/reliability"
+SOAK_SECONDS=${SOAK_SECONDS:-20}
+SOAK_CLIENTS=6
+
+invariant() { cluster_psql -d "$1" -f "$HERE/invariant.sql"; }
+# An invariant line with no wrong profile and every insight in the history once.
+invariant_holds() { # line
+    local insights history
+    insights=$(sed -E 's/.*insights=([0-9]+).*/\1/' <<<"$1")
+    history=$(sed -E 's/.*history_insights=([0-9]+).*/\1/' <<<"$1")
+    [[ $1 == *"wrong_profiles=0 "* && $insights == "$history" && $insights -gt 0 ]]
+}
+fresh_bondhu_db() {
+    recreate_database "$1" >/dev/null
+    cluster_psql -d "$1" -c "CREATE EXTENSION bondhu"
+}
+# Users 1..$2 with $3 chat insights each, openness in [-1, 1]: far from the clamps.
+add_insights() { # db users per_user
+    cluster_psql -d "$1" -c "
+        INSERT INTO chat_personality_insights (user_id, adjustments)
+        SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid,
+               jsonb_build_object('openness', round((random() * 2 - 1)::numeric, 3))
+        FROM generate_series(1, $2) u, generate_series(1, $3)"
+}
+
+log "concurrency: $SOAK_CLIENTS clients for ${SOAK_SECONDS}s inserting, self-updating and running update_all"
+fresh_bondhu_db bondhu_soak
+add_insights bondhu_soak 200 5
+cat >"$RESULTS/soak-insert.sql" <<'SQL'
+\set u random(1, 200)
+\set v random(-1000, 1000)
+INSERT INTO chat_personality_insights (user_id, adjustments)
+VALUES (('00000000-0000-0000-0000-' || lpad(:u::text, 12, '0'))::uuid, jsonb_build_object('openness', :v / 1000.0));
+SQL
+cat >"$RESULTS/soak-self.sql" <<'SQL'
+\set u random(1, 200)
+SELECT bondhu_update_personality(('00000000-0000-0000-0000-' || lpad(:u::text, 12, '0'))::uuid);
+SQL
+echo 'SELECT bondhu_update_all();' >"$RESULTS/soak-all.sql"
+"$PG_BIN/pgbench" -n -h "$CLUSTER_DIR" -p "$CLUSTER_PORT" -U postgres -c "$SOAK_CLIENTS" -j 2 -T "$SOAK_SECONDS" \
+    -f "$RESULTS/soak-insert.sql@10" -f "$RESULTS/soak-self.sql@5" -f "$RESULTS/soak-all.sql@1" \
+    bondhu_soak >"$RESULTS/soak-pgbench.log" 2>&1
+soak_status=$?
+grep -E "number of transactions actually processed|number of failed|aborted|tps =" "$RESULTS/soak-pgbench.log" || true
+record "concurrency: no client error (pgbench exit $soak_status)" "$soak_status"
+cluster_psql -d bondhu_soak -c "SELECT bondhu_update_all()" >/dev/null
+line=$(invariant bondhu_soak); echo "$line"
+invariant_holds "$line"
+record "concurrency: every insight applied exactly once" $?
+! grep -qE "deadlock detected|could not serialize" "$CLUSTER_DIR/server.log"
+record "concurrency: no deadlock or serialization failure" $?
+
+# A running update_all is killed: its work rolls back whole, it leaves no 'running'
+# row, and the next run applies everything exactly once.
+kill_during_update_all() { # db how
+    local db=$1 how=$2 pid
+    cluster_psql -d "$db" -c "SELECT bondhu_update_all()" >"$RESULTS/kill-$how.log" 2>&1 &
+    local client=$!
+    for _ in $(seq 1 100); do
+        pid=$(cluster_psql -d "$db" -Atc "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT bondhu_update_all()%' AND state = 'active'")
+        [ -n "$pid" ] && break
+        sleep 0.05
+    done
+    sleep 0.5
+    if [ "$how" = terminate ]; then
+        cluster_psql -d "$db" -c "SELECT pg_terminate_backend($pid)" >/dev/null
+    else
+        sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR" -m immediate -w stop >/dev/null
+        sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR" -l "$CLUSTER_DIR/server.log" -w start >/dev/null
+    fi
+    wait "$client" || true
+}
+for how in terminate immediate_shutdown; do
+    log "kill: $how in the middle of update_all (60,000 users, 600,000 insights)"
+    fresh_bondhu_db bondhu_kill
+    add_insights bondhu_kill 60000 10
+    kill_during_update_all bondhu_kill "$how"
+    grep -qE "terminating connection|server closed the connection|connection to server was lost" "$RESULTS/kill-$how.log"
+    record "kill ($how): the run was interrupted mid-way" $?
+    touched=$(cluster_psql -d bondhu_kill -Atc "SELECT (SELECT count(*) FROM user_personality_profiles WHERE openness <> 50)
+                                                + (SELECT count(*) FROM personality_profile_history)
+                                                + (SELECT count(*) FROM system_tasks WHERE status = 'running')")
+    [ "$touched" = 0 ]
+    record "kill ($how): no partial batch, no 'running' row left" $?
+    cluster_psql -d bondhu_kill -c "SELECT bondhu_update_all()" >/dev/null
+    line=$(invariant bondhu_kill); echo "$line"
+    invariant_holds "$line"
+    record "kill ($how): the next run applies every insight exactly once" $?
+done
+
+log "dump of a database in use, restored into a new cluster"
+RESTORE_DIR=$ROOT/target/restore-cluster
+RESTORE_PORT=28818
+stop_cluster "$RESTORE_DIR"; rm -rf "$RESTORE_DIR"
+recreate_database bondhu_dump >/dev/null
+cluster_psql -d bondhu_dump -c "CREATE EXTENSION bondhu"
+add_insights bondhu_dump 300 4
+cluster_psql -d bondhu_dump -c "SELECT bondhu_update_all()" >/dev/null           # applied by update_all
+add_insights bondhu_dump 300 1
+cluster_psql -d bondhu_dump -c "SELECT bondhu_update_personality('00000000-0000-0000-0000-000000000001')" >/dev/null  # applied by a self-update
+add_insights bondhu_dump 300 2                                                    # pending
+# keep writing while pg_dump runs
+cluster_psql -d bondhu_dump -c "DO \$\$ BEGIN FOR i IN 1..40 LOOP
+    INSERT INTO chat_personality_insights (user_id, adjustments)
+    VALUES ('00000000-0000-0000-0000-000000000002', '{\"openness\": 0.5}'); COMMIT; PERFORM pg_sleep(0.05); END LOOP; END \$\$" &
+writer=$!
+sudo -u postgres "$PG_BIN/pg_dump" -h "$CLUSTER_DIR" -p "$CLUSTER_PORT" -U postgres -Fc -f "$RESULTS/bondhu_dump.pgdump" bondhu_dump
+wait "$writer"
+before=$(cluster_psql -d bondhu_dump -Atc "SELECT format('%s/%s/%s', (SELECT count(*) FROM user_personality_profiles),
+                                           (SELECT count(*) FROM personality_profile_history), (SELECT count(*) FROM system_tasks))")
+start_cluster "$RESTORE_DIR" "$RESTORE_PORT" bondhu_cron
+restore_psql() { psql -X -q -v ON_ERROR_STOP=1 -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_dump "$@"; }
+psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d postgres -c "CREATE DATABASE bondhu_dump"
+sudo -u postgres "$PG_BIN/pg_restore" -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres --exit-on-error -d bondhu_dump "$RESULTS/bondhu_dump.pgdump"
+record "dump/restore: pg_restore without error" $?
+after=$(restore_psql -Atc "SELECT format('%s/%s/%s', (SELECT count(*) FROM user_personality_profiles),
+                           (SELECT count(*) FROM personality_profile_history), (SELECT count(*) FROM system_tasks))")
+echo "profiles/history/runs before: $before, restored: $after"
+[ "$before" = "$after" ]
+record "dump/restore: profiles, history and run log all restored" $?
+# pending insights apply once, applied ones never again; insights written after the restore apply too
+restore_psql -c "SELECT bondhu_update_all()" >/dev/null
+restore_psql -c "INSERT INTO chat_personality_insights (user_id, adjustments)
+                 SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{\"openness\": 0.25}'
+                 FROM generate_series(1, 300) u"
+restore_psql -c "SELECT bondhu_update_all()" >/dev/null
+line=$(psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_dump -f "$HERE/invariant.sql"); echo "$line"
+invariant_holds "$line"
+record "dump/restore: every insight applied exactly once in the new cluster" $?
+[ "$(restore_psql -Atc "SELECT incarnation FROM bondhu.pipeline_state")" = 2 ]
+record "dump/restore: the new cluster is a new incarnation" $?
+stop_cluster "$RESTORE_DIR"
+
+log "hostile input: a generated corpus of insight documents"
+fresh_bondhu_db bondhu_hostile
+log_offset=$(stat -c %s "$CLUSTER_DIR/server.log")
+python3 "$HERE/hostile_corpus.py" --seed 7 --count 3000 --sql "$RESULTS/hostile.sql" --expect "$RESULTS/hostile.expect"
+cluster_psql -d bondhu_hostile -v ON_ERROR_STOP=0 -f "$RESULTS/hostile.sql" >"$RESULTS/hostile-insert.log" 2>&1
+refused_at_input=$(grep -c "^psql:.*ERROR" "$RESULTS/hostile-insert.log" || true)
+got=$(cluster_psql -d bondhu_hostile -Atc "SELECT format('stored=%s applied=%s rejected=%s',
+          (SELECT count(*) FROM chat_personality_insights), r ->> 'insights_processed', r ->> 'rejected_insights')
+          FROM bondhu_update_all() r")
+expected=$(cat "$RESULTS/hostile.expect")
+echo "expected: $expected refused_at_input=$(sed -E 's/.*refused_at_input=([0-9]+).*/\1/' <<<"$(cat "$RESULTS/hostile.expect.input")")"
+echo "got:      $got refused_at_input=$refused_at_input"
+[ "$got" = "$expected" ] && [ "refused_at_input=$refused_at_input" = "$(cat "$RESULTS/hostile.expect.input")" ]
+record "hostile input: every bad document rejected and counted, none crashes a backend" $?
+! tail -c +$((log_offset + 1)) "$CLUSTER_DIR/server.log" | grep -qE "terminated by signal|was terminated"
+
+record "hostile input: no backend crash in the server log" $?
