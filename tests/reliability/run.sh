@@ -96,39 +96,45 @@ log "dump of a database in use, restored into a new cluster"
 RESTORE_DIR=$ROOT/target/restore-cluster
 RESTORE_PORT=28818
 stop_cluster "$RESTORE_DIR"; rm -rf "$RESTORE_DIR"
-recreate_database bondhu_dump >/dev/null
-cluster_psql -d bondhu_dump -c "CREATE EXTENSION bondhu"
-add_insights bondhu_dump 300 4
-cluster_psql -d bondhu_dump -c "SELECT bondhu_update_all()" >/dev/null           # applied by update_all
-add_insights bondhu_dump 300 1
-cluster_psql -d bondhu_dump -c "SELECT bondhu_update_personality('00000000-0000-0000-0000-000000000001')" >/dev/null  # applied by a self-update
-add_insights bondhu_dump 300 2                                                    # pending
+# In the cron database, so that the dump carries bondhu's schedules too. Earlier suites
+# used it: start from nothing (DROP EXTENSION keeps the application's tables).
+cluster_psql -d bondhu_cron -c "DROP EXTENSION IF EXISTS bondhu" -c "DROP EXTENSION IF EXISTS pg_cron" \
+    -c "DROP TABLE IF EXISTS chat_personality_insights, entertainment_interactions, user_personality_profiles, personality_profile_history" \
+    -c "CREATE EXTENSION pg_cron" -c "CREATE EXTENSION bondhu" -c "SELECT bondhu_schedule('30 1 * * *', '15 4 * * 6')" >/dev/null
+add_insights bondhu_cron 300 4
+cluster_psql -d bondhu_cron -c "SELECT bondhu_update_all()" >/dev/null           # applied by update_all
+add_insights bondhu_cron 300 1
+cluster_psql -d bondhu_cron -c "SELECT bondhu_update_personality('00000000-0000-0000-0000-000000000001')" >/dev/null  # applied by a self-update
+add_insights bondhu_cron 300 2                                                    # pending
 # keep writing while pg_dump runs
-cluster_psql -d bondhu_dump -c "DO \$\$ BEGIN FOR i IN 1..40 LOOP
+cluster_psql -d bondhu_cron -c "DO \$\$ BEGIN FOR i IN 1..40 LOOP
     INSERT INTO chat_personality_insights (user_id, adjustments)
     VALUES ('00000000-0000-0000-0000-000000000002', '{\"openness\": 0.5}'); COMMIT; PERFORM pg_sleep(0.05); END LOOP; END \$\$" &
 writer=$!
-sudo -u postgres "$PG_BIN/pg_dump" -h "$CLUSTER_DIR" -p "$CLUSTER_PORT" -U postgres -Fc -f "$RESULTS/bondhu_dump.pgdump" bondhu_dump
+sudo -u postgres "$PG_BIN/pg_dump" -h "$CLUSTER_DIR" -p "$CLUSTER_PORT" -U postgres -Fc -f "$RESULTS/bondhu.pgdump" bondhu_cron
 wait "$writer"
-before=$(cluster_psql -d bondhu_dump -Atc "SELECT format('%s/%s/%s', (SELECT count(*) FROM user_personality_profiles),
+before=$(cluster_psql -d bondhu_cron -Atc "SELECT format('%s/%s/%s', (SELECT count(*) FROM user_personality_profiles),
                                            (SELECT count(*) FROM personality_profile_history), (SELECT count(*) FROM system_tasks))")
 start_cluster "$RESTORE_DIR" "$RESTORE_PORT" bondhu_cron
-restore_psql() { psql -X -q -v ON_ERROR_STOP=1 -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_dump "$@"; }
-psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d postgres -c "CREATE DATABASE bondhu_dump"
-sudo -u postgres "$PG_BIN/pg_restore" -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres --exit-on-error -d bondhu_dump "$RESULTS/bondhu_dump.pgdump"
+restore_psql() { psql -X -q -v ON_ERROR_STOP=1 -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_cron "$@"; }
+psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d postgres -c "CREATE DATABASE bondhu_cron"
+sudo -u postgres "$PG_BIN/pg_restore" -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres --exit-on-error -d bondhu_cron "$RESULTS/bondhu.pgdump"
 record "dump/restore: pg_restore without error" $?
 after=$(restore_psql -Atc "SELECT format('%s/%s/%s', (SELECT count(*) FROM user_personality_profiles),
                            (SELECT count(*) FROM personality_profile_history), (SELECT count(*) FROM system_tasks))")
 echo "profiles/history/runs before: $before, restored: $after"
 [ "$before" = "$after" ]
 record "dump/restore: profiles, history and run log all restored" $?
+[ "$(restore_psql -Atc "SELECT string_agg(jobname || ' ' || schedule, ', ' ORDER BY jobname) FROM cron.job")" = \
+  "bondhu_insights_cleanup 15 4 * * 6, bondhu_personality_update 30 1 * * *" ]
+record "dump/restore: the schedules came along" $?
 # pending insights apply once, applied ones never again; insights written after the restore apply too
 restore_psql -c "SELECT bondhu_update_all()" >/dev/null
 restore_psql -c "INSERT INTO chat_personality_insights (user_id, adjustments)
                  SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{\"openness\": 0.25}'
                  FROM generate_series(1, 300) u"
 restore_psql -c "SELECT bondhu_update_all()" >/dev/null
-line=$(psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_dump -f "$HERE/invariant.sql"); echo "$line"
+line=$(psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_cron -f "$HERE/invariant.sql"); echo "$line"
 invariant_holds "$line"
 record "dump/restore: every insight applied exactly once in the new cluster" $?
 [ "$(restore_psql -Atc "SELECT incarnation FROM bondhu.pipeline_state")" = 2 ]
