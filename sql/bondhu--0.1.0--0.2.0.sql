@@ -1,18 +1,144 @@
 -- bondhu 0.1.0 -> 0.2.0
 -- The application's tables are adopted when they exist and detached on DROP EXTENSION
--- (their data is never dropped); a NULL trait of an adopted profile starts at 50; a chat
--- insight without "timestamp" is dated by created_at.
+-- (their data is never dropped); updates run in batches from pg_cron
+-- (bondhu_run_update_all), and a run whose session died is marked interrupted; a NULL
+-- trait of an adopted profile starts at 50; a chat insight without "timestamp" is dated
+-- by created_at.
 \echo Use "ALTER EXTENSION bondhu UPDATE TO '0.2.0'" to load this file. \quit
 
--- DROP EXTENSION handling: replaced by before/after_drop_extension below.
 DROP EVENT TRIGGER bondhu_set_jobs_aside;
 DROP EVENT TRIGGER bondhu_put_jobs_back;
+
+DROP FUNCTION bondhu.apply_all_pending(uuid);
+
 DROP FUNCTION bondhu.set_jobs_aside();
+
 DROP FUNCTION bondhu.put_jobs_back();
 
 ALTER INDEX public.chat_personality_insights_timestamp_brin RENAME TO chat_personality_insights_observed_brin;
 ALTER INDEX public.entertainment_interactions_created_brin RENAME TO entertainment_interactions_observed_brin;
 
+CREATE FUNCTION bondhu.data_tables() RETURNS TABLE (relation regclass, kind text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid::regclass, CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END
+    FROM unnest(ARRAY['public.chat_personality_insights', 'public.entertainment_interactions',
+                      'public.user_personality_profiles', 'public.personality_profile_history',
+                      'public.personality_profile_history_id_seq']) AS n(name)
+    JOIN pg_catalog.pg_class c ON c.oid = to_regclass(n.name)
+$$;
+
+CREATE FUNCTION bondhu.is_member(relation regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                   WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = relation
+                     AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e')
+$$;
+
+CREATE FUNCTION bondhu.attach_data_tables(in_create_extension boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    registered oid[];
+    insight record;
+    trait text;
+    member record;
+BEGIN
+    FOR insight IN SELECT * FROM (VALUES
+            ('public.chat_personality_insights'::regclass, 'chat_personality_insights', '"timestamp"'),
+            ('public.entertainment_interactions'::regclass, 'entertainment_interactions', 'created_at')) AS v(t, name, observed)
+    LOOP
+        IF insight.name = 'entertainment_interactions' THEN
+            ALTER TABLE public.entertainment_interactions ADD COLUMN IF NOT EXISTS personality_insights jsonb;
+        END IF;
+        IF EXISTS (SELECT FROM pg_catalog.pg_attribute
+                   WHERE attrelid = insight.t AND attname = 'ingest_pos' AND NOT attisdropped) THEN
+            EXECUTE format('UPDATE %s SET ingest_pos = bondhu.ingest_position() WHERE ingest_pos IS NULL', insight.t);
+        ELSE
+            EXECUTE format('ALTER TABLE %s ADD COLUMN ingest_pos bigint DEFAULT 2', insight.t);
+        END IF;
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN ingest_pos SET DEFAULT bondhu.ingest_position(), '
+                       'ALTER COLUMN ingest_pos SET NOT NULL', insight.t);
+        EXECUTE format('COMMENT ON COLUMN %s.ingest_pos IS %L', insight.t,
+                       'Managed by bondhu: which transaction wrote the insight. Leave it to its default.');
+        IF to_regclass('public.' || insight.name || '_user_pos') IS NULL THEN
+            EXECUTE format('CREATE INDEX %I ON %s (user_id, ingest_pos)', insight.name || '_user_pos', insight.t);
+        END IF;
+        IF to_regclass('public.' || insight.name || '_pos_brin') IS NULL THEN
+            EXECUTE format('CREATE INDEX %I ON %s USING brin (ingest_pos)', insight.name || '_pos_brin', insight.t);
+        END IF;
+        IF to_regclass('public.' || insight.name || '_observed_brin') IS NULL THEN
+            EXECUTE format('CREATE INDEX %I ON %s USING brin (%s)', insight.name || '_observed_brin', insight.t, insight.observed);
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgname = 'bondhu_position_added_insight'
+                   AND tgrelid = 'public.entertainment_interactions'::regclass) THEN
+        CREATE TRIGGER bondhu_position_added_insight
+            BEFORE UPDATE OF personality_insights ON public.entertainment_interactions
+            FOR EACH ROW EXECUTE FUNCTION bondhu.position_added_insight();
+    END IF;
+
+    -- Profiles: traits as double precision 0..100 starting at 50, and the cursor.
+    FOREACH trait IN ARRAY ARRAY['openness', 'conscientiousness', 'extraversion', 'agreeableness', 'neuroticism'] LOOP
+        IF (SELECT format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute
+            WHERE attrelid = 'public.user_personality_profiles'::regclass AND attname = trait) <> 'double precision' THEN
+            EXECUTE format('ALTER TABLE public.user_personality_profiles ALTER COLUMN %I TYPE double precision', trait);
+        END IF;
+        EXECUTE format('ALTER TABLE public.user_personality_profiles ALTER COLUMN %I SET DEFAULT 50', trait);
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_constraint WHERE conname = trait || '_0_to_100'
+                       AND conrelid = 'public.user_personality_profiles'::regclass) THEN
+            -- NOT VALID: adopted rows are kept as they are; every new value is checked.
+            EXECUTE format('ALTER TABLE public.user_personality_profiles ADD CONSTRAINT %I CHECK (%I BETWEEN 0 AND 100) NOT VALID',
+                           trait || '_0_to_100', trait);
+        END IF;
+    END LOOP;
+    ALTER TABLE public.user_personality_profiles
+        ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now(),
+        ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now(),
+        ADD COLUMN IF NOT EXISTS applied_xmin bigint,
+        ADD COLUMN IF NOT EXISTS applied_xmax bigint,
+        ADD COLUMN IF NOT EXISTS applied_xip bigint[];
+    COMMENT ON COLUMN public.user_personality_profiles.applied_xmin IS
+        'Managed by bondhu (with applied_xmax, applied_xip): the cursor that last updated this profile.';
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_index i
+                   WHERE i.indrelid = 'public.user_personality_profiles'::regclass AND i.indisunique
+                     AND i.indnkeyatts = 1 AND i.indpred IS NULL
+                     AND i.indkey[0] = (SELECT attnum FROM pg_catalog.pg_attribute
+                                        WHERE attrelid = 'public.user_personality_profiles'::regclass
+                                          AND attname = 'user_id')) THEN
+        CREATE UNIQUE INDEX user_personality_profiles_user_id_key ON public.user_personality_profiles (user_id);
+    END IF;
+
+    registered := (SELECT coalesce(e.extconfig, '{}') FROM pg_catalog.pg_extension e WHERE e.extname = 'bondhu');
+    FOR member IN SELECT * FROM bondhu.data_tables() LOOP
+        IF NOT bondhu.is_member(member.relation) THEN
+            EXECUTE format('ALTER EXTENSION bondhu ADD %s %s', member.kind, member.relation);
+        END IF;
+        IF in_create_extension THEN
+            PERFORM pg_catalog.pg_extension_config_dump(member.relation, '');
+        ELSIF NOT member.relation::oid = ANY (registered) THEN
+            -- pg_extension_config_dump only works inside CREATE EXTENSION: what it does.
+            UPDATE pg_catalog.pg_extension
+            SET extconfig = array_append(extconfig, member.relation::oid), extcondition = array_append(extcondition, '')
+            WHERE extname = 'bondhu';
+        END IF;
+    END LOOP;
+END $$;
+
+CREATE FUNCTION bondhu.detach_data_tables() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    member record;
+BEGIN
+    ALTER TABLE public.chat_personality_insights
+        ALTER COLUMN ingest_pos DROP DEFAULT, ALTER COLUMN ingest_pos DROP NOT NULL;
+    ALTER TABLE public.entertainment_interactions
+        ALTER COLUMN ingest_pos DROP DEFAULT, ALTER COLUMN ingest_pos DROP NOT NULL;
+    DROP TRIGGER IF EXISTS bondhu_position_added_insight ON public.entertainment_interactions;
+    FOR member IN SELECT * FROM bondhu.data_tables() LOOP
+        IF bondhu.is_member(member.relation) THEN
+            EXECUTE format('ALTER EXTENSION bondhu DROP %s %s', member.kind, member.relation);
+        END IF;
+    END LOOP;
+END $$;
 
 CREATE OR REPLACE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
 RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -141,20 +267,33 @@ BEGIN
         'updated_at', CASE WHEN applied.insights_processed > 0 THEN now() ELSE profile.updated_at END);
 END $$;
 
-CREATE OR REPLACE FUNCTION bondhu.apply_all_pending(p_task_id uuid,
-    OUT users_processed integer, OUT successful_updates integer, OUT failed_updates integer,
-    OUT insights_processed bigint, OUT rejected_insights bigint, OUT stale_insights bigint,
-    OUT ignored_keys bigint, OUT failed_user_ids uuid[], OUT first_error text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION bondhu.mark_interrupted_runs() RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE bondhu.task_runs
+    SET status = 'failed', finished_at = clock_timestamp(),
+        error_message = 'interrupted: the session running it ended before the run finished'
+    WHERE status = 'running'
+$$;
+
+CREATE FUNCTION bondhu.start_update_run(session_lock boolean,
+    OUT run bondhu.task_runs, OUT covered bondhu.cursor, OUT snapshot bondhu.cursor)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    snapshot bondhu.cursor := bondhu.current_cursor();
-    covered bondhu.cursor := bondhu.global_cursor();
-    one_user uuid;
-    one_result record;
+    locked boolean := CASE WHEN session_lock THEN pg_try_advisory_lock(bondhu.lock_key('personality_update'))
+                           ELSE pg_try_advisory_xact_lock(bondhu.lock_key('personality_update')) END;
 BEGIN
-    failed_user_ids := '{}';
+    IF NOT locked THEN
+        INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
+        VALUES ('personality_update', 'skipped', clock_timestamp(), 0, 'another personality update was running')
+        RETURNING * INTO run;
+        RETURN;
+    END IF;
+    PERFORM bondhu.mark_interrupted_runs();
+    INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running') RETURNING * INTO run;
+    snapshot := bondhu.current_cursor();
+    covered := bondhu.global_cursor();
     IF to_regclass('pg_temp.bondhu_run_users') IS NULL THEN
-        CREATE TEMP TABLE bondhu_run_users (user_id uuid PRIMARY KEY) ON COMMIT DROP;
+        CREATE TEMP TABLE bondhu_run_users (user_id uuid PRIMARY KEY);
     ELSE
         TRUNCATE pg_temp.bondhu_run_users;
     END IF;
@@ -164,188 +303,258 @@ BEGIN
     WHERE i.ingest_pos >= (covered).xmin_pos
       AND NOT bondhu.position_applied(i.ingest_pos, (covered).xmin_pos, (covered).xmax_pos, (covered).xip_pos)
       AND bondhu.position_applied(i.ingest_pos, (snapshot).xmin_pos, (snapshot).xmax_pos, (snapshot).xip_pos);
+END $$;
 
-    INSERT INTO public.user_personality_profiles (user_id)
-    SELECT u.user_id FROM pg_temp.bondhu_run_users u
-    ON CONFLICT (user_id) DO NOTHING;
-    -- Lock in key order (no deadlock with another locker of several profiles); a
-    -- self-service update holding one of them is waited for, then seen.
-    PERFORM FROM public.user_personality_profiles p
-    WHERE p.user_id IN (SELECT u.user_id FROM pg_temp.bondhu_run_users u)
-    ORDER BY p.user_id
-    FOR UPDATE OF p;
-
+CREATE FUNCTION bondhu.apply_update_batch(run_id uuid, covered bondhu.cursor, snapshot bondhu.cursor,
+                                          after_user uuid, batch_size integer) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    batch uuid[];
+    one_user uuid;
+    totals record;
+    one record;
+    failed uuid[] := '{}';
+    first_error text;
+    error_state text;
+BEGIN
+    SELECT array_agg(u.user_id ORDER BY u.user_id) INTO batch
+    FROM (SELECT r.user_id FROM pg_temp.bondhu_run_users r
+          WHERE after_user IS NULL OR r.user_id > after_user
+          ORDER BY r.user_id LIMIT batch_size) u;
+    IF batch IS NULL THEN
+        RETURN NULL;
+    END IF;
     BEGIN
-        SELECT count(*), count(*), 0, coalesce(sum(a.insights_processed), 0),
-               coalesce(sum(a.rejected_insights), 0), coalesce(sum(a.stale_insights), 0),
-               coalesce(sum(a.ignored_keys), 0)
-        INTO users_processed, successful_updates, failed_updates, insights_processed,
-             rejected_insights, stale_insights, ignored_keys
-        FROM bondhu.apply_pending(NULL, covered, snapshot, p_task_id, 'update_all') a;
+        INSERT INTO public.user_personality_profiles (user_id)
+        SELECT unnest(batch) ON CONFLICT (user_id) DO NOTHING;
+        -- Lock in key order (no deadlock with another locker of several profiles); a
+        -- self-service update holding one of them is waited for, then seen.
+        PERFORM FROM public.user_personality_profiles p
+        WHERE p.user_id = ANY (batch) ORDER BY p.user_id FOR UPDATE OF p;
+        BEGIN
+            SELECT count(*)::integer AS users, coalesce(sum(a.insights_processed), 0)::bigint AS applied,
+                   coalesce(sum(a.rejected_insights), 0)::bigint AS rejected,
+                   coalesce(sum(a.stale_insights), 0)::bigint AS stale, coalesce(sum(a.ignored_keys), 0)::bigint AS ignored
+            INTO totals
+            FROM bondhu.apply_pending(batch, covered, snapshot, run_id, 'update_all') a;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS first_error = MESSAGE_TEXT;
+            SELECT 0 AS users, 0::bigint AS applied, 0::bigint AS rejected, 0::bigint AS stale, 0::bigint AS ignored
+            INTO totals;
+            FOREACH one_user IN ARRAY batch LOOP
+                BEGIN
+                    SELECT count(*)::integer AS users, coalesce(sum(a.insights_processed), 0)::bigint AS applied,
+                           coalesce(sum(a.rejected_insights), 0)::bigint AS rejected,
+                           coalesce(sum(a.stale_insights), 0)::bigint AS stale, coalesce(sum(a.ignored_keys), 0)::bigint AS ignored
+                    INTO one
+                    FROM bondhu.apply_pending(ARRAY[one_user], covered, snapshot, run_id, 'update_all') a;
+                    totals.users := totals.users + one.users;
+                    totals.applied := totals.applied + one.applied;
+                    totals.rejected := totals.rejected + one.rejected;
+                    totals.stale := totals.stale + one.stale;
+                    totals.ignored := totals.ignored + one.ignored;
+                EXCEPTION WHEN OTHERS THEN
+                    totals.users := totals.users + 1;
+                    failed := failed || one_user;
+                END;
+            END LOOP;
+        END;
+        UPDATE bondhu.task_runs t SET
+            users_processed = t.users_processed + totals.users,
+            successful_updates = t.successful_updates + totals.users - cardinality(failed),
+            failed_updates = t.failed_updates + cardinality(failed),
+            records_processed = t.records_processed + totals.applied,
+            error_message = coalesce(t.error_message, first_error),
+            metadata = jsonb_build_object(
+                'insights_processed', coalesce((t.metadata ->> 'insights_processed')::bigint, 0) + totals.applied,
+                'rejected_insights', coalesce((t.metadata ->> 'rejected_insights')::bigint, 0) + totals.rejected,
+                'stale_insights', coalesce((t.metadata ->> 'stale_insights')::bigint, 0) + totals.stale,
+                'ignored_keys', coalesce((t.metadata ->> 'ignored_keys')::bigint, 0) + totals.ignored,
+                'failed_user_ids', coalesce(t.metadata -> 'failed_user_ids', '[]') || to_jsonb(failed))
+        WHERE t.id = run_id;
     EXCEPTION WHEN OTHERS THEN
-        -- Some user's update fails: redo them one by one so the others still go through.
-        GET STACKED DIAGNOSTICS first_error = MESSAGE_TEXT;
-        users_processed := 0; successful_updates := 0; failed_updates := 0;
-        insights_processed := 0; rejected_insights := 0; stale_insights := 0; ignored_keys := 0;
-        FOR one_user IN SELECT u.user_id FROM pg_temp.bondhu_run_users u ORDER BY u.user_id LOOP
-            users_processed := users_processed + 1;
-            BEGIN
-                SELECT coalesce(sum(a.insights_processed), 0) AS applied,
-                       coalesce(sum(a.rejected_insights), 0) AS rejected,
-                       coalesce(sum(a.stale_insights), 0) AS stale,
-                       coalesce(sum(a.ignored_keys), 0) AS ignored
-                INTO one_result
-                FROM bondhu.apply_pending(ARRAY[one_user], covered, snapshot, p_task_id, 'update_all') a;
-                insights_processed := insights_processed + one_result.applied;
-                rejected_insights := rejected_insights + one_result.rejected;
-                stale_insights := stale_insights + one_result.stale;
-                ignored_keys := ignored_keys + one_result.ignored;
-                successful_updates := successful_updates + 1;
-            EXCEPTION WHEN OTHERS THEN
-                failed_updates := failed_updates + 1;
-                failed_user_ids := failed_user_ids || one_user;
-            END;
-        END LOOP;
+        -- The batch's own work is rolled back; the failure is logged.
+        GET STACKED DIAGNOSTICS first_error = MESSAGE_TEXT, error_state = RETURNED_SQLSTATE;
+        UPDATE bondhu.task_runs t SET status = 'failed', error_message = first_error,
+            metadata = t.metadata || jsonb_build_object('sqlstate', error_state)
+        WHERE t.id = run_id;
+        RETURN NULL;
     END;
+    RETURN batch[cardinality(batch)];
+END $$;
 
-    -- Every user is covered by this snapshot now, unless one failed: then the global
-    -- cursor stays, and the next run retries exactly what is still pending.
-    IF failed_updates = 0 THEN
+CREATE FUNCTION bondhu.finish_update_run(run_id uuid, snapshot bondhu.cursor, session_lock boolean)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    run bondhu.task_runs;
+BEGIN
+    UPDATE bondhu.task_runs t SET
+        status = CASE WHEN t.status = 'failed' THEN 'failed'
+                      WHEN t.failed_updates > 0 THEN 'completed_with_errors' ELSE 'completed' END,
+        finished_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - t.executed_at)::numeric, 3)
+    WHERE t.id = run_id
+    RETURNING * INTO run;
+    IF run.status = 'completed' THEN
         UPDATE bondhu.pipeline_state SET
             applied_xmin = (snapshot).xmin_pos, applied_xmax = (snapshot).xmax_pos,
             applied_xip = (snapshot).xip_pos, advanced_at = now();
     END IF;
-END $$;
-
-CREATE OR REPLACE FUNCTION bondhu.position_added_insight() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF OLD.personality_insights IS NULL AND NEW.personality_insights IS NOT NULL THEN
-        NEW.ingest_pos := bondhu.ingest_position();
+    DROP TABLE IF EXISTS pg_temp.bondhu_run_users;
+    IF session_lock THEN
+        PERFORM pg_advisory_unlock(bondhu.lock_key('personality_update'));
     END IF;
-    RETURN NEW;
+    RETURN bondhu.run_summary(run);
 END $$;
 
-CREATE FUNCTION bondhu.data_tables() RETURNS TABLE (relation regclass, kind text)
+CREATE FUNCTION bondhu.run_summary(run bondhu.task_runs) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT c.oid::regclass, CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END
-    FROM unnest(ARRAY['public.chat_personality_insights', 'public.entertainment_interactions',
-                      'public.user_personality_profiles', 'public.personality_profile_history',
-                      'public.personality_profile_history_id_seq']) AS n(name)
-    JOIN pg_catalog.pg_class c ON c.oid = to_regclass(n.name)
+    SELECT jsonb_build_object(
+        'task_id', run.id, 'status', run.status,
+        'users_processed', run.users_processed, 'successful_updates', run.successful_updates,
+        'failed_updates', run.failed_updates,
+        'insights_processed', coalesce((run.metadata ->> 'insights_processed')::bigint, 0),
+        'rejected_insights', coalesce((run.metadata ->> 'rejected_insights')::bigint, 0),
+        'stale_insights', coalesce((run.metadata ->> 'stale_insights')::bigint, 0),
+        'duration_seconds', coalesce(run.duration_seconds, 0),
+        'error_message', run.error_message)
 $$;
 
-CREATE FUNCTION bondhu.is_member(relation regclass) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT FROM pg_catalog.pg_depend d
-                   WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = relation
-                     AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e')
-$$;
-
-CREATE FUNCTION bondhu.attach_data_tables(in_create_extension boolean) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+CREATE OR REPLACE FUNCTION public.bondhu_update_all() RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    registered oid[];
-    insight record;
-    trait text;
-    member record;
+    started record;
 BEGIN
-    FOR insight IN SELECT * FROM (VALUES
-            ('public.chat_personality_insights'::regclass, 'chat_personality_insights', '"timestamp"'),
-            ('public.entertainment_interactions'::regclass, 'entertainment_interactions', 'created_at')) AS v(t, name, observed)
+    SELECT * INTO STRICT started FROM bondhu.start_update_run(false);
+    IF (started.run).status = 'skipped' THEN
+        RETURN bondhu.run_summary(started.run);
+    END IF;
+    PERFORM bondhu.apply_update_batch((started.run).id, started.covered, started.snapshot, NULL, NULL);
+    RETURN bondhu.finish_update_run((started.run).id, started.snapshot, false);
+END $$;
+
+CREATE PROCEDURE public.bondhu_run_update_all(batch_size integer DEFAULT 1000)
+LANGUAGE plpgsql AS $$
+DECLARE
+    started record;
+    last_user uuid;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'bondhu_run_update_all: batch_size must be a positive number of users'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO STRICT started FROM bondhu.start_update_run(true);
+    IF (started.run).status = 'skipped' THEN
+        RETURN;
+    END IF;
+    COMMIT;
     LOOP
-        IF insight.name = 'entertainment_interactions' THEN
-            ALTER TABLE public.entertainment_interactions ADD COLUMN IF NOT EXISTS personality_insights jsonb;
-        END IF;
-        IF EXISTS (SELECT FROM pg_catalog.pg_attribute
-                   WHERE attrelid = insight.t AND attname = 'ingest_pos' AND NOT attisdropped) THEN
-            EXECUTE format('UPDATE %s SET ingest_pos = bondhu.ingest_position() WHERE ingest_pos IS NULL', insight.t);
-        ELSE
-            EXECUTE format('ALTER TABLE %s ADD COLUMN ingest_pos bigint DEFAULT 2', insight.t);
-        END IF;
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN ingest_pos SET DEFAULT bondhu.ingest_position(), '
-                       'ALTER COLUMN ingest_pos SET NOT NULL', insight.t);
-        EXECUTE format('COMMENT ON COLUMN %s.ingest_pos IS %L', insight.t,
-                       'Managed by bondhu: which transaction wrote the insight. Leave it to its default.');
-        IF to_regclass('public.' || insight.name || '_user_pos') IS NULL THEN
-            EXECUTE format('CREATE INDEX %I ON %s (user_id, ingest_pos)', insight.name || '_user_pos', insight.t);
-        END IF;
-        IF to_regclass('public.' || insight.name || '_pos_brin') IS NULL THEN
-            EXECUTE format('CREATE INDEX %I ON %s USING brin (ingest_pos)', insight.name || '_pos_brin', insight.t);
-        END IF;
-        IF to_regclass('public.' || insight.name || '_observed_brin') IS NULL THEN
-            EXECUTE format('CREATE INDEX %I ON %s USING brin (%s)', insight.name || '_observed_brin', insight.t, insight.observed);
-        END IF;
+        last_user := bondhu.apply_update_batch((started.run).id, started.covered, started.snapshot, last_user, batch_size);
+        COMMIT;
+        EXIT WHEN last_user IS NULL;
     END LOOP;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgname = 'bondhu_position_added_insight'
-                   AND tgrelid = 'public.entertainment_interactions'::regclass) THEN
-        CREATE TRIGGER bondhu_position_added_insight
-            BEFORE UPDATE OF personality_insights ON public.entertainment_interactions
-            FOR EACH ROW EXECUTE FUNCTION bondhu.position_added_insight();
-    END IF;
-
-    -- Profiles: traits as double precision 0..100 starting at 50, and the cursor.
-    FOREACH trait IN ARRAY ARRAY['openness', 'conscientiousness', 'extraversion', 'agreeableness', 'neuroticism'] LOOP
-        IF (SELECT format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute
-            WHERE attrelid = 'public.user_personality_profiles'::regclass AND attname = trait) <> 'double precision' THEN
-            EXECUTE format('ALTER TABLE public.user_personality_profiles ALTER COLUMN %I TYPE double precision', trait);
-        END IF;
-        EXECUTE format('ALTER TABLE public.user_personality_profiles ALTER COLUMN %I SET DEFAULT 50', trait);
-        IF NOT EXISTS (SELECT FROM pg_catalog.pg_constraint WHERE conname = trait || '_0_to_100'
-                       AND conrelid = 'public.user_personality_profiles'::regclass) THEN
-            -- NOT VALID: adopted rows are kept as they are; every new value is checked.
-            EXECUTE format('ALTER TABLE public.user_personality_profiles ADD CONSTRAINT %I CHECK (%I BETWEEN 0 AND 100) NOT VALID',
-                           trait || '_0_to_100', trait);
-        END IF;
-    END LOOP;
-    ALTER TABLE public.user_personality_profiles
-        ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now(),
-        ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now(),
-        ADD COLUMN IF NOT EXISTS applied_xmin bigint,
-        ADD COLUMN IF NOT EXISTS applied_xmax bigint,
-        ADD COLUMN IF NOT EXISTS applied_xip bigint[];
-    COMMENT ON COLUMN public.user_personality_profiles.applied_xmin IS
-        'Managed by bondhu (with applied_xmax, applied_xip): the cursor that last updated this profile.';
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_index i
-                   WHERE i.indrelid = 'public.user_personality_profiles'::regclass AND i.indisunique
-                     AND i.indnkeyatts = 1 AND i.indpred IS NULL
-                     AND i.indkey[0] = (SELECT attnum FROM pg_catalog.pg_attribute
-                                        WHERE attrelid = 'public.user_personality_profiles'::regclass
-                                          AND attname = 'user_id')) THEN
-        CREATE UNIQUE INDEX user_personality_profiles_user_id_key ON public.user_personality_profiles (user_id);
-    END IF;
-
-    registered := (SELECT coalesce(e.extconfig, '{}') FROM pg_catalog.pg_extension e WHERE e.extname = 'bondhu');
-    FOR member IN SELECT * FROM bondhu.data_tables() LOOP
-        IF NOT bondhu.is_member(member.relation) THEN
-            EXECUTE format('ALTER EXTENSION bondhu ADD %s %s', member.kind, member.relation);
-        END IF;
-        IF in_create_extension THEN
-            PERFORM pg_catalog.pg_extension_config_dump(member.relation, '');
-        ELSIF NOT member.relation::oid = ANY (registered) THEN
-            -- pg_extension_config_dump only works inside CREATE EXTENSION: what it does.
-            UPDATE pg_catalog.pg_extension
-            SET extconfig = array_append(extconfig, member.relation::oid), extcondition = array_append(extcondition, '')
-            WHERE extname = 'bondhu';
-        END IF;
-    END LOOP;
+    PERFORM bondhu.finish_update_run((started.run).id, started.snapshot, true);
+    COMMIT;
 END $$;
 
-CREATE FUNCTION bondhu.detach_data_tables() RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+CREATE OR REPLACE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, default_schedule text, command text)
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES ('personality_update', 'bondhu_personality_update', '0 2 * * *',
+            'CALL public.bondhu_run_update_all()'),
+           ('insights_cleanup', 'bondhu_insights_cleanup', '0 3 * * 0',
+            'SELECT public.bondhu_cleanup_insights(s.insight_retention) FROM bondhu.settings s')
+$$;
+
+CREATE OR REPLACE FUNCTION public.bondhu_system_health() RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    member record;
+    cfg bondhu.settings;
+    preloaded boolean := 'pg_cron' = ANY (string_to_array(
+        replace(current_setting('shared_preload_libraries'), ' ', ''), ','));
+    launcher boolean := EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE backend_type = 'pg_cron launcher');
+    installed boolean := bondhu.cron_installed();
+    jobs jsonb := '[]';
+    problems text[] := '{}';
+    job_problems text[];
+    last_update bondhu.task_runs;
+    last_success bondhu.task_runs;
+    last_cleanup bondhu.task_runs;
+    update_schedule text;
+    missed_since timestamptz;
+    status text;
 BEGIN
-    ALTER TABLE public.chat_personality_insights
-        ALTER COLUMN ingest_pos DROP DEFAULT, ALTER COLUMN ingest_pos DROP NOT NULL;
-    ALTER TABLE public.entertainment_interactions
-        ALTER COLUMN ingest_pos DROP DEFAULT, ALTER COLUMN ingest_pos DROP NOT NULL;
-    DROP TRIGGER IF EXISTS bondhu_position_added_insight ON public.entertainment_interactions;
-    FOR member IN SELECT * FROM bondhu.data_tables() LOOP
-        IF bondhu.is_member(member.relation) THEN
-            EXECUTE format('ALTER EXTENSION bondhu DROP %s %s', member.kind, member.relation);
-        END IF;
-    END LOOP;
+    SELECT * INTO STRICT cfg FROM bondhu.settings;
+    -- A run left 'running' by a session that died: no run holds the lock.
+    IF pg_try_advisory_lock(bondhu.lock_key('personality_update')) THEN
+        PERFORM bondhu.mark_interrupted_runs();
+        PERFORM pg_advisory_unlock(bondhu.lock_key('personality_update'));
+    END IF;
+    SELECT * INTO last_update FROM bondhu.task_runs t
+    WHERE t.task_name = 'personality_update' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
+    SELECT * INTO last_success FROM bondhu.task_runs t
+    WHERE t.task_name = 'personality_update' AND t.status IN ('completed', 'completed_with_errors')
+    ORDER BY t.executed_at DESC LIMIT 1;
+    SELECT * INTO last_cleanup FROM bondhu.task_runs t
+    WHERE t.task_name = 'insights_cleanup' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
+
+    IF NOT preloaded THEN problems := problems || 'pg_cron is not in shared_preload_libraries'::text; END IF;
+    IF preloaded AND NOT launcher THEN problems := problems || 'the pg_cron launcher is not running'::text; END IF;
+    IF NOT installed THEN
+        problems := problems || 'pg_cron is not installed in this database'::text;
+    ELSE
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'id', b.id, 'jobname', b.jobname, 'schedule', j.schedule,
+                   'trigger', CASE WHEN j.jobid IS NULL THEN NULL ELSE 'cron[' || j.schedule || '] GMT' END,
+                   'active', coalesce(j.active, false),
+                   'next_run_time', CASE WHEN j.active THEN bondhu.cron_next_run(j.schedule, now()) END,
+                   'last_run', (SELECT jsonb_build_object('status', d.status, 'start_time', d.start_time,
+                                                          'end_time', d.end_time, 'message', d.return_message)
+                                FROM cron.job_run_details d WHERE d.jobid = j.jobid
+                                ORDER BY d.runid DESC LIMIT 1)) ORDER BY b.id DESC), '[]'),
+               max(j.schedule) FILTER (WHERE b.id = 'personality_update'),
+               array_agg(b.jobname || CASE WHEN j.jobid IS NULL THEN ' is not scheduled (call bondhu_schedule())'
+                                           ELSE ' is not active' END)
+                   FILTER (WHERE j.jobid IS NULL OR NOT j.active)
+        INTO jobs, update_schedule, job_problems
+        FROM bondhu.jobs() b LEFT JOIN cron.job j ON j.jobname = b.jobname;
+        problems := problems || coalesce(job_problems, '{}');
+    END IF;
+
+    IF update_schedule IS NOT NULL AND last_success.executed_at IS NOT NULL THEN
+        missed_since := bondhu.cron_next_run(update_schedule, last_success.executed_at);
+    END IF;
+    status := CASE
+        WHEN cardinality(problems) > 0 OR last_update.status = 'failed' THEN 'unhealthy'
+        WHEN missed_since + interval '1 hour' < now() OR last_update.status = 'completed_with_errors' THEN 'degraded'
+        ELSE 'healthy' END;
+
+    RETURN jsonb_build_object(
+        'status', status,
+        'scheduler_running', cardinality(problems) = 0,
+        'problems', to_jsonb(problems),
+        'timezone', 'GMT (pg_cron 1.4 evaluates schedules in GMT; for 2 AM local time, shift the hour by the UTC offset)',
+        'scheduled_jobs', jobs,
+        'last_personality_update', CASE WHEN last_update.id IS NOT NULL THEN jsonb_build_object(
+            'task_name', last_update.task_name, 'executed_at', last_update.executed_at,
+            'users_processed', last_update.users_processed,
+            'successful_updates', last_update.successful_updates,
+            'failed_updates', last_update.failed_updates, 'status', last_update.status,
+            'error_message', last_update.error_message) END,
+        'missed_run_since', CASE WHEN missed_since + interval '1 hour' < now() THEN missed_since END,
+        'last_cleanup', CASE WHEN last_cleanup.id IS NOT NULL THEN jsonb_build_object(
+            'task_name', last_cleanup.task_name, 'executed_at', last_cleanup.executed_at,
+            'records_processed', last_cleanup.records_processed, 'status', last_cleanup.status) END,
+        'active_users_count', (SELECT count(DISTINCT i.user_id) FROM bondhu.insights i
+                               WHERE i.observed_at > now() - cfg.active_user_window),
+        'pending_insights', (SELECT count(*)
+                             FROM bondhu.insights i
+                             CROSS JOIN bondhu.global_cursor() g
+                             LEFT JOIN public.user_personality_profiles p ON p.user_id = i.user_id
+                             WHERE i.ingest_pos >= g.xmin_pos
+                               AND NOT bondhu.position_applied(i.ingest_pos, g.xmin_pos, g.xmax_pos, g.xip_pos)
+                               AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin,
+                                                                        p.applied_xmax, p.applied_xip), false)));
 END $$;
 
 CREATE FUNCTION bondhu.before_drop_extension() RETURNS event_trigger
@@ -376,6 +585,11 @@ BEGIN
     END IF;
 END $$;
 
+CREATE EVENT TRIGGER bondhu_before_drop_extension ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION bondhu.before_drop_extension();
+CREATE EVENT TRIGGER bondhu_after_drop_extension ON ddl_command_end
+    WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION bondhu.after_drop_extension();
+
 CREATE OR REPLACE VIEW bondhu.insights AS
     SELECT c.user_id, 'chat'::text AS source, c.adjustments AS doc,
            coalesce(c."timestamp", c.created_at) AS observed_at, c.ingest_pos
@@ -386,11 +600,68 @@ CREATE OR REPLACE VIEW bondhu.insights AS
     FROM public.entertainment_interactions e
     WHERE e.personality_insights IS NOT NULL;
 
-CREATE EVENT TRIGGER bondhu_before_drop_extension ON ddl_command_start
-    WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION bondhu.before_drop_extension();
-CREATE EVENT TRIGGER bondhu_after_drop_extension ON ddl_command_end
-    WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION bondhu.after_drop_extension();
+-- Privileges, as a fresh install leaves them.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA bondhu FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA bondhu FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
+    public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
+    public.bondhu_unschedule(), public.bondhu_system_health() FROM PUBLIC;
+REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer) FROM PUBLIC;
+REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
+    public.user_personality_profiles, public.personality_profile_history, public.system_tasks FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION bondhu.data_tables(), bondhu.is_member(regclass), bondhu.attach_data_tables(boolean),
-    bondhu.detach_data_tables(), bondhu.before_drop_extension(), bondhu.after_drop_extension() FROM PUBLIC;
+-- Whoever may insert an insight runs its ingest_pos default.
+GRANT USAGE ON SCHEMA bondhu TO PUBLIC;
+GRANT EXECUTE ON FUNCTION bondhu.ingest_position(), bondhu.resolve_incarnation() TO PUBLIC;
+
+GRANT EXECUTE ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
+    public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
+    public.bondhu_unschedule(), public.bondhu_system_health() TO bondhu_operator;
+GRANT EXECUTE ON PROCEDURE public.bondhu_run_update_all(integer) TO bondhu_operator;
+-- the procedure's steps (it cannot be SECURITY DEFINER, they are)
+GRANT EXECUTE ON FUNCTION bondhu.start_update_run(boolean),
+    bondhu.apply_update_batch(uuid, bondhu.cursor, bondhu.cursor, uuid, integer),
+    bondhu.finish_update_run(uuid, bondhu.cursor, boolean) TO bondhu_operator;
+GRANT SELECT ON public.system_tasks, bondhu.settings, bondhu.pipeline_state, bondhu.task_runs TO bondhu_operator;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.chat_personality_insights, public.entertainment_interactions,
+    public.user_personality_profiles, public.personality_profile_history TO bondhu_operator;
+
+-- Supabase's roles, where they exist. Supabase's default privileges grant new objects in
+-- public to anon and authenticated: take that back, then grant what the contract says.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+        REVOKE ALL ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
+            public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
+            public.bondhu_unschedule(), public.bondhu_system_health() FROM anon;
+        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer) FROM anon;
+        REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
+            public.user_personality_profiles, public.personality_profile_history, public.system_tasks FROM anon;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
+        REVOKE ALL ON FUNCTION public.bondhu_update_all(), public.bondhu_cleanup_insights(interval),
+            public.bondhu_schedule(text, text), public.bondhu_unschedule(), public.bondhu_system_health()
+            FROM authenticated;
+        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer) FROM authenticated;
+        REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
+            public.user_personality_profiles, public.personality_profile_history, public.system_tasks
+            FROM authenticated;
+        GRANT EXECUTE ON FUNCTION public.bondhu_update_personality(uuid) TO authenticated;
+        GRANT SELECT ON public.chat_personality_insights, public.entertainment_interactions,
+            public.user_personality_profiles, public.personality_profile_history TO authenticated;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT bondhu_operator TO service_role;
+    END IF;
+END $$;
+
+-- The scheduled update runs in batches now.
+DO $$
+BEGIN
+    IF bondhu.cron_installed() THEN
+        PERFORM cron.alter_job(j.jobid, command => 'CALL public.bondhu_run_update_all()')
+        FROM cron.job j WHERE j.jobname = 'bondhu_personality_update';
+    END IF;
+END $$;
+
 SELECT bondhu.attach_data_tables(true);

@@ -257,22 +257,46 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM bondhu.pipeline_state s
 $$;
 
--- Applies every user's pending insights. Returns the totals; failed_user_ids lists the
--- users whose update raised an error (their insights stay pending for the next run).
-CREATE FUNCTION bondhu.apply_all_pending(p_task_id uuid,
-    OUT users_processed integer, OUT successful_updates integer, OUT failed_updates integer,
-    OUT insights_processed bigint, OUT rejected_insights bigint, OUT stale_insights bigint,
-    OUT ignored_keys bigint, OUT failed_user_ids uuid[], OUT first_error text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- A personality update run, in three steps that bondhu_update_all() takes in one
+-- transaction and bondhu_run_update_all() in many (one per batch of users):
+--   start_update_run:  takes the run lock, logs the run as 'running', takes the snapshot,
+--                      and lists the users with pending insights (pg_temp.bondhu_run_users);
+--   apply_update_batch: applies the pending insights of the next users in the list;
+--   finish_update_run: advances the global cursor unless a user failed, closes the log row.
+-- The run lock is an advisory lock: per transaction for the function, per session for
+-- the procedure (its transactions commit). Runs never overlap; a run whose session died
+-- is found 'running' without the lock, and marked failed. The three steps are SECURITY
+-- DEFINER so that operators can run the procedure, which cannot be (it commits).
+
+-- Marks runs left 'running' by a session that died. The caller holds the run lock, so
+-- no run is alive.
+CREATE FUNCTION bondhu.mark_interrupted_runs() RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE bondhu.task_runs
+    SET status = 'failed', finished_at = clock_timestamp(),
+        error_message = 'interrupted: the session running it ended before the run finished'
+    WHERE status = 'running'
+$$;
+
+CREATE FUNCTION bondhu.start_update_run(session_lock boolean,
+    OUT run bondhu.task_runs, OUT covered bondhu.cursor, OUT snapshot bondhu.cursor)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    snapshot bondhu.cursor := bondhu.current_cursor();
-    covered bondhu.cursor := bondhu.global_cursor();
-    one_user uuid;
-    one_result record;
+    locked boolean := CASE WHEN session_lock THEN pg_try_advisory_lock(bondhu.lock_key('personality_update'))
+                           ELSE pg_try_advisory_xact_lock(bondhu.lock_key('personality_update')) END;
 BEGIN
-    failed_user_ids := '{}';
+    IF NOT locked THEN
+        INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
+        VALUES ('personality_update', 'skipped', clock_timestamp(), 0, 'another personality update was running')
+        RETURNING * INTO run;
+        RETURN;
+    END IF;
+    PERFORM bondhu.mark_interrupted_runs();
+    INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running') RETURNING * INTO run;
+    snapshot := bondhu.current_cursor();
+    covered := bondhu.global_cursor();
     IF to_regclass('pg_temp.bondhu_run_users') IS NULL THEN
-        CREATE TEMP TABLE bondhu_run_users (user_id uuid PRIMARY KEY) ON COMMIT DROP;
+        CREATE TEMP TABLE bondhu_run_users (user_id uuid PRIMARY KEY);
     ELSE
         TRUNCATE pg_temp.bondhu_run_users;
     END IF;
@@ -282,122 +306,178 @@ BEGIN
     WHERE i.ingest_pos >= (covered).xmin_pos
       AND NOT bondhu.position_applied(i.ingest_pos, (covered).xmin_pos, (covered).xmax_pos, (covered).xip_pos)
       AND bondhu.position_applied(i.ingest_pos, (snapshot).xmin_pos, (snapshot).xmax_pos, (snapshot).xip_pos);
+END $$;
 
-    INSERT INTO public.user_personality_profiles (user_id)
-    SELECT u.user_id FROM pg_temp.bondhu_run_users u
-    ON CONFLICT (user_id) DO NOTHING;
-    -- Lock in key order (no deadlock with another locker of several profiles); a
-    -- self-service update holding one of them is waited for, then seen.
-    PERFORM FROM public.user_personality_profiles p
-    WHERE p.user_id IN (SELECT u.user_id FROM pg_temp.bondhu_run_users u)
-    ORDER BY p.user_id
-    FOR UPDATE OF p;
-
+-- Applies the pending insights of the next batch_size users after after_user in the
+-- run's list (all of them when batch_size is NULL); adds the counts to the run's row.
+-- Returns the last user of the batch, or NULL when none is left. If the batch's set-based
+-- statement fails, its users are redone one by one: a failing user is counted and keeps
+-- their insights pending. If the batch fails as a whole, its work is rolled back, the run
+-- is marked failed, and NULL is returned.
+CREATE FUNCTION bondhu.apply_update_batch(run_id uuid, covered bondhu.cursor, snapshot bondhu.cursor,
+                                          after_user uuid, batch_size integer) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    batch uuid[];
+    one_user uuid;
+    totals record;
+    one record;
+    failed uuid[] := '{}';
+    first_error text;
+    error_state text;
+BEGIN
+    SELECT array_agg(u.user_id ORDER BY u.user_id) INTO batch
+    FROM (SELECT r.user_id FROM pg_temp.bondhu_run_users r
+          WHERE after_user IS NULL OR r.user_id > after_user
+          ORDER BY r.user_id LIMIT batch_size) u;
+    IF batch IS NULL THEN
+        RETURN NULL;
+    END IF;
     BEGIN
-        SELECT count(*), count(*), 0, coalesce(sum(a.insights_processed), 0),
-               coalesce(sum(a.rejected_insights), 0), coalesce(sum(a.stale_insights), 0),
-               coalesce(sum(a.ignored_keys), 0)
-        INTO users_processed, successful_updates, failed_updates, insights_processed,
-             rejected_insights, stale_insights, ignored_keys
-        FROM bondhu.apply_pending(NULL, covered, snapshot, p_task_id, 'update_all') a;
+        INSERT INTO public.user_personality_profiles (user_id)
+        SELECT unnest(batch) ON CONFLICT (user_id) DO NOTHING;
+        -- Lock in key order (no deadlock with another locker of several profiles); a
+        -- self-service update holding one of them is waited for, then seen.
+        PERFORM FROM public.user_personality_profiles p
+        WHERE p.user_id = ANY (batch) ORDER BY p.user_id FOR UPDATE OF p;
+        BEGIN
+            SELECT count(*)::integer AS users, coalesce(sum(a.insights_processed), 0)::bigint AS applied,
+                   coalesce(sum(a.rejected_insights), 0)::bigint AS rejected,
+                   coalesce(sum(a.stale_insights), 0)::bigint AS stale, coalesce(sum(a.ignored_keys), 0)::bigint AS ignored
+            INTO totals
+            FROM bondhu.apply_pending(batch, covered, snapshot, run_id, 'update_all') a;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS first_error = MESSAGE_TEXT;
+            SELECT 0 AS users, 0::bigint AS applied, 0::bigint AS rejected, 0::bigint AS stale, 0::bigint AS ignored
+            INTO totals;
+            FOREACH one_user IN ARRAY batch LOOP
+                BEGIN
+                    SELECT count(*)::integer AS users, coalesce(sum(a.insights_processed), 0)::bigint AS applied,
+                           coalesce(sum(a.rejected_insights), 0)::bigint AS rejected,
+                           coalesce(sum(a.stale_insights), 0)::bigint AS stale, coalesce(sum(a.ignored_keys), 0)::bigint AS ignored
+                    INTO one
+                    FROM bondhu.apply_pending(ARRAY[one_user], covered, snapshot, run_id, 'update_all') a;
+                    totals.users := totals.users + one.users;
+                    totals.applied := totals.applied + one.applied;
+                    totals.rejected := totals.rejected + one.rejected;
+                    totals.stale := totals.stale + one.stale;
+                    totals.ignored := totals.ignored + one.ignored;
+                EXCEPTION WHEN OTHERS THEN
+                    totals.users := totals.users + 1;
+                    failed := failed || one_user;
+                END;
+            END LOOP;
+        END;
+        UPDATE bondhu.task_runs t SET
+            users_processed = t.users_processed + totals.users,
+            successful_updates = t.successful_updates + totals.users - cardinality(failed),
+            failed_updates = t.failed_updates + cardinality(failed),
+            records_processed = t.records_processed + totals.applied,
+            error_message = coalesce(t.error_message, first_error),
+            metadata = jsonb_build_object(
+                'insights_processed', coalesce((t.metadata ->> 'insights_processed')::bigint, 0) + totals.applied,
+                'rejected_insights', coalesce((t.metadata ->> 'rejected_insights')::bigint, 0) + totals.rejected,
+                'stale_insights', coalesce((t.metadata ->> 'stale_insights')::bigint, 0) + totals.stale,
+                'ignored_keys', coalesce((t.metadata ->> 'ignored_keys')::bigint, 0) + totals.ignored,
+                'failed_user_ids', coalesce(t.metadata -> 'failed_user_ids', '[]') || to_jsonb(failed))
+        WHERE t.id = run_id;
     EXCEPTION WHEN OTHERS THEN
-        -- Some user's update fails: redo them one by one so the others still go through.
-        GET STACKED DIAGNOSTICS first_error = MESSAGE_TEXT;
-        users_processed := 0; successful_updates := 0; failed_updates := 0;
-        insights_processed := 0; rejected_insights := 0; stale_insights := 0; ignored_keys := 0;
-        FOR one_user IN SELECT u.user_id FROM pg_temp.bondhu_run_users u ORDER BY u.user_id LOOP
-            users_processed := users_processed + 1;
-            BEGIN
-                SELECT coalesce(sum(a.insights_processed), 0) AS applied,
-                       coalesce(sum(a.rejected_insights), 0) AS rejected,
-                       coalesce(sum(a.stale_insights), 0) AS stale,
-                       coalesce(sum(a.ignored_keys), 0) AS ignored
-                INTO one_result
-                FROM bondhu.apply_pending(ARRAY[one_user], covered, snapshot, p_task_id, 'update_all') a;
-                insights_processed := insights_processed + one_result.applied;
-                rejected_insights := rejected_insights + one_result.rejected;
-                stale_insights := stale_insights + one_result.stale;
-                ignored_keys := ignored_keys + one_result.ignored;
-                successful_updates := successful_updates + 1;
-            EXCEPTION WHEN OTHERS THEN
-                failed_updates := failed_updates + 1;
-                failed_user_ids := failed_user_ids || one_user;
-            END;
-        END LOOP;
+        -- The batch's own work is rolled back; the failure is logged.
+        GET STACKED DIAGNOSTICS first_error = MESSAGE_TEXT, error_state = RETURNED_SQLSTATE;
+        UPDATE bondhu.task_runs t SET status = 'failed', error_message = first_error,
+            metadata = t.metadata || jsonb_build_object('sqlstate', error_state)
+        WHERE t.id = run_id;
+        RETURN NULL;
     END;
+    RETURN batch[cardinality(batch)];
+END $$;
 
-    -- Every user is covered by this snapshot now, unless one failed: then the global
-    -- cursor stays, and the next run retries exactly what is still pending.
-    IF failed_updates = 0 THEN
+-- Closes the run: every user is covered by the run's snapshot now, unless one failed
+-- (then the global cursor stays, and the next run retries exactly what is pending).
+CREATE FUNCTION bondhu.finish_update_run(run_id uuid, snapshot bondhu.cursor, session_lock boolean)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    run bondhu.task_runs;
+BEGIN
+    UPDATE bondhu.task_runs t SET
+        status = CASE WHEN t.status = 'failed' THEN 'failed'
+                      WHEN t.failed_updates > 0 THEN 'completed_with_errors' ELSE 'completed' END,
+        finished_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - t.executed_at)::numeric, 3)
+    WHERE t.id = run_id
+    RETURNING * INTO run;
+    IF run.status = 'completed' THEN
         UPDATE bondhu.pipeline_state SET
             applied_xmin = (snapshot).xmin_pos, applied_xmax = (snapshot).xmax_pos,
             applied_xip = (snapshot).xip_pos, advanced_at = now();
     END IF;
+    DROP TABLE IF EXISTS pg_temp.bondhu_run_users;
+    IF session_lock THEN
+        PERFORM pg_advisory_unlock(bondhu.lock_key('personality_update'));
+    END IF;
+    RETURN bondhu.run_summary(run);
 END $$;
 
--- Updates every user with pending insights. Never overlaps itself: a second call while
--- one runs returns status 'skipped'. Each call leaves one row in system_tasks.
-CREATE FUNCTION public.bondhu_update_all() RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    run bondhu.task_runs;
-    result record;
-    error_text text;
-    error_state text;
-BEGIN
-    IF NOT pg_try_advisory_xact_lock(bondhu.lock_key('personality_update')) THEN
-        INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
-        VALUES ('personality_update', 'skipped', clock_timestamp(), 0,
-                'another personality update was running')
-        RETURNING * INTO run;
-        RETURN jsonb_build_object('task_id', run.id, 'status', run.status, 'users_processed', 0,
-            'successful_updates', 0, 'failed_updates', 0, 'insights_processed', 0,
-            'duration_seconds', 0);
-    END IF;
-
-    INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running')
-    RETURNING * INTO run;
-    BEGIN
-        SELECT * INTO STRICT result FROM bondhu.apply_all_pending(run.id);
-        run.status := CASE WHEN result.failed_updates > 0 THEN 'completed_with_errors' ELSE 'completed' END;
-        run.users_processed := result.users_processed;
-        run.successful_updates := result.successful_updates;
-        run.failed_updates := result.failed_updates;
-        run.records_processed := result.insights_processed;
-        run.error_message := result.first_error;
-        run.metadata := jsonb_build_object(
-            'insights_processed', result.insights_processed,
-            'rejected_insights', result.rejected_insights,
-            'stale_insights', result.stale_insights,
-            'ignored_keys', result.ignored_keys,
-            'failed_user_ids', to_jsonb(result.failed_user_ids));
-    EXCEPTION WHEN OTHERS THEN
-        -- The run's own work is rolled back; the failure is still logged.
-        GET STACKED DIAGNOSTICS error_text = MESSAGE_TEXT, error_state = RETURNED_SQLSTATE;
-        run.status := 'failed';
-        run.error_message := error_text;
-        run.metadata := jsonb_build_object('sqlstate', error_state);
-    END;
-    UPDATE bondhu.task_runs t SET
-        status = run.status, finished_at = clock_timestamp(),
-        duration_seconds = round(extract(epoch FROM clock_timestamp() - t.executed_at)::numeric, 3),
-        users_processed = run.users_processed, successful_updates = run.successful_updates,
-        failed_updates = run.failed_updates, records_processed = run.records_processed,
-        error_message = run.error_message, metadata = run.metadata
-    WHERE t.id = run.id
-    RETURNING * INTO run;
-    RETURN jsonb_build_object(
+CREATE FUNCTION bondhu.run_summary(run bondhu.task_runs) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
         'task_id', run.id, 'status', run.status,
         'users_processed', run.users_processed, 'successful_updates', run.successful_updates,
         'failed_updates', run.failed_updates,
         'insights_processed', coalesce((run.metadata ->> 'insights_processed')::bigint, 0),
         'rejected_insights', coalesce((run.metadata ->> 'rejected_insights')::bigint, 0),
         'stale_insights', coalesce((run.metadata ->> 'stale_insights')::bigint, 0),
-        'duration_seconds', run.duration_seconds,
-        'error_message', run.error_message);
+        'duration_seconds', coalesce(run.duration_seconds, 0),
+        'error_message', run.error_message)
+$$;
+
+-- Updates every user with pending insights, in one transaction. Never overlaps another
+-- run: a call while one runs returns status 'skipped'. Each call leaves one row in
+-- system_tasks.
+CREATE FUNCTION public.bondhu_update_all() RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    started record;
+BEGIN
+    SELECT * INTO STRICT started FROM bondhu.start_update_run(false);
+    IF (started.run).status = 'skipped' THEN
+        RETURN bondhu.run_summary(started.run);
+    END IF;
+    PERFORM bondhu.apply_update_batch((started.run).id, started.covered, started.snapshot, NULL, NULL);
+    RETURN bondhu.finish_update_run((started.run).id, started.snapshot, false);
 END $$;
 COMMENT ON FUNCTION public.bondhu_update_all() IS
-    'Applies every user''s pending insights, each exactly once; logs the run in system_tasks.';
+    'Applies every user''s pending insights, each exactly once, in one transaction; logs the run in system_tasks.';
+
+-- The same, committing after every batch of users: for pg_cron and large databases. A
+-- self-service update waits for one batch at most, memory stays bounded, and the run's
+-- progress shows in system_tasks while it runs.
+CREATE PROCEDURE public.bondhu_run_update_all(batch_size integer DEFAULT 1000)
+LANGUAGE plpgsql AS $$
+DECLARE
+    started record;
+    last_user uuid;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'bondhu_run_update_all: batch_size must be a positive number of users'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO STRICT started FROM bondhu.start_update_run(true);
+    IF (started.run).status = 'skipped' THEN
+        RETURN;
+    END IF;
+    COMMIT;
+    LOOP
+        last_user := bondhu.apply_update_batch((started.run).id, started.covered, started.snapshot, last_user, batch_size);
+        COMMIT;
+        EXIT WHEN last_user IS NULL;
+    END LOOP;
+    PERFORM bondhu.finish_update_run((started.run).id, started.snapshot, true);
+    COMMIT;
+END $$;
+COMMENT ON PROCEDURE public.bondhu_run_update_all(integer) IS
+    'Applies every user''s pending insights, each exactly once, committing every batch_size users; logs the run in system_tasks.';
 
 -- Deletes chat insights older than older_than and clears the insight of entertainment
 -- interactions as old (the interactions belong to the entertainment feature). Also

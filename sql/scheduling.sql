@@ -13,7 +13,7 @@ $$;
 CREATE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, default_schedule text, command text)
 LANGUAGE sql IMMUTABLE AS $$
     VALUES ('personality_update', 'bondhu_personality_update', '0 2 * * *',
-            'SELECT public.bondhu_update_all()'),
+            'CALL public.bondhu_run_update_all()'),
            ('insights_cleanup', 'bondhu_insights_cleanup', '0 3 * * 0',
             'SELECT public.bondhu_cleanup_insights(s.insight_retention) FROM bondhu.settings s')
 $$;
@@ -97,6 +97,11 @@ DECLARE
     status text;
 BEGIN
     SELECT * INTO STRICT cfg FROM bondhu.settings;
+    -- A run left 'running' by a session that died: no run holds the lock.
+    IF pg_try_advisory_lock(bondhu.lock_key('personality_update')) THEN
+        PERFORM bondhu.mark_interrupted_runs();
+        PERFORM pg_advisory_unlock(bondhu.lock_key('personality_update'));
+    END IF;
     SELECT * INTO last_update FROM bondhu.task_runs t
     WHERE t.task_name = 'personality_update' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
     SELECT * INTO last_success FROM bondhu.task_runs t

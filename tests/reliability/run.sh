@@ -54,14 +54,14 @@ record "concurrency: every insight applied exactly once" $?
 ! grep -qE "deadlock detected|could not serialize" "$CLUSTER_DIR/server.log"
 record "concurrency: no deadlock or serialization failure" $?
 
-# A running update_all is killed: its work rolls back whole, it leaves no 'running'
-# row, and the next run applies everything exactly once.
-kill_during_update_all() { # db how
-    local db=$1 how=$2 pid
-    cluster_psql -d "$db" -c "SELECT bondhu_update_all()" >"$RESULTS/kill-$how.log" 2>&1 &
+# A running update is killed: what it had not committed rolls back whole, and the next
+# run applies everything exactly once.
+kill_during_update() { # db how statement
+    local db=$1 how=$2 statement=$3 pid
+    cluster_psql -d "$db" -c "$statement" >"$RESULTS/kill-$how.log" 2>&1 &
     local client=$!
     for _ in $(seq 1 100); do
-        pid=$(cluster_psql -d "$db" -Atc "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT bondhu_update_all()%' AND state = 'active'")
+        pid=$(cluster_psql -d "$db" -Atc "SELECT pid FROM pg_stat_activity WHERE query = '$statement' AND state = 'active'")
         [ -n "$pid" ] && break
         sleep 0.05
     done
@@ -78,7 +78,7 @@ for how in terminate immediate_shutdown; do
     log "kill: $how in the middle of update_all (60,000 users, 600,000 insights)"
     fresh_bondhu_db bondhu_kill
     add_insights bondhu_kill 60000 10
-    kill_during_update_all bondhu_kill "$how"
+    kill_during_update bondhu_kill "$how" "SELECT bondhu_update_all()"
     grep -qE "terminating connection|server closed the connection|connection to server was lost" "$RESULTS/kill-$how.log"
     record "kill ($how): the run was interrupted mid-way" $?
     touched=$(cluster_psql -d bondhu_kill -Atc "SELECT (SELECT count(*) FROM user_personality_profiles WHERE openness <> 50)
@@ -91,6 +91,40 @@ for how in terminate immediate_shutdown; do
     invariant_holds "$line"
     record "kill ($how): the next run applies every insight exactly once" $?
 done
+
+log "kill: terminate the batched procedure after some batches have committed"
+fresh_bondhu_db bondhu_kill
+add_insights bondhu_kill 60000 10
+kill_during_update bondhu_kill procedure "CALL bondhu_run_update_all(2000)"
+done_before=$(cluster_psql -d bondhu_kill -Atc "SELECT count(*) FROM user_personality_profiles WHERE openness <> 50")
+echo "users updated by committed batches before the kill: $done_before"
+[ "$done_before" -gt 0 ] && [ "$done_before" -lt 60000 ]
+record "kill (procedure): killed after some batches committed" $?
+cluster_psql -d bondhu_kill -c "CALL bondhu_run_update_all(2000)"
+[ "$(cluster_psql -d bondhu_kill -Atc "SELECT count(*) FROM system_tasks WHERE status = 'failed' AND error_message LIKE 'interrupted%'")" = 1 ]
+record "kill (procedure): the killed run is marked interrupted, not left running" $?
+line=$(invariant bondhu_kill); echo "$line"
+invariant_holds "$line"
+record "kill (procedure): committed batches are not applied again, the rest once" $?
+
+log "a self-service update while a batched run works through 60,000 users"
+fresh_bondhu_db bondhu_wait
+add_insights bondhu_wait 60000 10
+cluster_psql -d bondhu_wait -c "CALL bondhu_run_update_all(1000)" &
+runner=$!
+sleep 1
+# the last user in key order: the run reaches it last
+wait_ms=$(cluster_psql -d bondhu_wait -Atc "
+    SELECT round(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)
+    FROM (SELECT bondhu_update_personality('00000000-0000-0000-0000-000000060000')) AS u")
+running=$(cluster_psql -d bondhu_wait -Atc "SELECT count(*) FROM system_tasks WHERE status = 'running'")
+wait "$runner"
+echo "self-service update took ${wait_ms} ms while the run was going on (running rows seen: $running)"
+[ "$running" = 1 ] && [ "$wait_ms" -lt 1000 ]
+record "batched run: a self-service update during the run waits under 1 s" $?
+line=$(invariant bondhu_wait); echo "$line"
+invariant_holds "$line"
+record "batched run: every insight applied exactly once" $?
 
 log "dump of a database in use, restored into a new cluster"
 RESTORE_DIR=$ROOT/target/restore-cluster

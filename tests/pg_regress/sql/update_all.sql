@@ -56,3 +56,32 @@ ALTER TABLE user_personality_profiles DROP CONSTRAINT no_user_ff;
 SELECT r ->> 'status' AS status, r -> 'insights_processed' AS n FROM bondhu_update_all() r;
 SELECT user_id, openness FROM user_personality_profiles
 WHERE user_id IN ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-0000000000ff') ORDER BY 1;
+
+-- The procedure does the same in batches, committing after each (here 7 users a batch).
+INSERT INTO chat_personality_insights (user_id, adjustments)
+SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{"openness": 1}'
+FROM generate_series(1, 50) u;
+CREATE TRIGGER refuse_user_7 BEFORE UPDATE ON user_personality_profiles
+    FOR EACH ROW EXECUTE FUNCTION refuse_user_7();
+CALL bondhu_run_update_all(7);
+SELECT status, users_processed, successful_updates, failed_updates, records_processed,
+       metadata -> 'failed_user_ids' AS failed_user_ids
+FROM system_tasks ORDER BY executed_at DESC LIMIT 1;
+SELECT count(*) FILTER (WHERE openness = 50 + 0.3 * right(user_id::text, 12)::int + 0.1) AS users_with_new_insight
+FROM user_personality_profiles WHERE user_id <> '00000000-0000-0000-0000-0000000000ff';
+DROP TRIGGER refuse_user_7 ON user_personality_profiles;
+CALL bondhu_run_update_all();
+SELECT status, users_processed, records_processed FROM system_tasks ORDER BY executed_at DESC LIMIT 1;
+SELECT count(*) AS wrong FROM user_personality_profiles
+WHERE user_id <> '00000000-0000-0000-0000-0000000000ff'
+  AND openness <> 50 + 0.3 * right(user_id::text, 12)::int + 0.1 + CASE WHEN user_id = '00000000-0000-0000-0000-000000000001' THEN 0.1 ELSE 0 END;
+\set VERBOSITY sqlstate
+CALL bondhu_run_update_all(0);
+CALL bondhu_run_update_all(NULL);
+\set VERBOSITY default
+
+-- A run left 'running' by a session that died is marked failed by the next health check
+-- or run (no run holds the run lock).
+INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running');
+SELECT bondhu_system_health() -> 'last_personality_update' ->> 'status' AS seen_by_health;
+SELECT status, error_message FROM system_tasks WHERE error_message LIKE 'interrupted%';
