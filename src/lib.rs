@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 
 pub mod cron;
+pub mod insight;
 pub mod position;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -35,10 +36,13 @@ pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
 #[pg_schema]
 mod bondhu {
     use crate::cron::Schedule;
+    use crate::insight::{self, Value};
     use crate::position;
     use chrono::{DateTime, Utc};
     use pgrx::prelude::*;
+    use pgrx::{AnyElement, AnyNumeric};
     use std::cell::Cell;
+    use std::ffi::{c_char, c_int};
 
     thread_local! {
         /// This backend's incarnation, once read and known to be committed.
@@ -75,6 +79,85 @@ mod bondhu {
                 );
             }
         }
+    }
+
+    /// The root container of a jsonb value, read in place (pgrx's JsonB would go through
+    /// text, which costs more than the whole check).
+    fn jsonb_root(doc: &AnyElement) -> *mut pg_sys::JsonbContainer {
+        if doc.oid() != pg_sys::JSONBOID {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                "bondhu: an insight document must be jsonb"
+            );
+        }
+        // SAFETY: the datum is a jsonb varlena; detoasting gives a Jsonb in memory that
+        // lives until the end of this call.
+        unsafe {
+            let jsonb =
+                pg_sys::pg_detoast_datum(doc.datum().cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+            &raw mut (*jsonb).root
+        }
+    }
+
+    fn is_object(root: *mut pg_sys::JsonbContainer) -> bool {
+        // SAFETY: root points into a detoasted jsonb (jsonb_root).
+        unsafe { (*root).header & pg_sys::JB_FOBJECT != 0 }
+    }
+
+    /// The value under key in a jsonb object: a binary search in the container.
+    fn lookup(root: *mut pg_sys::JsonbContainer, key: &str) -> Value<AnyNumeric> {
+        // SAFETY: root is an object container (checked by the caller); the key's bytes
+        // outlive the call; a found numeric is copied by AnyNumeric.
+        unsafe {
+            let mut wanted: pg_sys::JsonbValue = std::mem::zeroed();
+            wanted.type_ = pg_sys::jbvType::jbvString;
+            wanted.val.string.len = key.len() as c_int;
+            wanted.val.string.val = key.as_ptr() as *mut c_char;
+            let found = pg_sys::findJsonbValueFromContainer(root, pg_sys::JB_FOBJECT, &mut wanted);
+            if found.is_null() {
+                Value::Absent
+            } else if (*found).type_ != pg_sys::jbvType::jbvNumeric {
+                Value::NotANumber
+            } else {
+                let numeric = pg_sys::Datum::from((*found).val.numeric);
+                match AnyNumeric::from_polymorphic_datum(numeric, false, pg_sys::NUMERICOID) {
+                    Some(n) => Value::Number(n),
+                    None => Value::NotANumber,
+                }
+            }
+        }
+    }
+
+    /// The five Big Five adjustments of an insight document (openness,
+    /// conscientiousness, extraversion, agreeableness, neuroticism), or NULL when the
+    /// document is rejected.
+    #[pg_extern(immutable, parallel_safe)]
+    fn insight_adjustments(doc: AnyElement) -> Option<Vec<AnyNumeric>> {
+        let root = jsonb_root(&doc);
+        let limit = AnyNumeric::from(insight::MAX_MAGNITUDE);
+        insight::adjustments(
+            is_object(root),
+            |key| lookup(root, key),
+            || AnyNumeric::from(0),
+            |n| n.abs() <= limit,
+        )
+    }
+
+    /// How many keys of an insight document are not Big Five traits (they are ignored).
+    #[pg_extern(immutable, parallel_safe)]
+    fn unknown_key_count(doc: AnyElement) -> i32 {
+        let root = jsonb_root(&doc);
+        if !is_object(root) {
+            return 0;
+        }
+        // SAFETY: root points into a detoasted jsonb (jsonb_root).
+        let keys = unsafe { (*root).header & pg_sys::JB_CMASK } as usize;
+        let present = insight::TRAITS
+            .iter()
+            .filter(|t| !matches!(lookup(root, t), Value::Absent))
+            .count();
+        insight::unknown_keys(true, keys, present) as i32
     }
 
     /// Refuses an invalid cron schedule given as argument `argument`, with 22023.
