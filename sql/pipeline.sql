@@ -71,11 +71,13 @@ CREATE VIEW bondhu.insights AS
 -- bondhu.unknown_key_count(doc), in Rust (src/insight.rs): reading the jsonb in place is
 -- several times faster than the same rule in SQL.
 
--- new = clamp(current + dampening * sum, 0, 100), in exact decimal arithmetic. A trait
+-- new = clamp(current + dampening * sum, 0, 100), in decimal arithmetic: the sum of the
+-- adjustments (double precision) is read to 15 significant digits, which drops the
+-- binary noise of adding decimals, so 50 + 0.1 * (2.0 + 1.0) is exactly 50.3. A trait
 -- without a value (an adopted profile) starts at 50, like a missing profile.
-CREATE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
+CREATE FUNCTION bondhu.adjusted_trait(current double precision, total double precision, dampening numeric)
 RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total))::double precision
+    SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total::numeric))::double precision
 $$;
 
 ------------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ mod bondhu {
     use crate::insight::{self, Value};
     use crate::position;
     use chrono::{DateTime, Utc};
+    use pgrx::fcinfo::{direct_function_call, direct_function_call_as_datum};
     use pgrx::prelude::*;
-    use pgrx::{AnyElement, AnyNumeric};
+    use pgrx::AnyElement;
     use std::cell::Cell;
     use std::ffi::{c_char, c_int};
 
@@ -105,10 +106,11 @@ mod bondhu {
         unsafe { (*root).header & pg_sys::JB_FOBJECT != 0 }
     }
 
-    /// The value under key in a jsonb object: a binary search in the container.
-    fn lookup(root: *mut pg_sys::JsonbContainer, key: &str) -> Value<AnyNumeric> {
+    /// The value under key in a jsonb object (a binary search in the container): a
+    /// number as the datum of the numeric stored in the document, not copied.
+    fn lookup(root: *mut pg_sys::JsonbContainer, key: &str) -> Value<pg_sys::Datum> {
         // SAFETY: root is an object container (checked by the caller); the key's bytes
-        // outlive the call; a found numeric is copied by AnyNumeric.
+        // outlive the call; the numeric found lives in the detoasted document.
         unsafe {
             let mut wanted: pg_sys::JsonbValue = std::mem::zeroed();
             wanted.type_ = pg_sys::jbvType::jbvString;
@@ -117,30 +119,59 @@ mod bondhu {
             let found = pg_sys::findJsonbValueFromContainer(root, pg_sys::JB_FOBJECT, &mut wanted);
             if found.is_null() {
                 Value::Absent
-            } else if (*found).type_ != pg_sys::jbvType::jbvNumeric {
-                Value::NotANumber
+            } else if (*found).type_ == pg_sys::jbvType::jbvNumeric {
+                Value::Number(pg_sys::Datum::from((*found).val.numeric))
             } else {
-                let numeric = pg_sys::Datum::from((*found).val.numeric);
-                match AnyNumeric::from_polymorphic_datum(numeric, false, pg_sys::NUMERICOID) {
-                    Some(n) => Value::Number(n),
-                    None => Value::NotANumber,
-                }
+                Value::NotANumber
             }
         }
     }
 
+    fn numeric_cmp(a: pg_sys::Datum, b: pg_sys::Datum) -> i32 {
+        // SAFETY: both are numeric datums.
+        unsafe { direct_function_call::<i32>(pg_sys::numeric_cmp, &[Some(a), Some(b)]) }
+            .expect("numeric_cmp returns a value")
+    }
+
     /// The five Big Five adjustments of an insight document (openness,
     /// conscientiousness, extraversion, agreeableness, neuroticism), or NULL when the
-    /// document is rejected.
+    /// document is rejected. The limit is checked on the exact numbers; the adjustments
+    /// are returned as double precision, what profiles store.
     #[pg_extern(immutable, parallel_safe)]
-    fn insight_adjustments(doc: AnyElement) -> Option<Vec<AnyNumeric>> {
+    fn insight_adjustments(doc: AnyElement) -> Option<Vec<f64>> {
         let root = jsonb_root(&doc);
-        let limit = AnyNumeric::from(insight::MAX_MAGNITUDE);
-        insight::adjustments(
+        let numeric = |n: i32| {
+            // SAFETY: int4_numeric of an int4 datum.
+            unsafe { direct_function_call_as_datum(pg_sys::int4_numeric, &[n.into_datum()]) }
+                .expect("int4_numeric returns a value")
+        };
+        let (limit, negative_limit) = (
+            numeric(insight::MAX_MAGNITUDE),
+            numeric(-insight::MAX_MAGNITUDE),
+        );
+        // An absent trait is None: it adjusts by 0.
+        let adjustments = insight::adjustments(
             is_object(root),
-            |key| lookup(root, key),
-            || AnyNumeric::from(0),
-            |n| n.abs() <= limit,
+            |key| match lookup(root, key) {
+                Value::Number(n) => Value::Number(Some(n)),
+                Value::Absent => Value::Absent,
+                Value::NotANumber => Value::NotANumber,
+            },
+            || None,
+            |n| n.is_none_or(|n| numeric_cmp(n, limit) <= 0 && numeric_cmp(n, negative_limit) >= 0),
+        )?;
+        Some(
+            adjustments
+                .into_iter()
+                .map(|n| match n {
+                    // SAFETY: a numeric datum from the document.
+                    Some(n) => {
+                        unsafe { direct_function_call::<f64>(pg_sys::numeric_float8, &[Some(n)]) }
+                            .expect("numeric_float8 returns a value")
+                    }
+                    None => 0.0,
+                })
+                .collect(),
         )
     }
 
