@@ -1,13 +1,15 @@
 -- bondhu 0.1.0 -> 0.2.0
 -- The application's tables are adopted when they exist and detached on DROP EXTENSION
 -- (their data is never dropped); updates run in batches from pg_cron
--- (bondhu_run_update_all), and a run whose session died is marked interrupted; a NULL
--- trait of an adopted profile starts at 50; a chat insight without "timestamp" is dated
--- by created_at.
+-- (bondhu_run_update_all), and a run whose session died is marked interrupted; insight
+-- documents are read in Rust; a NULL trait of an adopted profile starts at 50; a chat
+-- insight without "timestamp" is dated by created_at.
 \echo Use "ALTER EXTENSION bondhu UPDATE TO '0.2.0'" to load this file. \quit
 
 DROP EVENT TRIGGER bondhu_set_jobs_aside;
 DROP EVENT TRIGGER bondhu_put_jobs_back;
+
+DROP FUNCTION bondhu.trait_adjustment(jsonb);
 
 DROP FUNCTION bondhu.apply_all_pending(uuid);
 
@@ -15,8 +17,21 @@ DROP FUNCTION bondhu.set_jobs_aside();
 
 DROP FUNCTION bondhu.put_jobs_back();
 
+DROP FUNCTION bondhu.unknown_key_count(jsonb);
+
+DROP FUNCTION bondhu.adjusted_trait(double precision, numeric, numeric);
+
+DROP FUNCTION bondhu.insight_adjustments(jsonb);
+
 ALTER INDEX public.chat_personality_insights_timestamp_brin RENAME TO chat_personality_insights_observed_brin;
 ALTER INDEX public.entertainment_interactions_created_brin RENAME TO entertainment_interactions_observed_brin;
+
+CREATE  FUNCTION bondhu."unknown_key_count"(
+	"doc" anyelement /* AnyElement */
+) RETURNS INT /* i32 */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'unknown_key_count_wrapper';
 
 CREATE FUNCTION bondhu.data_tables() RETURNS TABLE (relation regclass, kind text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -140,9 +155,9 @@ BEGIN
     END LOOP;
 END $$;
 
-CREATE OR REPLACE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
+CREATE FUNCTION bondhu.adjusted_trait(current double precision, total double precision, dampening numeric)
 RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total))::double precision
+    SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total::numeric))::double precision
 $$;
 
 CREATE OR REPLACE FUNCTION bondhu.apply_pending(p_users uuid[], p_global bondhu.cursor, p_new bondhu.cursor,
@@ -158,6 +173,9 @@ BEGIN
     RETURN QUERY
     WITH pending AS MATERIALIZED (
         SELECT i.user_id, i.source,
+               -- the profile as it is (the caller holds its lock): the history's "before"
+               ARRAY[coalesce(p.openness, 50), coalesce(p.conscientiousness, 50), coalesce(p.extraversion, 50),
+                     coalesce(p.agreeableness, 50), coalesce(p.neuroticism, 50)] AS before,
                bondhu.insight_adjustments(i.doc) AS adj,
                i.observed_at >= now() - cfg.insight_window AS fresh,
                bondhu.unknown_key_count(i.doc) AS unknown_keys
@@ -169,10 +187,10 @@ BEGIN
           AND bondhu.position_applied(i.ingest_pos, (p_new).xmin_pos, (p_new).xmax_pos, (p_new).xip_pos)
           AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
     ), classified AS (
-        SELECT pending.*, (adj IS NOT NULL AND array_position(adj, NULL) IS NULL) AS valid
+        SELECT pending.*, adj IS NOT NULL AS valid
         FROM pending
     ), totals AS (
-        SELECT c.user_id,
+        SELECT c.user_id, min(c.before) AS before,
                count(*) FILTER (WHERE c.fresh AND c.valid)::integer AS applied,
                count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'chat')::integer AS chat,
                count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'entertainment')::integer AS entertainment,
@@ -197,12 +215,9 @@ BEGIN
             applied_xmin = (p_new).xmin_pos,
             applied_xmax = (p_new).xmax_pos,
             applied_xip = (p_new).xip_pos
-        FROM totals t, public.user_personality_profiles old
-        WHERE p.user_id = t.user_id AND old.user_id = t.user_id
-        RETURNING p.user_id, t.applied, t.chat, t.entertainment, t.rejected, t.stale, t.ignored,
-                  -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
-                  ARRAY[coalesce(old.openness, 50), coalesce(old.conscientiousness, 50), coalesce(old.extraversion, 50),
-                        coalesce(old.agreeableness, 50), coalesce(old.neuroticism, 50)] AS before,
+        FROM totals t
+        WHERE p.user_id = t.user_id
+        RETURNING p.user_id, t.applied, t.chat, t.entertainment, t.rejected, t.stale, t.ignored, t.before,
                   ARRAY[p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism] AS after
     ), history AS (
         INSERT INTO public.personality_profile_history
@@ -266,6 +281,9 @@ BEGIN
         'trait_changes', bondhu.trait_changes(traits, coalesce(applied.traits_after, traits)),
         'updated_at', CASE WHEN applied.insights_processed > 0 THEN now() ELSE profile.updated_at END);
 END $$;
+
+COMMENT ON FUNCTION public.bondhu_update_personality(uuid) IS
+    'Applies this user''s pending insights to their profile, each exactly once. A signed-in user may update only their own profile, once per self_update_min_interval; operators any.';
 
 CREATE FUNCTION bondhu.mark_interrupted_runs() RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
@@ -434,6 +452,9 @@ BEGIN
     RETURN bondhu.finish_update_run((started.run).id, started.snapshot, false);
 END $$;
 
+COMMENT ON FUNCTION public.bondhu_update_all() IS
+    'Applies every user''s pending insights, each exactly once, in one transaction; logs the run in system_tasks.';
+
 CREATE PROCEDURE public.bondhu_run_update_all(batch_size integer DEFAULT 1000)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -457,6 +478,16 @@ BEGIN
     PERFORM bondhu.finish_update_run((started.run).id, started.snapshot, true);
     COMMIT;
 END $$;
+
+COMMENT ON PROCEDURE public.bondhu_run_update_all(integer) IS
+    'Applies every user''s pending insights, each exactly once, committing every batch_size users; logs the run in system_tasks.';
+
+CREATE  FUNCTION bondhu."insight_adjustments"(
+	"doc" anyelement /* AnyElement */
+) RETURNS double precision[] /* :: std :: option :: Option < Vec < f64 > > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_adjustments_wrapper';
 
 CREATE OR REPLACE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, default_schedule text, command text)
 LANGUAGE sql IMMUTABLE AS $$
@@ -556,6 +587,9 @@ BEGIN
                                AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin,
                                                                         p.applied_xmax, p.applied_xip), false)));
 END $$;
+
+COMMENT ON FUNCTION public.bondhu_system_health() IS
+    'Scheduler state, jobs with next and last runs, the last update and cleanup, and an overall status.';
 
 CREATE FUNCTION bondhu.before_drop_extension() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

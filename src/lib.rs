@@ -127,6 +127,20 @@ mod bondhu {
         }
     }
 
+    /// A numeric within the limit as double precision. Through its text, as Postgres's own
+    /// cast does, but a magnitude below double precision's range becomes 0 instead of an
+    /// error (numeric_float8 refuses 1e-400).
+    fn numeric_to_f64(n: pg_sys::Datum) -> f64 {
+        // SAFETY: a numeric datum from the document.
+        let text =
+            unsafe { direct_function_call::<&std::ffi::CStr>(pg_sys::numeric_out, &[Some(n)]) }
+                .expect("numeric_out returns a value");
+        text.to_str()
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     fn numeric_cmp(a: pg_sys::Datum, b: pg_sys::Datum) -> i32 {
         // SAFETY: both are numeric datums.
         unsafe { direct_function_call::<i32>(pg_sys::numeric_cmp, &[Some(a), Some(b)]) }
@@ -163,14 +177,7 @@ mod bondhu {
         Some(
             adjustments
                 .into_iter()
-                .map(|n| match n {
-                    // SAFETY: a numeric datum from the document.
-                    Some(n) => {
-                        unsafe { direct_function_call::<f64>(pg_sys::numeric_float8, &[Some(n)]) }
-                            .expect("numeric_float8 returns a value")
-                    }
-                    None => 0.0,
-                })
+                .map(|n| n.map_or(0.0, numeric_to_f64))
                 .collect(),
         )
     }
