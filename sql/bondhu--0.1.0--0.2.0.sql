@@ -2,7 +2,7 @@
 -- The application's tables are adopted when they exist and detached on DROP EXTENSION
 -- (their data is never dropped); updates run in batches from pg_cron
 -- (bondhu_run_update_all), and a run whose session died is marked interrupted; insight
--- documents are read in Rust; a NULL trait of an adopted profile starts at 50; a chat
+-- documents are checked in Rust; a NULL trait of an adopted profile starts at 50; a chat
 -- insight without "timestamp" is dated by created_at.
 \echo Use "ALTER EXTENSION bondhu UPDATE TO '0.2.0'" to load this file. \quit
 
@@ -19,10 +19,6 @@ DROP FUNCTION bondhu.put_jobs_back();
 
 DROP FUNCTION bondhu.unknown_key_count(jsonb);
 
-DROP FUNCTION bondhu.adjusted_trait(double precision, numeric, numeric);
-
-DROP FUNCTION bondhu.insight_adjustments(jsonb);
-
 ALTER INDEX public.chat_personality_insights_timestamp_brin RENAME TO chat_personality_insights_observed_brin;
 ALTER INDEX public.entertainment_interactions_created_brin RENAME TO entertainment_interactions_observed_brin;
 
@@ -32,6 +28,13 @@ CREATE  FUNCTION bondhu."unknown_key_count"(
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'unknown_key_count_wrapper';
+
+CREATE  FUNCTION bondhu."insight_is_valid"(
+	"doc" anyelement /* AnyElement */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_is_valid_wrapper';
 
 CREATE FUNCTION bondhu.data_tables() RETURNS TABLE (relation regclass, kind text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -155,9 +158,20 @@ BEGIN
     END LOOP;
 END $$;
 
-CREATE FUNCTION bondhu.adjusted_trait(current double precision, total double precision, dampening numeric)
+CREATE OR REPLACE FUNCTION bondhu.insight_adjustments(doc jsonb) RETURNS numeric[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN bondhu.insight_is_valid(doc) THEN ARRAY[
+        coalesce((doc -> 'openness')::numeric, 0),
+        coalesce((doc -> 'conscientiousness')::numeric, 0),
+        coalesce((doc -> 'extraversion')::numeric, 0),
+        coalesce((doc -> 'agreeableness')::numeric, 0),
+        coalesce((doc -> 'neuroticism')::numeric, 0)]
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
 RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total::numeric))::double precision
+    SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total))::double precision
 $$;
 
 CREATE OR REPLACE FUNCTION bondhu.apply_pending(p_users uuid[], p_global bondhu.cursor, p_new bondhu.cursor,
@@ -481,13 +495,6 @@ END $$;
 
 COMMENT ON PROCEDURE public.bondhu_run_update_all(integer) IS
     'Applies every user''s pending insights, each exactly once, committing every batch_size users; logs the run in system_tasks.';
-
-CREATE  FUNCTION bondhu."insight_adjustments"(
-	"doc" anyelement /* AnyElement */
-) RETURNS double precision[] /* :: std :: option :: Option < Vec < f64 > > */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_adjustments_wrapper';
 
 CREATE OR REPLACE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, default_schedule text, command text)
 LANGUAGE sql IMMUTABLE AS $$

@@ -67,17 +67,29 @@ CREATE VIEW bondhu.insights AS
     FROM public.entertainment_interactions e
     WHERE e.personality_insights IS NOT NULL;
 
--- Insight documents are read by bondhu.insight_adjustments(doc) and
--- bondhu.unknown_key_count(doc), in Rust (src/insight.rs): reading the jsonb in place is
--- several times faster than the same rule in SQL.
+-- Whether an insight document counts is decided by bondhu.insight_is_valid(doc), and
+-- its ignored keys counted by bondhu.unknown_key_count(doc), in Rust (src/insight.rs):
+-- reading the jsonb in place is several times faster than the same rule in SQL.
 
--- new = clamp(current + dampening * sum, 0, 100), in decimal arithmetic: the sum of the
--- adjustments (double precision) is read to 15 significant digits, which drops the
--- binary noise of adding decimals, so 50 + 0.1 * (2.0 + 1.0) is exactly 50.3. A trait
+-- The five Big Five adjustments of a document, in the order openness,
+-- conscientiousness, extraversion, agreeableness, neuroticism, as exact numbers (an
+-- absent trait adjusts by 0); NULL when the document is rejected.
+CREATE FUNCTION bondhu.insight_adjustments(doc jsonb) RETURNS numeric[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN bondhu.insight_is_valid(doc) THEN ARRAY[
+        coalesce((doc -> 'openness')::numeric, 0),
+        coalesce((doc -> 'conscientiousness')::numeric, 0),
+        coalesce((doc -> 'extraversion')::numeric, 0),
+        coalesce((doc -> 'agreeableness')::numeric, 0),
+        coalesce((doc -> 'neuroticism')::numeric, 0)]
+    END
+$$;
+
+-- new = clamp(current + dampening * sum, 0, 100), in exact decimal arithmetic. A trait
 -- without a value (an adopted profile) starts at 50, like a missing profile.
-CREATE FUNCTION bondhu.adjusted_trait(current double precision, total double precision, dampening numeric)
+CREATE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
 RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total::numeric))::double precision
+    SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total))::double precision
 $$;
 
 ------------------------------------------------------------------------------------

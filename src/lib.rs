@@ -127,32 +127,16 @@ mod bondhu {
         }
     }
 
-    /// A numeric within the limit as double precision. Through its text, as Postgres's own
-    /// cast does, but a magnitude below double precision's range becomes 0 instead of an
-    /// error (numeric_float8 refuses 1e-400).
-    fn numeric_to_f64(n: pg_sys::Datum) -> f64 {
-        // SAFETY: a numeric datum from the document.
-        let text =
-            unsafe { direct_function_call::<&std::ffi::CStr>(pg_sys::numeric_out, &[Some(n)]) }
-                .expect("numeric_out returns a value");
-        text.to_str()
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0.0)
-    }
-
     fn numeric_cmp(a: pg_sys::Datum, b: pg_sys::Datum) -> i32 {
         // SAFETY: both are numeric datums.
         unsafe { direct_function_call::<i32>(pg_sys::numeric_cmp, &[Some(a), Some(b)]) }
             .expect("numeric_cmp returns a value")
     }
 
-    /// The five Big Five adjustments of an insight document (openness,
-    /// conscientiousness, extraversion, agreeableness, neuroticism), or NULL when the
-    /// document is rejected. The limit is checked on the exact numbers; the adjustments
-    /// are returned as double precision, what profiles store.
+    /// Does an insight document count? (src/insight.rs has the rule.) The limit is
+    /// checked on the exact numbers stored in the document.
     #[pg_extern(immutable, parallel_safe)]
-    fn insight_adjustments(doc: AnyElement) -> Option<Vec<f64>> {
+    fn insight_is_valid(doc: AnyElement) -> bool {
         let root = jsonb_root(&doc);
         let numeric = |n: i32| {
             // SAFETY: int4_numeric of an int4 datum.
@@ -164,7 +148,7 @@ mod bondhu {
             numeric(-insight::MAX_MAGNITUDE),
         );
         // An absent trait is None: it adjusts by 0.
-        let adjustments = insight::adjustments(
+        insight::adjustments(
             is_object(root),
             |key| match lookup(root, key) {
                 Value::Number(n) => Value::Number(Some(n)),
@@ -173,13 +157,8 @@ mod bondhu {
             },
             || None,
             |n| n.is_none_or(|n| numeric_cmp(n, limit) <= 0 && numeric_cmp(n, negative_limit) >= 0),
-        )?;
-        Some(
-            adjustments
-                .into_iter()
-                .map(|n| n.map_or(0.0, numeric_to_f64))
-                .collect(),
         )
+        .is_some()
     }
 
     /// How many keys of an insight document are not Big Five traits (they are ignored).

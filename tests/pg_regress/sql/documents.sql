@@ -36,6 +36,7 @@ FROM system_tasks ORDER BY executed_at DESC LIMIT 1;
 SELECT openness, extraversion, neuroticism FROM user_personality_profiles WHERE user_id = :dave;
 
 -- The pure document check, directly.
-SELECT left(doc::text, 40) AS doc, bondhu.insight_adjustments(doc) AS adjustments, bondhu.unknown_key_count(doc) AS unknown_keys
+SELECT left(doc::text, 40) AS doc, left(bondhu.insight_adjustments(doc)::text, 40) AS adjustments,
+       bondhu.unknown_key_count(doc) AS unknown_keys
 FROM (VALUES ('{"openness": -2.5, "x": 1}'::jsonb), ('{"openness": 101}'), ('[]'), ('{"a": {"b": 1}}'),
              ('{"openness": 1e-400, "neuroticism": -100.0}'), ('{"openness": -100.0000000000000000001}')) v(doc);
