@@ -22,20 +22,6 @@ DROP FUNCTION bondhu.unknown_key_count(jsonb);
 ALTER INDEX public.chat_personality_insights_timestamp_brin RENAME TO chat_personality_insights_observed_brin;
 ALTER INDEX public.entertainment_interactions_created_brin RENAME TO entertainment_interactions_observed_brin;
 
-CREATE  FUNCTION bondhu."unknown_key_count"(
-	"doc" anyelement /* AnyElement */
-) RETURNS INT /* i32 */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'unknown_key_count_wrapper';
-
-CREATE  FUNCTION bondhu."insight_is_valid"(
-	"doc" anyelement /* AnyElement */
-) RETURNS bool /* bool */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_is_valid_wrapper';
-
 CREATE FUNCTION bondhu.data_tables() RETURNS TABLE (relation regclass, kind text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.oid::regclass, CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END
@@ -187,9 +173,6 @@ BEGIN
     RETURN QUERY
     WITH pending AS MATERIALIZED (
         SELECT i.user_id, i.source,
-               -- the profile as it is (the caller holds its lock): the history's "before"
-               ARRAY[coalesce(p.openness, 50), coalesce(p.conscientiousness, 50), coalesce(p.extraversion, 50),
-                     coalesce(p.agreeableness, 50), coalesce(p.neuroticism, 50)] AS before,
                bondhu.insight_adjustments(i.doc) AS adj,
                i.observed_at >= now() - cfg.insight_window AS fresh,
                bondhu.unknown_key_count(i.doc) AS unknown_keys
@@ -204,7 +187,7 @@ BEGIN
         SELECT pending.*, adj IS NOT NULL AS valid
         FROM pending
     ), totals AS (
-        SELECT c.user_id, min(c.before) AS before,
+        SELECT c.user_id,
                count(*) FILTER (WHERE c.fresh AND c.valid)::integer AS applied,
                count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'chat')::integer AS chat,
                count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'entertainment')::integer AS entertainment,
@@ -229,9 +212,12 @@ BEGIN
             applied_xmin = (p_new).xmin_pos,
             applied_xmax = (p_new).xmax_pos,
             applied_xip = (p_new).xip_pos
-        FROM totals t
-        WHERE p.user_id = t.user_id
-        RETURNING p.user_id, t.applied, t.chat, t.entertainment, t.rejected, t.stale, t.ignored, t.before,
+        FROM totals t, public.user_personality_profiles old
+        WHERE p.user_id = t.user_id AND old.user_id = t.user_id
+        RETURNING p.user_id, t.applied, t.chat, t.entertainment, t.rejected, t.stale, t.ignored,
+                  -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
+                  ARRAY[coalesce(old.openness, 50), coalesce(old.conscientiousness, 50), coalesce(old.extraversion, 50),
+                        coalesce(old.agreeableness, 50), coalesce(old.neuroticism, 50)] AS before,
                   ARRAY[p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism] AS after
     ), history AS (
         INSERT INTO public.personality_profile_history
@@ -496,6 +482,13 @@ END $$;
 COMMENT ON PROCEDURE public.bondhu_run_update_all(integer) IS
     'Applies every user''s pending insights, each exactly once, committing every batch_size users; logs the run in system_tasks.';
 
+CREATE  FUNCTION bondhu."unknown_key_count"(
+	"doc" anyelement /* AnyElement */
+) RETURNS INT /* i32 */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'unknown_key_count_wrapper';
+
 CREATE OR REPLACE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, default_schedule text, command text)
 LANGUAGE sql IMMUTABLE AS $$
     VALUES ('personality_update', 'bondhu_personality_update', '0 2 * * *',
@@ -625,6 +618,13 @@ BEGIN
         FROM jsonb_array_elements(jobs) j;
     END IF;
 END $$;
+
+CREATE  FUNCTION bondhu."insight_is_valid"(
+	"doc" anyelement /* AnyElement */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_is_valid_wrapper';
 
 CREATE EVENT TRIGGER bondhu_before_drop_extension ON ddl_command_start
     WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION bondhu.before_drop_extension();

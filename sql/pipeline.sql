@@ -112,9 +112,6 @@ BEGIN
     RETURN QUERY
     WITH pending AS MATERIALIZED (
         SELECT i.user_id, i.source,
-               -- the profile as it is (the caller holds its lock): the history's "before"
-               ARRAY[coalesce(p.openness, 50), coalesce(p.conscientiousness, 50), coalesce(p.extraversion, 50),
-                     coalesce(p.agreeableness, 50), coalesce(p.neuroticism, 50)] AS before,
                bondhu.insight_adjustments(i.doc) AS adj,
                i.observed_at >= now() - cfg.insight_window AS fresh,
                bondhu.unknown_key_count(i.doc) AS unknown_keys
@@ -129,7 +126,7 @@ BEGIN
         SELECT pending.*, adj IS NOT NULL AS valid
         FROM pending
     ), totals AS (
-        SELECT c.user_id, min(c.before) AS before,
+        SELECT c.user_id,
                count(*) FILTER (WHERE c.fresh AND c.valid)::integer AS applied,
                count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'chat')::integer AS chat,
                count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'entertainment')::integer AS entertainment,
@@ -154,9 +151,12 @@ BEGIN
             applied_xmin = (p_new).xmin_pos,
             applied_xmax = (p_new).xmax_pos,
             applied_xip = (p_new).xip_pos
-        FROM totals t
-        WHERE p.user_id = t.user_id
-        RETURNING p.user_id, t.applied, t.chat, t.entertainment, t.rejected, t.stale, t.ignored, t.before,
+        FROM totals t, public.user_personality_profiles old
+        WHERE p.user_id = t.user_id AND old.user_id = t.user_id
+        RETURNING p.user_id, t.applied, t.chat, t.entertainment, t.rejected, t.stale, t.ignored,
+                  -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
+                  ARRAY[coalesce(old.openness, 50), coalesce(old.conscientiousness, 50), coalesce(old.extraversion, 50),
+                        coalesce(old.agreeableness, 50), coalesce(old.neuroticism, 50)] AS before,
                   ARRAY[p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism] AS after
     ), history AS (
         INSERT INTO public.personality_profile_history
