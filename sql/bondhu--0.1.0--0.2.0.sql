@@ -1,7 +1,8 @@
 -- bondhu 0.1.0 -> 0.2.0
 -- The application's tables are adopted when they exist and detached on DROP EXTENSION
 -- (their data is never dropped); updates run in batches from pg_cron
--- (bondhu_run_update_all), and a run whose session died is marked interrupted; insight
+-- (bondhu_run_update_all, bondhu_run_cleanup), and a run whose session died is marked
+-- interrupted; insight
 -- documents are checked in Rust; a NULL trait of an adopted profile starts at 50; a chat
 -- insight without "timestamp" is dated by created_at.
 \echo Use "ALTER EXTENSION bondhu UPDATE TO '0.2.0'" to load this file. \quit
@@ -285,12 +286,12 @@ END $$;
 COMMENT ON FUNCTION public.bondhu_update_personality(uuid) IS
     'Applies this user''s pending insights to their profile, each exactly once. A signed-in user may update only their own profile, once per self_update_min_interval; operators any.';
 
-CREATE FUNCTION bondhu.mark_interrupted_runs() RETURNS void
+CREATE FUNCTION bondhu.mark_interrupted_runs(task text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     UPDATE bondhu.task_runs
     SET status = 'failed', finished_at = clock_timestamp(),
         error_message = 'interrupted: the session running it ended before the run finished'
-    WHERE status = 'running'
+    WHERE status = 'running' AND task_name = task
 $$;
 
 CREATE FUNCTION bondhu.start_update_run(session_lock boolean,
@@ -306,7 +307,7 @@ BEGIN
         RETURNING * INTO run;
         RETURN;
     END IF;
-    PERFORM bondhu.mark_interrupted_runs();
+    PERFORM bondhu.mark_interrupted_runs('personality_update');
     INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running') RETURNING * INTO run;
     snapshot := bondhu.current_cursor();
     covered := bondhu.global_cursor();
@@ -482,19 +483,163 @@ END $$;
 COMMENT ON PROCEDURE public.bondhu_run_update_all(integer) IS
     'Applies every user''s pending insights, each exactly once, committing every batch_size users; logs the run in system_tasks.';
 
-CREATE  FUNCTION bondhu."unknown_key_count"(
+CREATE FUNCTION bondhu.start_cleanup_run(older_than interval, session_lock boolean,
+    OUT run bondhu.task_runs, OUT cutoff timestamptz, OUT oldest timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
+    locked boolean;
+BEGIN
+    IF older_than IS NULL THEN
+        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    ELSIF older_than <= interval '0' THEN
+        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must be a positive interval, got %', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF older_than < window_length THEN
+        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than (%) is shorter than the insight window (%)', older_than, window_length
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Insights inside the window may not be applied yet; deleting them would lose them.',
+                  HINT = 'Use an interval of at least bondhu.settings.insight_window.';
+    END IF;
+    cutoff := now() - older_than;
+    locked := CASE WHEN session_lock THEN pg_try_advisory_lock(bondhu.lock_key('insights_cleanup'))
+                   ELSE pg_try_advisory_xact_lock(bondhu.lock_key('insights_cleanup')) END;
+    IF NOT locked THEN
+        INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
+        VALUES ('insights_cleanup', 'skipped', clock_timestamp(), 0, 'another cleanup was running')
+        RETURNING * INTO run;
+        RETURN;
+    END IF;
+    PERFORM bondhu.mark_interrupted_runs('insights_cleanup');
+    INSERT INTO bondhu.task_runs (task_name, status, metadata)
+    VALUES ('insights_cleanup', 'running', jsonb_build_object(
+        'older_than', older_than, 'cutoff', cutoff, 'chat_insights_deleted', 0, 'entertainment_insights_cleared', 0))
+    RETURNING * INTO run;
+    oldest := least((SELECT min(c."timestamp") FROM public.chat_personality_insights c WHERE c."timestamp" < cutoff),
+                    (SELECT min(e.created_at) FROM public.entertainment_interactions e
+                     WHERE e.created_at < cutoff AND e.personality_insights IS NOT NULL));
+END $$;
+
+CREATE FUNCTION bondhu.cleanup_slice(run_id uuid, from_time timestamptz, to_time timestamptz) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    chat_deleted bigint;
+    entertainment_cleared bigint;
+    error_text text;
+    error_state text;
+BEGIN
+    DELETE FROM public.chat_personality_insights c
+    WHERE c."timestamp" < to_time AND (from_time IS NULL OR c."timestamp" >= from_time);
+    GET DIAGNOSTICS chat_deleted = ROW_COUNT;
+    UPDATE public.entertainment_interactions e SET personality_insights = NULL
+    WHERE e.created_at < to_time AND (from_time IS NULL OR e.created_at >= from_time)
+      AND e.personality_insights IS NOT NULL;
+    GET DIAGNOSTICS entertainment_cleared = ROW_COUNT;
+    UPDATE bondhu.task_runs t SET
+        records_processed = t.records_processed + chat_deleted + entertainment_cleared,
+        metadata = t.metadata || jsonb_build_object(
+            'chat_insights_deleted', (t.metadata ->> 'chat_insights_deleted')::bigint + chat_deleted,
+            'entertainment_insights_cleared', (t.metadata ->> 'entertainment_insights_cleared')::bigint + entertainment_cleared)
+    WHERE t.id = run_id;
+    RETURN true;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_text = MESSAGE_TEXT, error_state = RETURNED_SQLSTATE;
+    UPDATE bondhu.task_runs t SET status = 'failed', error_message = error_text,
+        metadata = t.metadata || jsonb_build_object('sqlstate', error_state)
+    WHERE t.id = run_id;
+    RETURN false;
+END $$;
+
+CREATE FUNCTION bondhu.finish_cleanup_run(run_id uuid, session_lock boolean) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    log_pruned bigint;
+    run bondhu.task_runs;
+BEGIN
+    DELETE FROM bondhu.task_runs t
+    WHERE t.executed_at < now() - (SELECT s.run_log_retention FROM bondhu.settings s) AND t.id <> run_id;
+    GET DIAGNOSTICS log_pruned = ROW_COUNT;
+    UPDATE bondhu.task_runs t SET
+        status = CASE WHEN t.status = 'failed' THEN 'failed' ELSE 'completed' END,
+        finished_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - t.executed_at)::numeric, 3),
+        metadata = t.metadata || jsonb_build_object('run_log_rows_pruned', log_pruned)
+    WHERE t.id = run_id
+    RETURNING * INTO run;
+    IF session_lock THEN
+        PERFORM pg_advisory_unlock(bondhu.lock_key('insights_cleanup'));
+    END IF;
+    RETURN bondhu.cleanup_summary(run);
+END $$;
+
+CREATE FUNCTION bondhu.cleanup_summary(run bondhu.task_runs) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('task_id', run.id, 'status', run.status,
+        'records_processed', run.records_processed,
+        'chat_insights_deleted', coalesce((run.metadata ->> 'chat_insights_deleted')::bigint, 0),
+        'entertainment_insights_cleared', coalesce((run.metadata ->> 'entertainment_insights_cleared')::bigint, 0),
+        'error_message', run.error_message)
+$$;
+
+CREATE OR REPLACE FUNCTION public.bondhu_cleanup_insights(older_than interval DEFAULT '90 days') RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    started record;
+BEGIN
+    SELECT * INTO STRICT started FROM bondhu.start_cleanup_run(older_than, false);
+    IF (started.run).status = 'skipped' THEN
+        RETURN bondhu.cleanup_summary(started.run);
+    END IF;
+    PERFORM bondhu.cleanup_slice((started.run).id, NULL, started.cutoff);
+    RETURN bondhu.finish_cleanup_run((started.run).id, false);
+END $$;
+
+COMMENT ON FUNCTION public.bondhu_cleanup_insights(interval) IS
+    'Deletes chat insights and clears entertainment insights older than older_than (at least the insight window), in one transaction.';
+
+CREATE PROCEDURE public.bondhu_run_cleanup(slice_length interval DEFAULT '1 day')
+LANGUAGE plpgsql AS $$
+DECLARE
+    started record;
+    slice_start timestamptz;
+BEGIN
+    IF slice_length IS NULL OR slice_length <= interval '0' THEN
+        RAISE EXCEPTION 'bondhu_run_cleanup: slice_length must be a positive interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO STRICT started
+    FROM bondhu.start_cleanup_run((SELECT s.insight_retention FROM bondhu.settings s), true);
+    IF (started.run).status = 'skipped' THEN
+        RETURN;
+    END IF;
+    COMMIT;
+    slice_start := started.oldest;
+    WHILE slice_start < started.cutoff LOOP
+        EXIT WHEN NOT bondhu.cleanup_slice((started.run).id, slice_start, least(slice_start + slice_length, started.cutoff));
+        COMMIT;
+        slice_start := slice_start + slice_length;
+    END LOOP;
+    PERFORM bondhu.finish_cleanup_run((started.run).id, true);
+    COMMIT;
+END $$;
+
+COMMENT ON PROCEDURE public.bondhu_run_cleanup(interval) IS
+    'Cleans up insights older than the insight_retention setting, committing after every slice_length of them; logs the run in system_tasks.';
+
+CREATE  FUNCTION bondhu."insight_is_valid"(
 	"doc" anyelement /* AnyElement */
-) RETURNS INT /* i32 */
+) RETURNS bool /* bool */
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'unknown_key_count_wrapper';
+AS 'MODULE_PATHNAME', 'insight_is_valid_wrapper';
 
 CREATE OR REPLACE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, default_schedule text, command text)
 LANGUAGE sql IMMUTABLE AS $$
     VALUES ('personality_update', 'bondhu_personality_update', '0 2 * * *',
             'CALL public.bondhu_run_update_all()'),
            ('insights_cleanup', 'bondhu_insights_cleanup', '0 3 * * 0',
-            'SELECT public.bondhu_cleanup_insights(s.insight_retention) FROM bondhu.settings s')
+            'CALL public.bondhu_run_cleanup()')
 $$;
 
 CREATE OR REPLACE FUNCTION public.bondhu_system_health() RETURNS jsonb
@@ -514,13 +659,16 @@ DECLARE
     update_schedule text;
     missed_since timestamptz;
     status text;
+    task text;
 BEGIN
     SELECT * INTO STRICT cfg FROM bondhu.settings;
-    -- A run left 'running' by a session that died: no run holds the lock.
-    IF pg_try_advisory_lock(bondhu.lock_key('personality_update')) THEN
-        PERFORM bondhu.mark_interrupted_runs();
-        PERFORM pg_advisory_unlock(bondhu.lock_key('personality_update'));
-    END IF;
+    -- Runs left 'running' by a session that died: no run of their task holds its lock.
+    FOREACH task IN ARRAY ARRAY['personality_update', 'insights_cleanup'] LOOP
+        IF pg_try_advisory_lock(bondhu.lock_key(task)) THEN
+            PERFORM bondhu.mark_interrupted_runs(task);
+            PERFORM pg_advisory_unlock(bondhu.lock_key(task));
+        END IF;
+    END LOOP;
     SELECT * INTO last_update FROM bondhu.task_runs t
     WHERE t.task_name = 'personality_update' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
     SELECT * INTO last_success FROM bondhu.task_runs t
@@ -619,12 +767,12 @@ BEGIN
     END IF;
 END $$;
 
-CREATE  FUNCTION bondhu."insight_is_valid"(
+CREATE  FUNCTION bondhu."unknown_key_count"(
 	"doc" anyelement /* AnyElement */
-) RETURNS bool /* bool */
+) RETURNS INT /* i32 */
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_is_valid_wrapper';
+AS 'MODULE_PATHNAME', 'unknown_key_count_wrapper';
 
 CREATE EVENT TRIGGER bondhu_before_drop_extension ON ddl_command_start
     WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION bondhu.before_drop_extension();
@@ -647,7 +795,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA bondhu FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
     public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
     public.bondhu_unschedule(), public.bondhu_system_health() FROM PUBLIC;
-REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) FROM PUBLIC;
 REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
     public.user_personality_profiles, public.personality_profile_history, public.system_tasks FROM PUBLIC;
 
@@ -658,11 +806,13 @@ GRANT EXECUTE ON FUNCTION bondhu.ingest_position(), bondhu.resolve_incarnation()
 GRANT EXECUTE ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
     public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
     public.bondhu_unschedule(), public.bondhu_system_health() TO bondhu_operator;
-GRANT EXECUTE ON PROCEDURE public.bondhu_run_update_all(integer) TO bondhu_operator;
--- the procedure's steps (it cannot be SECURITY DEFINER, they are)
+GRANT EXECUTE ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) TO bondhu_operator;
+-- the procedures' steps (they cannot be SECURITY DEFINER, the steps are)
 GRANT EXECUTE ON FUNCTION bondhu.start_update_run(boolean),
     bondhu.apply_update_batch(uuid, bondhu.cursor, bondhu.cursor, uuid, integer),
-    bondhu.finish_update_run(uuid, bondhu.cursor, boolean) TO bondhu_operator;
+    bondhu.finish_update_run(uuid, bondhu.cursor, boolean),
+    bondhu.start_cleanup_run(interval, boolean), bondhu.cleanup_slice(uuid, timestamptz, timestamptz),
+    bondhu.finish_cleanup_run(uuid, boolean) TO bondhu_operator;
 GRANT SELECT ON public.system_tasks, bondhu.settings, bondhu.pipeline_state, bondhu.task_runs TO bondhu_operator;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.chat_personality_insights, public.entertainment_interactions,
     public.user_personality_profiles, public.personality_profile_history TO bondhu_operator;
@@ -675,7 +825,7 @@ BEGIN
         REVOKE ALL ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
             public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
             public.bondhu_unschedule(), public.bondhu_system_health() FROM anon;
-        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer) FROM anon;
+        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) FROM anon;
         REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
             public.user_personality_profiles, public.personality_profile_history, public.system_tasks FROM anon;
     END IF;
@@ -683,7 +833,7 @@ BEGIN
         REVOKE ALL ON FUNCTION public.bondhu_update_all(), public.bondhu_cleanup_insights(interval),
             public.bondhu_schedule(text, text), public.bondhu_unschedule(), public.bondhu_system_health()
             FROM authenticated;
-        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer) FROM authenticated;
+        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) FROM authenticated;
         REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
             public.user_personality_profiles, public.personality_profile_history, public.system_tasks
             FROM authenticated;
@@ -696,12 +846,12 @@ BEGIN
     END IF;
 END $$;
 
--- The scheduled update runs in batches now.
+-- The scheduled jobs run in batches now.
 DO $$
 BEGIN
     IF bondhu.cron_installed() THEN
-        PERFORM cron.alter_job(j.jobid, command => 'CALL public.bondhu_run_update_all()')
-        FROM cron.job j WHERE j.jobname = 'bondhu_personality_update';
+        PERFORM cron.alter_job(j.jobid, command => b.command)
+        FROM cron.job j JOIN bondhu.jobs() b ON b.jobname = j.jobname;
     END IF;
 END $$;
 

@@ -254,14 +254,14 @@ $$;
 -- is found 'running' without the lock, and marked failed. The three steps are SECURITY
 -- DEFINER so that operators can run the procedure, which cannot be (it commits).
 
--- Marks runs left 'running' by a session that died. The caller holds the run lock, so
--- no run is alive.
-CREATE FUNCTION bondhu.mark_interrupted_runs() RETURNS void
+-- Marks a task's runs left 'running' by a session that died. The caller holds the task's
+-- lock, so no run of it is alive.
+CREATE FUNCTION bondhu.mark_interrupted_runs(task text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     UPDATE bondhu.task_runs
     SET status = 'failed', finished_at = clock_timestamp(),
         error_message = 'interrupted: the session running it ended before the run finished'
-    WHERE status = 'running'
+    WHERE status = 'running' AND task_name = task
 $$;
 
 CREATE FUNCTION bondhu.start_update_run(session_lock boolean,
@@ -277,7 +277,7 @@ BEGIN
         RETURNING * INTO run;
         RETURN;
     END IF;
-    PERFORM bondhu.mark_interrupted_runs();
+    PERFORM bondhu.mark_interrupted_runs('personality_update');
     INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running') RETURNING * INTO run;
     snapshot := bondhu.current_cursor();
     covered := bondhu.global_cursor();
@@ -465,72 +465,162 @@ END $$;
 COMMENT ON PROCEDURE public.bondhu_run_update_all(integer) IS
     'Applies every user''s pending insights, each exactly once, committing every batch_size users; logs the run in system_tasks.';
 
--- Deletes chat insights older than older_than and clears the insight of entertainment
--- interactions as old (the interactions belong to the entertainment feature). Also
--- prunes run log rows older than the run_log_retention setting.
-CREATE FUNCTION public.bondhu_cleanup_insights(older_than interval DEFAULT '90 days') RETURNS jsonb
+-- A cleanup run, in three steps that bondhu_cleanup_insights() takes in one transaction
+-- and bondhu_run_cleanup() in many (one per slice of time), like an update run:
+--   start_cleanup_run:  checks older_than, takes the cleanup lock, logs the run;
+--   cleanup_slice:      deletes chat insights and clears entertainment insights written
+--                       in one slice of time before the cutoff (found by BRIN indexes);
+--   finish_cleanup_run: prunes the run log, closes the log row.
+-- Deletes chat insights older than the cutoff; on entertainment interactions it clears
+-- the insight (the interaction belongs to the entertainment feature). Refuses, changing
+-- nothing, any older_than that could delete insights not applied yet.
+CREATE FUNCTION bondhu.start_cleanup_run(older_than interval, session_lock boolean,
+    OUT run bondhu.task_runs, OUT cutoff timestamptz, OUT oldest timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    cfg bondhu.settings;
-    cutoff timestamptz;
-    run bondhu.task_runs;
-    chat_deleted bigint;
-    entertainment_cleared bigint;
-    log_pruned bigint;
-    error_text text;
-    error_state text;
+    window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
+    locked boolean;
 BEGIN
-    SELECT * INTO STRICT cfg FROM bondhu.settings;
     IF older_than IS NULL THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must not be NULL'
             USING ERRCODE = 'null_value_not_allowed';
     ELSIF older_than <= interval '0' THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must be a positive interval, got %', older_than
             USING ERRCODE = 'invalid_parameter_value';
-    ELSIF older_than < cfg.insight_window THEN
-        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than (%) is shorter than the insight window (%)', older_than, cfg.insight_window
+    ELSIF older_than < window_length THEN
+        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than (%) is shorter than the insight window (%)', older_than, window_length
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'Insights inside the window may not be applied yet; deleting them would lose them.',
                   HINT = 'Use an interval of at least bondhu.settings.insight_window.';
     END IF;
     cutoff := now() - older_than;
-
-    BEGIN
-        DELETE FROM public.chat_personality_insights c WHERE c."timestamp" < cutoff;
-        GET DIAGNOSTICS chat_deleted = ROW_COUNT;
-        UPDATE public.entertainment_interactions e SET personality_insights = NULL
-        WHERE e.created_at < cutoff AND e.personality_insights IS NOT NULL;
-        GET DIAGNOSTICS entertainment_cleared = ROW_COUNT;
-        DELETE FROM bondhu.task_runs t WHERE t.executed_at < now() - cfg.run_log_retention;
-        GET DIAGNOSTICS log_pruned = ROW_COUNT;
-    EXCEPTION WHEN OTHERS THEN
-        -- Nothing was removed; the failure is still logged.
-        GET STACKED DIAGNOSTICS error_text = MESSAGE_TEXT, error_state = RETURNED_SQLSTATE;
-        INSERT INTO bondhu.task_runs (task_name, status, finished_at, error_message, metadata, duration_seconds)
-        VALUES ('insights_cleanup', 'failed', clock_timestamp(), error_text,
-                jsonb_build_object('older_than', older_than, 'sqlstate', error_state),
-                round(extract(epoch FROM clock_timestamp() - now())::numeric, 3))
+    locked := CASE WHEN session_lock THEN pg_try_advisory_lock(bondhu.lock_key('insights_cleanup'))
+                   ELSE pg_try_advisory_xact_lock(bondhu.lock_key('insights_cleanup')) END;
+    IF NOT locked THEN
+        INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
+        VALUES ('insights_cleanup', 'skipped', clock_timestamp(), 0, 'another cleanup was running')
         RETURNING * INTO run;
-        RETURN jsonb_build_object('task_id', run.id, 'status', run.status, 'records_processed', 0,
-            'chat_insights_deleted', 0, 'entertainment_insights_cleared', 0,
-            'error_message', error_text);
-    END;
-
-    INSERT INTO bondhu.task_runs (task_name, status, finished_at, records_processed, metadata, duration_seconds)
-    VALUES ('insights_cleanup', 'completed', clock_timestamp(), chat_deleted + entertainment_cleared,
-            jsonb_build_object('older_than', older_than, 'cutoff', cutoff,
-                               'chat_insights_deleted', chat_deleted,
-                               'entertainment_insights_cleared', entertainment_cleared,
-                               'run_log_rows_pruned', log_pruned),
-            round(extract(epoch FROM clock_timestamp() - now())::numeric, 3))
+        RETURN;
+    END IF;
+    PERFORM bondhu.mark_interrupted_runs('insights_cleanup');
+    INSERT INTO bondhu.task_runs (task_name, status, metadata)
+    VALUES ('insights_cleanup', 'running', jsonb_build_object(
+        'older_than', older_than, 'cutoff', cutoff, 'chat_insights_deleted', 0, 'entertainment_insights_cleared', 0))
     RETURNING * INTO run;
-    RETURN jsonb_build_object('task_id', run.id, 'status', run.status,
+    oldest := least((SELECT min(c."timestamp") FROM public.chat_personality_insights c WHERE c."timestamp" < cutoff),
+                    (SELECT min(e.created_at) FROM public.entertainment_interactions e
+                     WHERE e.created_at < cutoff AND e.personality_insights IS NOT NULL));
+END $$;
+
+-- Removes the insights written in [from_time, to_time) (from_time NULL: since ever) and
+-- adds the counts to the run's row. If it fails, its work is rolled back, the run is
+-- marked failed, and it returns false.
+CREATE FUNCTION bondhu.cleanup_slice(run_id uuid, from_time timestamptz, to_time timestamptz) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    chat_deleted bigint;
+    entertainment_cleared bigint;
+    error_text text;
+    error_state text;
+BEGIN
+    DELETE FROM public.chat_personality_insights c
+    WHERE c."timestamp" < to_time AND (from_time IS NULL OR c."timestamp" >= from_time);
+    GET DIAGNOSTICS chat_deleted = ROW_COUNT;
+    UPDATE public.entertainment_interactions e SET personality_insights = NULL
+    WHERE e.created_at < to_time AND (from_time IS NULL OR e.created_at >= from_time)
+      AND e.personality_insights IS NOT NULL;
+    GET DIAGNOSTICS entertainment_cleared = ROW_COUNT;
+    UPDATE bondhu.task_runs t SET
+        records_processed = t.records_processed + chat_deleted + entertainment_cleared,
+        metadata = t.metadata || jsonb_build_object(
+            'chat_insights_deleted', (t.metadata ->> 'chat_insights_deleted')::bigint + chat_deleted,
+            'entertainment_insights_cleared', (t.metadata ->> 'entertainment_insights_cleared')::bigint + entertainment_cleared)
+    WHERE t.id = run_id;
+    RETURN true;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS error_text = MESSAGE_TEXT, error_state = RETURNED_SQLSTATE;
+    UPDATE bondhu.task_runs t SET status = 'failed', error_message = error_text,
+        metadata = t.metadata || jsonb_build_object('sqlstate', error_state)
+    WHERE t.id = run_id;
+    RETURN false;
+END $$;
+
+CREATE FUNCTION bondhu.finish_cleanup_run(run_id uuid, session_lock boolean) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    log_pruned bigint;
+    run bondhu.task_runs;
+BEGIN
+    DELETE FROM bondhu.task_runs t
+    WHERE t.executed_at < now() - (SELECT s.run_log_retention FROM bondhu.settings s) AND t.id <> run_id;
+    GET DIAGNOSTICS log_pruned = ROW_COUNT;
+    UPDATE bondhu.task_runs t SET
+        status = CASE WHEN t.status = 'failed' THEN 'failed' ELSE 'completed' END,
+        finished_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - t.executed_at)::numeric, 3),
+        metadata = t.metadata || jsonb_build_object('run_log_rows_pruned', log_pruned)
+    WHERE t.id = run_id
+    RETURNING * INTO run;
+    IF session_lock THEN
+        PERFORM pg_advisory_unlock(bondhu.lock_key('insights_cleanup'));
+    END IF;
+    RETURN bondhu.cleanup_summary(run);
+END $$;
+
+CREATE FUNCTION bondhu.cleanup_summary(run bondhu.task_runs) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('task_id', run.id, 'status', run.status,
         'records_processed', run.records_processed,
-        'chat_insights_deleted', chat_deleted,
-        'entertainment_insights_cleared', entertainment_cleared);
+        'chat_insights_deleted', coalesce((run.metadata ->> 'chat_insights_deleted')::bigint, 0),
+        'entertainment_insights_cleared', coalesce((run.metadata ->> 'entertainment_insights_cleared')::bigint, 0),
+        'error_message', run.error_message)
+$$;
+
+CREATE FUNCTION public.bondhu_cleanup_insights(older_than interval DEFAULT '90 days') RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    started record;
+BEGIN
+    SELECT * INTO STRICT started FROM bondhu.start_cleanup_run(older_than, false);
+    IF (started.run).status = 'skipped' THEN
+        RETURN bondhu.cleanup_summary(started.run);
+    END IF;
+    PERFORM bondhu.cleanup_slice((started.run).id, NULL, started.cutoff);
+    RETURN bondhu.finish_cleanup_run((started.run).id, false);
 END $$;
 COMMENT ON FUNCTION public.bondhu_cleanup_insights(interval) IS
-    'Deletes chat insights and clears entertainment insights older than older_than (at least the insight window).';
+    'Deletes chat insights and clears entertainment insights older than older_than (at least the insight window), in one transaction.';
+
+-- The same with the insight_retention setting, committing after every slice_length of
+-- insights (oldest first): for pg_cron and large tables, so that no transaction holds
+-- back vacuum for the whole run.
+CREATE PROCEDURE public.bondhu_run_cleanup(slice_length interval DEFAULT '1 day')
+LANGUAGE plpgsql AS $$
+DECLARE
+    started record;
+    slice_start timestamptz;
+BEGIN
+    IF slice_length IS NULL OR slice_length <= interval '0' THEN
+        RAISE EXCEPTION 'bondhu_run_cleanup: slice_length must be a positive interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO STRICT started
+    FROM bondhu.start_cleanup_run((SELECT s.insight_retention FROM bondhu.settings s), true);
+    IF (started.run).status = 'skipped' THEN
+        RETURN;
+    END IF;
+    COMMIT;
+    slice_start := started.oldest;
+    WHILE slice_start < started.cutoff LOOP
+        EXIT WHEN NOT bondhu.cleanup_slice((started.run).id, slice_start, least(slice_start + slice_length, started.cutoff));
+        COMMIT;
+        slice_start := slice_start + slice_length;
+    END LOOP;
+    PERFORM bondhu.finish_cleanup_run((started.run).id, true);
+    COMMIT;
+END $$;
+COMMENT ON PROCEDURE public.bondhu_run_cleanup(interval) IS
+    'Cleans up insights older than the insight_retention setting, committing after every slice_length of them; logs the run in system_tasks.';
 
 -- Advisory lock keys of bondhu's tasks: class 'bndh', one object id per task.
 CREATE FUNCTION bondhu.lock_key(task text) RETURNS bigint

@@ -15,7 +15,7 @@ LANGUAGE sql IMMUTABLE AS $$
     VALUES ('personality_update', 'bondhu_personality_update', '0 2 * * *',
             'CALL public.bondhu_run_update_all()'),
            ('insights_cleanup', 'bondhu_insights_cleanup', '0 3 * * 0',
-            'SELECT public.bondhu_cleanup_insights(s.insight_retention) FROM bondhu.settings s')
+            'CALL public.bondhu_run_cleanup()')
 $$;
 
 -- The next time a cron schedule fires after a moment, in GMT as pg_cron 1.4 runs it.
@@ -95,13 +95,16 @@ DECLARE
     update_schedule text;
     missed_since timestamptz;
     status text;
+    task text;
 BEGIN
     SELECT * INTO STRICT cfg FROM bondhu.settings;
-    -- A run left 'running' by a session that died: no run holds the lock.
-    IF pg_try_advisory_lock(bondhu.lock_key('personality_update')) THEN
-        PERFORM bondhu.mark_interrupted_runs();
-        PERFORM pg_advisory_unlock(bondhu.lock_key('personality_update'));
-    END IF;
+    -- Runs left 'running' by a session that died: no run of their task holds its lock.
+    FOREACH task IN ARRAY ARRAY['personality_update', 'insights_cleanup'] LOOP
+        IF pg_try_advisory_lock(bondhu.lock_key(task)) THEN
+            PERFORM bondhu.mark_interrupted_runs(task);
+            PERFORM pg_advisory_unlock(bondhu.lock_key(task));
+        END IF;
+    END LOOP;
     SELECT * INTO last_update FROM bondhu.task_runs t
     WHERE t.task_name = 'personality_update' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
     SELECT * INTO last_success FROM bondhu.task_runs t

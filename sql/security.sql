@@ -99,7 +99,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA bondhu FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
     public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
     public.bondhu_unschedule(), public.bondhu_system_health() FROM PUBLIC;
-REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) FROM PUBLIC;
 REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
     public.user_personality_profiles, public.personality_profile_history, public.system_tasks FROM PUBLIC;
 
@@ -110,11 +110,13 @@ GRANT EXECUTE ON FUNCTION bondhu.ingest_position(), bondhu.resolve_incarnation()
 GRANT EXECUTE ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
     public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
     public.bondhu_unschedule(), public.bondhu_system_health() TO bondhu_operator;
-GRANT EXECUTE ON PROCEDURE public.bondhu_run_update_all(integer) TO bondhu_operator;
--- the procedure's steps (it cannot be SECURITY DEFINER, they are)
+GRANT EXECUTE ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) TO bondhu_operator;
+-- the procedures' steps (they cannot be SECURITY DEFINER, the steps are)
 GRANT EXECUTE ON FUNCTION bondhu.start_update_run(boolean),
     bondhu.apply_update_batch(uuid, bondhu.cursor, bondhu.cursor, uuid, integer),
-    bondhu.finish_update_run(uuid, bondhu.cursor, boolean) TO bondhu_operator;
+    bondhu.finish_update_run(uuid, bondhu.cursor, boolean),
+    bondhu.start_cleanup_run(interval, boolean), bondhu.cleanup_slice(uuid, timestamptz, timestamptz),
+    bondhu.finish_cleanup_run(uuid, boolean) TO bondhu_operator;
 GRANT SELECT ON public.system_tasks, bondhu.settings, bondhu.pipeline_state, bondhu.task_runs TO bondhu_operator;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.chat_personality_insights, public.entertainment_interactions,
     public.user_personality_profiles, public.personality_profile_history TO bondhu_operator;
@@ -149,7 +151,7 @@ BEGIN
         REVOKE ALL ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
             public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
             public.bondhu_unschedule(), public.bondhu_system_health() FROM anon;
-        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer) FROM anon;
+        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) FROM anon;
         REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
             public.user_personality_profiles, public.personality_profile_history, public.system_tasks FROM anon;
     END IF;
@@ -157,7 +159,7 @@ BEGIN
         REVOKE ALL ON FUNCTION public.bondhu_update_all(), public.bondhu_cleanup_insights(interval),
             public.bondhu_schedule(text, text), public.bondhu_unschedule(), public.bondhu_system_health()
             FROM authenticated;
-        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer) FROM authenticated;
+        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) FROM authenticated;
         REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
             public.user_personality_profiles, public.personality_profile_history, public.system_tasks
             FROM authenticated;

@@ -54,3 +54,24 @@ SELECT r ->> 'status' AS status, r ->> 'error_message' AS error FROM bondhu_clea
 SELECT status, error_message, metadata ->> 'sqlstate' AS sqlstate FROM system_tasks
 WHERE task_name = 'insights_cleanup' ORDER BY executed_at DESC LIMIT 1;
 SELECT count(*) AS chat_rows_kept FROM chat_personality_insights WHERE "timestamp" < now() - interval '90 days';
+
+-- The procedure (the pg_cron job) cleans up with the insight_retention setting, one day
+-- of old insights a transaction (here a week, over insights 100 to 130 days old).
+DROP TRIGGER keep_chat ON chat_personality_insights;
+INSERT INTO chat_personality_insights (user_id, "timestamp", adjustments)
+SELECT :gina, now() - interval '100 days' - d * interval '1 day', '{"openness": 1}'
+FROM generate_series(0, 30) d;
+INSERT INTO entertainment_interactions (user_id, created_at, personality_insights)
+SELECT :gina, now() - interval '100 days' - d * interval '1 day', '{"openness": 1}'
+FROM generate_series(0, 9) d;
+CALL bondhu_run_cleanup('7 days');
+SELECT task_name, status, records_processed, metadata ->> 'chat_insights_deleted' AS deleted,
+       metadata ->> 'entertainment_insights_cleared' AS cleared
+FROM system_tasks ORDER BY executed_at DESC LIMIT 1;
+SELECT count(*) AS old_chat_left FROM chat_personality_insights WHERE "timestamp" < now() - interval '90 days';
+SELECT count(*) AS old_insights_left FROM entertainment_interactions
+WHERE created_at < now() - interval '90 days' AND personality_insights IS NOT NULL;
+\set VERBOSITY sqlstate
+CALL bondhu_run_cleanup('0 days');
+CALL bondhu_run_cleanup(NULL);
+\set VERBOSITY default
