@@ -29,16 +29,22 @@ trap 'stop_cluster "$CLUSTER_DIR"' EXIT
 rm -rf "$RESULTS" && mkdir -p "$RESULTS" && chown postgres:postgres "$RESULTS"
 conn=(--host="$CLUSTER_DIR" --port="$CLUSTER_PORT" --user=postgres)
 
+# Runs every test of tests/<suite> with pg_regress against database $2 (more options after).
+regress_suite() { # suite database [pg_regress options]
+    local suite=$1 database=$2 t status
+    shift 2
+    for t in $(cd "$ROOT/tests/$suite/sql" && ls *.sql | sed 's/\.sql$//' | sort); do
+        sudo -u postgres "$PGXS_TEST/regress/pg_regress" "${conn[@]}" "$@" --dbname="$database" \
+            --inputdir="$ROOT/tests/$suite" --outputdir="$RESULTS/$suite-$t" "$t" >"$RESULTS/$suite-$t.log" 2>&1
+        status=$?
+        [ $status -eq 0 ] || head -80 "$RESULTS/$suite-$t/regression.diffs" 2>/dev/null
+        record "$suite $t" $status
+    done
+}
+
 log "SQL regression suite (tests/pg_regress)"
-regress_tests=$(cd "$ROOT/tests/pg_regress/sql" && ls *.sql | sed 's/\.sql$//' | sort)
 set +e
-for t in $regress_tests; do
-    sudo -u postgres "$PGXS_TEST/regress/pg_regress" "${conn[@]}" --dbname=bondhu_regress \
-        --inputdir="$ROOT/tests/pg_regress" --outputdir="$RESULTS/regress-$t" "$t" >"$RESULTS/regress-$t.log" 2>&1
-    status=$?
-    [ $status -eq 0 ] || cat "$RESULTS/regress-$t/regression.diffs" 2>/dev/null | head -80
-    record "regress $t" $status
-done
+regress_suite pg_regress bondhu_regress
 
 log "server log: bondhu's messages carry no user id"
 grep -q 'may only update their own profile' "$CLUSTER_DIR/server.log"
@@ -47,14 +53,7 @@ record "the refusal reached the server log" $?
 record "no user id of the security test in the server log" $?
 
 log "pg_cron suite (tests/cron), in the cron database"
-cron_tests=$(cd "$ROOT/tests/cron/sql" && ls *.sql | sed 's/\.sql$//' | sort)
-for t in $cron_tests; do
-    sudo -u postgres "$PGXS_TEST/regress/pg_regress" "${conn[@]}" --use-existing --dbname=bondhu_cron \
-        --inputdir="$ROOT/tests/cron" --outputdir="$RESULTS/cron-$t" "$t" >"$RESULTS/cron-$t.log" 2>&1
-    status=$?
-    [ $status -eq 0 ] || cat "$RESULTS/cron-$t/regression.diffs" 2>/dev/null | head -80
-    record "cron $t" $status
-done
+regress_suite cron bondhu_cron --use-existing
 
 log "upgrades: each earlier version plus its upgrade scripts equals a fresh install"
 cp "$ROOT"/sql/archive/bondhu--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
