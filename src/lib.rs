@@ -46,21 +46,44 @@ mod bondhu {
     use std::ffi::{c_char, c_int};
 
     thread_local! {
-        /// This backend's incarnation, once read and known to be committed.
-        static INCARNATION: Cell<Option<i64>> = const { Cell::new(None) };
+        /// This backend's incarnation, once read and known to be committed, with the
+        /// pipeline state table it was read from.
+        static INCARNATION: Cell<Option<(i64, pg_sys::Oid)>> = const { Cell::new(None) };
+        static FORGET_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Forgets the incarnation when the pipeline state table changes or goes (DROP
+    /// EXTENSION in any backend): a pooled connection must not keep writing positions of
+    /// an incarnation the state no longer has.
+    unsafe extern "C-unwind" fn forget_incarnation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+        if let Some((_, state)) = INCARNATION.get() {
+            if relid == pg_sys::InvalidOid || relid == state {
+                INCARNATION.set(None);
+            }
+        }
     }
 
     fn incarnation() -> i64 {
-        if let Some(known) = INCARNATION.get() {
+        if let Some((known, _)) = INCARNATION.get() {
             return known;
         }
-        let (incarnation, cacheable) = Spi::get_two::<i32, bool>(
-            "SELECT incarnation, cacheable FROM bondhu.resolve_incarnation()",
+        let (incarnation, cacheable, state) = Spi::get_three::<i32, bool, pg_sys::Oid>(
+            "SELECT incarnation, cacheable, 'bondhu.pipeline_state'::regclass::oid FROM bondhu.resolve_incarnation()",
         )
         .unwrap_or_else(|e| error!("bondhu: cannot read the pipeline state: {e}"));
         let incarnation = i64::from(incarnation.expect("resolve_incarnation returns a row"));
-        if cacheable == Some(true) {
-            INCARNATION.set(Some(incarnation));
+        if let (Some(true), Some(state)) = (cacheable, state) {
+            if !FORGET_REGISTERED.get() {
+                // SAFETY: registers a callback that only touches this backend's cache.
+                unsafe {
+                    pg_sys::CacheRegisterRelcacheCallback(
+                        Some(forget_incarnation),
+                        pg_sys::Datum::from(0usize),
+                    )
+                };
+                FORGET_REGISTERED.set(true);
+            }
+            INCARNATION.set(Some((incarnation, state)));
         }
         incarnation
     }

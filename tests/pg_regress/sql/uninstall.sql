@@ -35,3 +35,14 @@ CREATE EXTENSION pg_trgm;
 DROP EXTENSION pg_trgm;
 SELECT count(*) AS member_tables FROM bondhu.data_tables() WHERE bondhu.is_member(relation);
 SELECT count(*) AS config_tables FROM pg_extension e, unnest(e.extconfig) t WHERE e.extname = 'bondhu';
+
+-- A backend that wrote insights before DROP EXTENSION (a pooled connection) keeps
+-- writing after CREATE EXTENSION: its insights are not taken for applied ones.
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 1}');
+SELECT bondhu_update_all() ->> 'insights_processed' AS applied_before_reinstall;
+DROP EXTENSION bondhu;
+CREATE EXTENSION bondhu;
+SELECT bondhu_update_all() ->> 'insights_processed' AS nothing_pending;
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 3}');
+SELECT bondhu_update_all() ->> 'insights_processed' AS written_after_reinstall;
+SELECT openness FROM user_personality_profiles WHERE user_id = :ben;
