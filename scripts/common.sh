@@ -1,4 +1,4 @@
-# Shared by scripts/demo.sh, scripts/test.sh and scripts/bench.sh. Sourced, not run.
+# Shared by scripts/demo.sh, scripts/test.sh and scripts/benchmark.sh. Sourced, not run.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
