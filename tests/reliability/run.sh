@@ -56,16 +56,22 @@ record "concurrency: no deadlock or serialization failure" $?
 
 # A running update is killed: what it had not committed rolls back whole, and the next
 # run applies everything exactly once.
-kill_during_update() { # db how statement
-    local db=$1 how=$2 statement=$3 pid
+# The kill waits for the statement to be active and then for `ready` (a query answering t),
+# polled rather than slept so that a slow machine does not kill too early.
+kill_during_update() { # db how statement [ready]
+    local db=$1 how=$2 statement=$3 ready=${4:-"SELECT true"} pid
     cluster_psql -d "$db" -c "$statement" >"$RESULTS/kill-$how.log" 2>&1 &
     local client=$!
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 600); do
         pid=$(cluster_psql -d "$db" -Atc "SELECT pid FROM pg_stat_activity WHERE query = '$statement' AND state = 'active'")
         [ -n "$pid" ] && break
         sleep 0.05
     done
     sleep 0.5
+    for _ in $(seq 1 1200); do
+        [ "$(cluster_psql -d "$db" -Atc "$ready")" = t ] && break
+        sleep 0.05
+    done
     if [ "$how" = terminate ]; then
         cluster_psql -d "$db" -c "SELECT pg_terminate_backend($pid)" >/dev/null
     else
@@ -95,7 +101,8 @@ done
 log "kill: terminate the batched procedure after some batches have committed"
 fresh_bondhu_db bondhu_kill
 add_insights bondhu_kill 60000 10
-kill_during_update bondhu_kill procedure "CALL bondhu_run_update_all(2000)"
+kill_during_update bondhu_kill procedure "CALL bondhu_run_update_all(2000)" \
+    "SELECT count(*) > 0 FROM user_personality_profiles WHERE openness <> 50"
 done_before=$(cluster_psql -d bondhu_kill -Atc "SELECT count(*) FROM user_personality_profiles WHERE openness <> 50")
 echo "users updated by committed batches before the kill: $done_before"
 [ "$done_before" -gt 0 ] && [ "$done_before" -lt 60000 ]
@@ -112,7 +119,10 @@ fresh_bondhu_db bondhu_wait
 add_insights bondhu_wait 60000 10
 cluster_psql -d bondhu_wait -c "CALL bondhu_run_update_all(1000)" &
 runner=$!
-sleep 1
+for _ in $(seq 1 1200); do # until the run has committed its 'running' row
+    [ "$(cluster_psql -d bondhu_wait -Atc "SELECT count(*) FROM system_tasks WHERE status = 'running'")" = 1 ] && break
+    sleep 0.05
+done
 # the last user in key order: the run reaches it last
 wait_ms=$(cluster_psql -d bondhu_wait -Atc "
     SELECT round(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)
