@@ -145,21 +145,61 @@ BEGIN
     END LOOP;
 END $$;
 
-CREATE OR REPLACE FUNCTION bondhu.insight_adjustments(doc jsonb) RETURNS numeric[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN bondhu.insight_is_valid(doc) THEN ARRAY[
-        coalesce((doc -> 'openness')::numeric, 0),
-        coalesce((doc -> 'conscientiousness')::numeric, 0),
-        coalesce((doc -> 'extraversion')::numeric, 0),
-        coalesce((doc -> 'agreeableness')::numeric, 0),
-        coalesce((doc -> 'neuroticism')::numeric, 0)]
-    END
-$$;
+DROP FUNCTION bondhu.insight_adjustments(jsonb);
 
 CREATE OR REPLACE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
 RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total))::double precision
 $$;
+
+CREATE FUNCTION bondhu.position_pending(pos bigint, covered bondhu.cursor, snapshot bondhu.cursor)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT pos >= (covered).xmin_pos
+       AND NOT bondhu.position_applied(pos, (covered).xmin_pos, (covered).xmax_pos, (covered).xip_pos)
+       AND bondhu.position_applied(pos, (snapshot).xmin_pos, (snapshot).xmax_pos, (snapshot).xip_pos)
+$$;
+
+CREATE FUNCTION bondhu.cursor_within(xmin_pos bigint, xmax_pos bigint, xip_pos bigint[], outer_cursor bondhu.cursor)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT xmin_pos IS NULL
+        OR xmax_pos <= (outer_cursor).xmin_pos
+        OR (xmin_pos = (outer_cursor).xmin_pos AND xmax_pos = (outer_cursor).xmax_pos
+            AND xip_pos = (outer_cursor).xip_pos)
+$$;
+
+CREATE  FUNCTION bondhu."insight_totals_step"(
+	"state" internal, /* Internal */
+	"doc" anyelement, /* Option < AnyElement > */
+	"fresh" bool, /* Option < bool > */
+	"from_chat" bool /* Option < bool > */
+) RETURNS internal /* Internal */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_step_wrapper';
+
+CREATE  FUNCTION bondhu."insight_counts_final"(
+	"state" internal /* Internal */
+) RETURNS INT[] /* :: std :: option :: Option < Vec < i32 > > */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_counts_final_wrapper';
+
+CREATE  FUNCTION bondhu."insight_sums_final"(
+	"state" internal /* Internal */
+) RETURNS NUMERIC[] /* :: std :: option :: Option < Vec < AnyNumeric > > */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_sums_final_wrapper';
+
+CREATE AGGREGATE bondhu.insight_counts(doc jsonb, fresh boolean, from_chat boolean) (
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    FINALFUNC = bondhu.insight_counts_final
+);
+
+CREATE AGGREGATE bondhu.insight_sums(doc jsonb, fresh boolean, from_chat boolean) (
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    FINALFUNC = bondhu.insight_sums_final
+);
 
 CREATE OR REPLACE FUNCTION bondhu.apply_pending(p_users uuid[], p_global bondhu.cursor, p_new bondhu.cursor,
                                      p_task_id uuid, p_trigger text)
@@ -169,56 +209,61 @@ RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg bondhu.settings;
+    ahead uuid[];
 BEGIN
     SELECT * INTO STRICT cfg FROM bondhu.settings;
+    -- Users whose profile a self-service update has moved past the global cursor: only
+    -- their insights are checked against the profile's own cursor, so that the others
+    -- are aggregated without a join.
+    ahead := ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
+                   WHERE (p_users IS NULL OR p.user_id = ANY (p_users))
+                     AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, p_global));
     RETURN QUERY
-    WITH pending AS MATERIALIZED (
-        SELECT i.user_id, i.source,
-               bondhu.insight_adjustments(i.doc) AS adj,
-               i.observed_at >= now() - cfg.insight_window AS fresh,
-               bondhu.unknown_key_count(i.doc) AS unknown_keys
+    WITH pending AS (
+        SELECT i.user_id, i.source, i.doc, i.observed_at
+        FROM bondhu.insights i
+        WHERE bondhu.position_pending(i.ingest_pos, p_global, p_new)
+          AND (p_users IS NULL OR i.user_id = ANY (p_users))
+          AND i.user_id <> ALL (ahead)
+        UNION ALL
+        SELECT i.user_id, i.source, i.doc, i.observed_at
         FROM bondhu.insights i
         JOIN public.user_personality_profiles p ON p.user_id = i.user_id
-        WHERE i.ingest_pos >= (p_global).xmin_pos
-          AND (p_users IS NULL OR i.user_id = ANY (p_users))
-          AND NOT bondhu.position_applied(i.ingest_pos, (p_global).xmin_pos, (p_global).xmax_pos, (p_global).xip_pos)
-          AND bondhu.position_applied(i.ingest_pos, (p_new).xmin_pos, (p_new).xmax_pos, (p_new).xip_pos)
+        WHERE bondhu.position_pending(i.ingest_pos, p_global, p_new)
+          AND i.user_id = ANY (ahead)
           AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
-    ), classified AS (
-        SELECT pending.*, adj IS NOT NULL AS valid
+    ), sums AS (
+        SELECT pending.user_id,
+               bondhu.insight_counts(pending.doc, pending.observed_at >= now() - cfg.insight_window,
+                                     pending.source = 'chat') AS n,
+               bondhu.insight_sums(pending.doc, pending.observed_at >= now() - cfg.insight_window,
+                                   pending.source = 'chat') AS d
         FROM pending
+        GROUP BY pending.user_id
     ), totals AS (
-        SELECT c.user_id,
-               count(*) FILTER (WHERE c.fresh AND c.valid)::integer AS applied,
-               count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'chat')::integer AS chat,
-               count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'entertainment')::integer AS entertainment,
-               count(*) FILTER (WHERE c.fresh AND NOT c.valid)::integer AS rejected,
-               count(*) FILTER (WHERE NOT c.fresh)::integer AS stale,
-               coalesce(sum(c.unknown_keys) FILTER (WHERE c.fresh AND c.valid), 0)::integer AS ignored,
-               coalesce(sum(c.adj[1]) FILTER (WHERE c.fresh AND c.valid), 0) AS d1,
-               coalesce(sum(c.adj[2]) FILTER (WHERE c.fresh AND c.valid), 0) AS d2,
-               coalesce(sum(c.adj[3]) FILTER (WHERE c.fresh AND c.valid), 0) AS d3,
-               coalesce(sum(c.adj[4]) FILTER (WHERE c.fresh AND c.valid), 0) AS d4,
-               coalesce(sum(c.adj[5]) FILTER (WHERE c.fresh AND c.valid), 0) AS d5
-        FROM classified c
-        GROUP BY c.user_id
+        -- the profile's values, read here: the caller holds its lock, so they are the
+        -- values the update replaces
+        SELECT s.user_id, s.n, s.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
+        FROM sums s
+        JOIN public.user_personality_profiles p ON p.user_id = s.user_id
     ), updated AS (
         UPDATE public.user_personality_profiles p SET
-            openness = bondhu.adjusted_trait(p.openness, t.d1, cfg.dampening),
-            conscientiousness = bondhu.adjusted_trait(p.conscientiousness, t.d2, cfg.dampening),
-            extraversion = bondhu.adjusted_trait(p.extraversion, t.d3, cfg.dampening),
-            agreeableness = bondhu.adjusted_trait(p.agreeableness, t.d4, cfg.dampening),
-            neuroticism = bondhu.adjusted_trait(p.neuroticism, t.d5, cfg.dampening),
-            updated_at = CASE WHEN t.applied > 0 THEN now() ELSE p.updated_at END,
+            openness = bondhu.adjusted_trait(p.openness, t.d[1], cfg.dampening),
+            conscientiousness = bondhu.adjusted_trait(p.conscientiousness, t.d[2], cfg.dampening),
+            extraversion = bondhu.adjusted_trait(p.extraversion, t.d[3], cfg.dampening),
+            agreeableness = bondhu.adjusted_trait(p.agreeableness, t.d[4], cfg.dampening),
+            neuroticism = bondhu.adjusted_trait(p.neuroticism, t.d[5], cfg.dampening),
+            updated_at = CASE WHEN t.n[1] > 0 THEN now() ELSE p.updated_at END,
             applied_xmin = (p_new).xmin_pos,
             applied_xmax = (p_new).xmax_pos,
             applied_xip = (p_new).xip_pos
-        FROM totals t, public.user_personality_profiles old
-        WHERE p.user_id = t.user_id AND old.user_id = t.user_id
-        RETURNING p.user_id, t.applied, t.chat, t.entertainment, t.rejected, t.stale, t.ignored,
+        FROM totals t
+        WHERE p.user_id = t.user_id
+        RETURNING p.user_id, t.n[1] AS applied, t.n[2] AS chat, t.n[3] AS entertainment, t.n[4] AS rejected,
+                  t.n[5] AS stale, t.n[6] AS ignored,
                   -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
-                  ARRAY[coalesce(old.openness, 50), coalesce(old.conscientiousness, 50), coalesce(old.extraversion, 50),
-                        coalesce(old.agreeableness, 50), coalesce(old.neuroticism, 50)] AS before,
+                  ARRAY[coalesce(t.openness, 50), coalesce(t.conscientiousness, 50), coalesce(t.extraversion, 50),
+                        coalesce(t.agreeableness, 50), coalesce(t.neuroticism, 50)] AS before,
                   ARRAY[p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism] AS after
     ), history AS (
         INSERT INTO public.personality_profile_history
@@ -311,22 +356,12 @@ BEGIN
     INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running') RETURNING * INTO run;
     snapshot := bondhu.current_cursor();
     covered := bondhu.global_cursor();
-    IF to_regclass('pg_temp.bondhu_run_users') IS NULL THEN
-        CREATE TEMP TABLE bondhu_run_users (user_id uuid PRIMARY KEY);
-    ELSE
-        TRUNCATE pg_temp.bondhu_run_users;
-    END IF;
-    INSERT INTO pg_temp.bondhu_run_users
-    SELECT DISTINCT i.user_id
-    FROM bondhu.insights i
-    WHERE i.ingest_pos >= (covered).xmin_pos
-      AND NOT bondhu.position_applied(i.ingest_pos, (covered).xmin_pos, (covered).xmax_pos, (covered).xip_pos)
-      AND bondhu.position_applied(i.ingest_pos, (snapshot).xmin_pos, (snapshot).xmax_pos, (snapshot).xip_pos);
 END $$;
 
 CREATE FUNCTION bondhu.apply_update_batch(run_id uuid, covered bondhu.cursor, snapshot bondhu.cursor,
                                           after_user uuid, batch_size integer) RETURNS uuid
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET plan_cache_mode = force_custom_plan
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     batch uuid[];
     one_user uuid;
@@ -336,11 +371,16 @@ DECLARE
     first_error text;
     error_state text;
 BEGIN
-    SELECT array_agg(u.user_id ORDER BY u.user_id) INTO batch
-    FROM (SELECT r.user_id FROM pg_temp.bondhu_run_users r
-          WHERE after_user IS NULL OR r.user_id > after_user
-          ORDER BY r.user_id LIMIT batch_size) u;
-    IF batch IS NULL THEN
+    -- the next users with insights pending in this run, found in key order
+    -- (<table>_user_pos indexes) so that a batch reads only its own users' insights
+    batch := ARRAY(
+        SELECT DISTINCT i.user_id
+        FROM bondhu.insights i
+        WHERE (after_user IS NULL OR i.user_id > after_user)
+          AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
+        ORDER BY i.user_id
+        LIMIT batch_size);
+    IF cardinality(batch) = 0 THEN
         RETURN NULL;
     END IF;
     BEGIN
@@ -420,7 +460,6 @@ BEGIN
             applied_xmin = (snapshot).xmin_pos, applied_xmax = (snapshot).xmax_pos,
             applied_xip = (snapshot).xip_pos, advanced_at = now();
     END IF;
-    DROP TABLE IF EXISTS pg_temp.bondhu_run_users;
     IF session_lock THEN
         PERFORM pg_advisory_unlock(bondhu.lock_key('personality_update'));
     END IF;
@@ -627,12 +666,6 @@ END $$;
 COMMENT ON PROCEDURE public.bondhu_run_cleanup(interval) IS
     'Cleans up insights older than the insight_retention setting, committing after every slice_length of them; logs the run in system_tasks.';
 
-CREATE  FUNCTION bondhu."insight_is_valid"(
-	"doc" anyelement /* AnyElement */
-) RETURNS bool /* bool */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_is_valid_wrapper';
 
 CREATE OR REPLACE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, default_schedule text, command text)
 LANGUAGE sql IMMUTABLE AS $$
@@ -767,12 +800,6 @@ BEGIN
     END IF;
 END $$;
 
-CREATE  FUNCTION bondhu."unknown_key_count"(
-	"doc" anyelement /* AnyElement */
-) RETURNS INT /* i32 */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'unknown_key_count_wrapper';
 
 CREATE EVENT TRIGGER bondhu_before_drop_extension ON ddl_command_start
     WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION bondhu.before_drop_extension();

@@ -67,23 +67,25 @@ CREATE VIEW bondhu.insights AS
     FROM public.entertainment_interactions e
     WHERE e.personality_insights IS NOT NULL;
 
--- Whether an insight document counts is decided by bondhu.insight_is_valid(doc), and
--- its ignored keys counted by bondhu.unknown_key_count(doc), in Rust (src/insight.rs):
--- reading the jsonb in place is several times faster than the same rule in SQL.
-
--- The five Big Five adjustments of a document, in the order openness,
--- conscientiousness, extraversion, agreeableness, neuroticism, as exact numbers (an
--- absent trait adjusts by 0); NULL when the document is rejected.
-CREATE FUNCTION bondhu.insight_adjustments(doc jsonb) RETURNS numeric[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN bondhu.insight_is_valid(doc) THEN ARRAY[
-        coalesce((doc -> 'openness')::numeric, 0),
-        coalesce((doc -> 'conscientiousness')::numeric, 0),
-        coalesce((doc -> 'extraversion')::numeric, 0),
-        coalesce((doc -> 'agreeableness')::numeric, 0),
-        coalesce((doc -> 'neuroticism')::numeric, 0)]
-    END
-$$;
+-- What one user's pending insights add up to, in one pass over them: two aggregates
+-- that share their state (Postgres computes it once), written in Rust (src/lib.rs,
+-- the rule in src/insight.rs). Each takes the document, whether it is inside the
+-- window (fresh), and whether it came from chat. A stale insight is only counted; a
+-- fresh one counts or is rejected whole.
+--   insight_counts: {applied, from chat, from entertainment, rejected, stale, ignored keys}
+--   insight_sums:   the applied adjustments of each trait added up exactly, in the
+--                   order openness, conscientiousness, extraversion, agreeableness,
+--                   neuroticism (0 for a trait no insight adjusts)
+-- SSPACE, the state's size, lets the planner hash the users instead of sorting every
+-- insight.
+CREATE AGGREGATE bondhu.insight_counts(doc jsonb, fresh boolean, from_chat boolean) (
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    FINALFUNC = bondhu.insight_counts_final
+);
+CREATE AGGREGATE bondhu.insight_sums(doc jsonb, fresh boolean, from_chat boolean) (
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    FINALFUNC = bondhu.insight_sums_final
+);
 
 -- new = clamp(current + dampening * sum, 0, 100), in exact decimal arithmetic. A trait
 -- without a value (an adopted profile) starts at 50, like a missing profile.
@@ -107,56 +109,61 @@ RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg bondhu.settings;
+    ahead uuid[];
 BEGIN
     SELECT * INTO STRICT cfg FROM bondhu.settings;
+    -- Users whose profile a self-service update has moved past the global cursor: only
+    -- their insights are checked against the profile's own cursor, so that the others
+    -- are aggregated without a join.
+    ahead := ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
+                   WHERE (p_users IS NULL OR p.user_id = ANY (p_users))
+                     AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, p_global));
     RETURN QUERY
-    WITH pending AS MATERIALIZED (
-        SELECT i.user_id, i.source,
-               bondhu.insight_adjustments(i.doc) AS adj,
-               i.observed_at >= now() - cfg.insight_window AS fresh,
-               bondhu.unknown_key_count(i.doc) AS unknown_keys
+    WITH pending AS (
+        SELECT i.user_id, i.source, i.doc, i.observed_at
+        FROM bondhu.insights i
+        WHERE bondhu.position_pending(i.ingest_pos, p_global, p_new)
+          AND (p_users IS NULL OR i.user_id = ANY (p_users))
+          AND i.user_id <> ALL (ahead)
+        UNION ALL
+        SELECT i.user_id, i.source, i.doc, i.observed_at
         FROM bondhu.insights i
         JOIN public.user_personality_profiles p ON p.user_id = i.user_id
-        WHERE i.ingest_pos >= (p_global).xmin_pos
-          AND (p_users IS NULL OR i.user_id = ANY (p_users))
-          AND NOT bondhu.position_applied(i.ingest_pos, (p_global).xmin_pos, (p_global).xmax_pos, (p_global).xip_pos)
-          AND bondhu.position_applied(i.ingest_pos, (p_new).xmin_pos, (p_new).xmax_pos, (p_new).xip_pos)
+        WHERE bondhu.position_pending(i.ingest_pos, p_global, p_new)
+          AND i.user_id = ANY (ahead)
           AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
-    ), classified AS (
-        SELECT pending.*, adj IS NOT NULL AS valid
+    ), sums AS (
+        SELECT pending.user_id,
+               bondhu.insight_counts(pending.doc, pending.observed_at >= now() - cfg.insight_window,
+                                     pending.source = 'chat') AS n,
+               bondhu.insight_sums(pending.doc, pending.observed_at >= now() - cfg.insight_window,
+                                   pending.source = 'chat') AS d
         FROM pending
+        GROUP BY pending.user_id
     ), totals AS (
-        SELECT c.user_id,
-               count(*) FILTER (WHERE c.fresh AND c.valid)::integer AS applied,
-               count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'chat')::integer AS chat,
-               count(*) FILTER (WHERE c.fresh AND c.valid AND c.source = 'entertainment')::integer AS entertainment,
-               count(*) FILTER (WHERE c.fresh AND NOT c.valid)::integer AS rejected,
-               count(*) FILTER (WHERE NOT c.fresh)::integer AS stale,
-               coalesce(sum(c.unknown_keys) FILTER (WHERE c.fresh AND c.valid), 0)::integer AS ignored,
-               coalesce(sum(c.adj[1]) FILTER (WHERE c.fresh AND c.valid), 0) AS d1,
-               coalesce(sum(c.adj[2]) FILTER (WHERE c.fresh AND c.valid), 0) AS d2,
-               coalesce(sum(c.adj[3]) FILTER (WHERE c.fresh AND c.valid), 0) AS d3,
-               coalesce(sum(c.adj[4]) FILTER (WHERE c.fresh AND c.valid), 0) AS d4,
-               coalesce(sum(c.adj[5]) FILTER (WHERE c.fresh AND c.valid), 0) AS d5
-        FROM classified c
-        GROUP BY c.user_id
+        -- the profile's values, read here: the caller holds its lock, so they are the
+        -- values the update replaces
+        SELECT s.user_id, s.n, s.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
+        FROM sums s
+        JOIN public.user_personality_profiles p ON p.user_id = s.user_id
     ), updated AS (
         UPDATE public.user_personality_profiles p SET
-            openness = bondhu.adjusted_trait(p.openness, t.d1, cfg.dampening),
-            conscientiousness = bondhu.adjusted_trait(p.conscientiousness, t.d2, cfg.dampening),
-            extraversion = bondhu.adjusted_trait(p.extraversion, t.d3, cfg.dampening),
-            agreeableness = bondhu.adjusted_trait(p.agreeableness, t.d4, cfg.dampening),
-            neuroticism = bondhu.adjusted_trait(p.neuroticism, t.d5, cfg.dampening),
-            updated_at = CASE WHEN t.applied > 0 THEN now() ELSE p.updated_at END,
+            openness = bondhu.adjusted_trait(p.openness, t.d[1], cfg.dampening),
+            conscientiousness = bondhu.adjusted_trait(p.conscientiousness, t.d[2], cfg.dampening),
+            extraversion = bondhu.adjusted_trait(p.extraversion, t.d[3], cfg.dampening),
+            agreeableness = bondhu.adjusted_trait(p.agreeableness, t.d[4], cfg.dampening),
+            neuroticism = bondhu.adjusted_trait(p.neuroticism, t.d[5], cfg.dampening),
+            updated_at = CASE WHEN t.n[1] > 0 THEN now() ELSE p.updated_at END,
             applied_xmin = (p_new).xmin_pos,
             applied_xmax = (p_new).xmax_pos,
             applied_xip = (p_new).xip_pos
-        FROM totals t, public.user_personality_profiles old
-        WHERE p.user_id = t.user_id AND old.user_id = t.user_id
-        RETURNING p.user_id, t.applied, t.chat, t.entertainment, t.rejected, t.stale, t.ignored,
+        FROM totals t
+        WHERE p.user_id = t.user_id
+        RETURNING p.user_id, t.n[1] AS applied, t.n[2] AS chat, t.n[3] AS entertainment, t.n[4] AS rejected,
+                  t.n[5] AS stale, t.n[6] AS ignored,
                   -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
-                  ARRAY[coalesce(old.openness, 50), coalesce(old.conscientiousness, 50), coalesce(old.extraversion, 50),
-                        coalesce(old.agreeableness, 50), coalesce(old.neuroticism, 50)] AS before,
+                  ARRAY[coalesce(t.openness, 50), coalesce(t.conscientiousness, 50), coalesce(t.extraversion, 50),
+                        coalesce(t.agreeableness, 50), coalesce(t.neuroticism, 50)] AS before,
                   ARRAY[p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism] AS after
     ), history AS (
         INSERT INTO public.personality_profile_history
@@ -245,9 +252,8 @@ $$;
 
 -- A personality update run, in three steps that bondhu_update_all() takes in one
 -- transaction and bondhu_run_update_all() in many (one per batch of users):
---   start_update_run:  takes the run lock, logs the run as 'running', takes the snapshot,
---                      and lists the users with pending insights (pg_temp.bondhu_run_users);
---   apply_update_batch: applies the pending insights of the next users in the list;
+--   start_update_run:  takes the run lock, logs the run as 'running', takes the snapshot;
+--   apply_update_batch: applies the pending insights of the next users, in key order;
 --   finish_update_run: advances the global cursor unless a user failed, closes the log row.
 -- The run lock is an advisory lock: per transaction for the function, per session for
 -- the procedure (its transactions commit). Runs never overlap; a run whose session died
@@ -281,17 +287,6 @@ BEGIN
     INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running') RETURNING * INTO run;
     snapshot := bondhu.current_cursor();
     covered := bondhu.global_cursor();
-    IF to_regclass('pg_temp.bondhu_run_users') IS NULL THEN
-        CREATE TEMP TABLE bondhu_run_users (user_id uuid PRIMARY KEY);
-    ELSE
-        TRUNCATE pg_temp.bondhu_run_users;
-    END IF;
-    INSERT INTO pg_temp.bondhu_run_users
-    SELECT DISTINCT i.user_id
-    FROM bondhu.insights i
-    WHERE i.ingest_pos >= (covered).xmin_pos
-      AND NOT bondhu.position_applied(i.ingest_pos, (covered).xmin_pos, (covered).xmax_pos, (covered).xip_pos)
-      AND bondhu.position_applied(i.ingest_pos, (snapshot).xmin_pos, (snapshot).xmax_pos, (snapshot).xip_pos);
 END $$;
 
 -- Applies the pending insights of the next batch_size users after after_user in the
@@ -302,7 +297,8 @@ END $$;
 -- is marked failed, and NULL is returned.
 CREATE FUNCTION bondhu.apply_update_batch(run_id uuid, covered bondhu.cursor, snapshot bondhu.cursor,
                                           after_user uuid, batch_size integer) RETURNS uuid
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET plan_cache_mode = force_custom_plan
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     batch uuid[];
     one_user uuid;
@@ -312,11 +308,16 @@ DECLARE
     first_error text;
     error_state text;
 BEGIN
-    SELECT array_agg(u.user_id ORDER BY u.user_id) INTO batch
-    FROM (SELECT r.user_id FROM pg_temp.bondhu_run_users r
-          WHERE after_user IS NULL OR r.user_id > after_user
-          ORDER BY r.user_id LIMIT batch_size) u;
-    IF batch IS NULL THEN
+    -- the next users with insights pending in this run, found in key order
+    -- (<table>_user_pos indexes) so that a batch reads only its own users' insights
+    batch := ARRAY(
+        SELECT DISTINCT i.user_id
+        FROM bondhu.insights i
+        WHERE (after_user IS NULL OR i.user_id > after_user)
+          AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
+        ORDER BY i.user_id
+        LIMIT batch_size);
+    IF cardinality(batch) = 0 THEN
         RETURN NULL;
     END IF;
     BEGIN
@@ -398,7 +399,6 @@ BEGIN
             applied_xmin = (snapshot).xmin_pos, applied_xmax = (snapshot).xmax_pos,
             applied_xip = (snapshot).xip_pos, advanced_at = now();
     END IF;
-    DROP TABLE IF EXISTS pg_temp.bondhu_run_users;
     IF session_lock THEN
         PERFORM pg_advisory_unlock(bondhu.lock_key('personality_update'));
     END IF;

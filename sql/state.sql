@@ -130,3 +130,23 @@ RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT pos < xmin_pos OR (pos < xmax_pos AND pos <> ALL (xip_pos))
 $$;
 
+-- Is the insight at position pos pending in a run that applies what `snapshot` covers
+-- and `covered` does not? (Its first condition lets the planner use the BRIN indexes on
+-- ingest_pos: a nightly run reads only the newest insights.)
+CREATE FUNCTION bondhu.position_pending(pos bigint, covered bondhu.cursor, snapshot bondhu.cursor)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT pos >= (covered).xmin_pos
+       AND NOT bondhu.position_applied(pos, (covered).xmin_pos, (covered).xmax_pos, (covered).xip_pos)
+       AND bondhu.position_applied(pos, (snapshot).xmin_pos, (snapshot).xmax_pos, (snapshot).xip_pos)
+$$;
+
+-- Does the cursor (xmin, xmax, xip) cover nothing that `outer` does not? True when it
+-- is absent, equal to outer, or below outer's xmin; false when that cannot be shown
+-- this cheaply (the caller then checks position by position).
+CREATE FUNCTION bondhu.cursor_within(xmin_pos bigint, xmax_pos bigint, xip_pos bigint[], outer_cursor bondhu.cursor)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT xmin_pos IS NULL
+        OR xmax_pos <= (outer_cursor).xmin_pos
+        OR (xmin_pos = (outer_cursor).xmin_pos AND xmax_pos = (outer_cursor).xmax_pos
+            AND xip_pos = (outer_cursor).xip_pos)
+$$;

@@ -15,6 +15,7 @@ pub const TRAITS: [&str; 5] = [
 pub const MAX_MAGNITUDE: i32 = 100;
 
 /// What a document holds under one key.
+#[derive(Clone, Copy)]
 pub enum Value<N> {
     Absent,
     Number(N),
@@ -22,32 +23,28 @@ pub enum Value<N> {
 }
 
 /// The five adjustments of a document, in `TRAITS` order, or None when it is rejected.
-pub fn adjustments<N>(
-    is_object: bool,
-    mut lookup: impl FnMut(&str) -> Value<N>,
-    zero: impl Fn() -> N,
+/// `values` are what the document holds under each of `TRAITS`, or None when it is not
+/// an object.
+pub fn adjustments<N: Copy>(
+    values: Option<[Value<N>; 5]>,
+    zero: N,
     within_limit: impl Fn(&N) -> bool,
-) -> Option<Vec<N>> {
-    if !is_object {
-        return None;
+) -> Option<[N; 5]> {
+    let values = values?;
+    let mut adjustments = [zero; 5];
+    for (adjustment, value) in adjustments.iter_mut().zip(values) {
+        *adjustment = match value {
+            Value::Absent => zero,
+            Value::Number(n) if within_limit(&n) => n,
+            Value::Number(_) | Value::NotANumber => return None,
+        };
     }
-    TRAITS
-        .iter()
-        .map(|trait_name| match lookup(trait_name) {
-            Value::Absent => Some(zero()),
-            Value::Number(n) if within_limit(&n) => Some(n),
-            Value::Number(_) | Value::NotANumber => None,
-        })
-        .collect()
+    Some(adjustments)
 }
 
-/// How many keys of a document are not Big Five traits.
-pub fn unknown_keys(is_object: bool, keys: usize, traits_present: usize) -> usize {
-    if is_object {
-        keys - traits_present
-    } else {
-        0
-    }
+/// How many of an object's `keys` are not Big Five traits, given its `values` under TRAITS.
+pub fn unknown_keys<N>(keys: usize, values: &[Value<N>; 5]) -> usize {
+    keys - values.iter().filter(|v| !matches!(v, Value::Absent)).count()
 }
 
 #[cfg(test)]
@@ -55,30 +52,29 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn check(doc: &[(&str, Option<f64>)]) -> Option<Vec<f64>> {
+    fn check(doc: &[(&str, Option<f64>)]) -> Option<[f64; 5]> {
         let map: HashMap<&str, Option<f64>> = doc.iter().cloned().collect();
-        adjustments(
-            true,
-            |key| match map.get(key) {
-                None => Value::Absent,
-                Some(Some(n)) => Value::Number(*n),
-                Some(None) => Value::NotANumber,
-            },
-            || 0.0,
-            |n| n.abs() <= MAX_MAGNITUDE as f64,
-        )
+        adjustments(Some(values(&map)), 0.0, |n| n.abs() <= MAX_MAGNITUDE as f64)
+    }
+
+    fn values(map: &HashMap<&str, Option<f64>>) -> [Value<f64>; 5] {
+        TRAITS.map(|key| match map.get(key) {
+            None => Value::Absent,
+            Some(Some(n)) => Value::Number(*n),
+            Some(None) => Value::NotANumber,
+        })
     }
 
     #[test]
     fn absent_traits_adjust_by_zero() {
         assert_eq!(
             check(&[("openness", Some(2.0))]),
-            Some(vec![2.0, 0.0, 0.0, 0.0, 0.0])
+            Some([2.0, 0.0, 0.0, 0.0, 0.0])
         );
-        assert_eq!(check(&[]), Some(vec![0.0; 5]));
+        assert_eq!(check(&[]), Some([0.0; 5]));
         assert_eq!(
             check(&[("neuroticism", Some(-0.5)), ("extraversion", Some(1.5))]),
-            Some(vec![0.0, 0.0, 1.5, 0.0, -0.5])
+            Some([0.0, 0.0, 1.5, 0.0, -0.5])
         );
     }
 
@@ -96,14 +92,13 @@ mod tests {
 
     #[test]
     fn only_objects_count() {
-        let never_looked_up = |_: &str| -> Value<f64> { panic!("not an object") };
-        assert!(adjustments(false, never_looked_up, || 0.0, |_| true).is_none());
+        assert!(adjustments(None, 0.0, |_: &f64| true).is_none());
     }
 
     #[test]
     fn unknown_keys_are_the_rest() {
-        assert_eq!(unknown_keys(true, 4, 1), 3);
-        assert_eq!(unknown_keys(true, 5, 5), 0);
-        assert_eq!(unknown_keys(false, 2, 0), 0);
+        let map = HashMap::from([("openness", Some(1.0)), ("neuroticism", None)]);
+        assert_eq!(unknown_keys(4, &values(&map)), 2);
+        assert_eq!(unknown_keys(0, &values(&HashMap::new())), 0);
     }
 }

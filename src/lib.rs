@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 
 pub mod cron;
+pub mod decimal;
 pub mod insight;
 pub mod position;
 
@@ -19,7 +20,12 @@ pgrx::extension_sql_file!("../sql/data.sql", name = "data", requires = ["state"]
 pgrx::extension_sql_file!(
     "../sql/pipeline.sql",
     name = "pipeline",
-    requires = ["data"]
+    requires = [
+        "data",
+        bondhu::insight_totals_step,
+        bondhu::insight_counts_final,
+        bondhu::insight_sums_final
+    ]
 );
 pgrx::extension_sql_file!(
     "../sql/scheduling.sql",
@@ -36,12 +42,14 @@ pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
 #[pg_schema]
 mod bondhu {
     use crate::cron::Schedule;
+    use crate::decimal;
     use crate::insight::{self, Value};
     use crate::position;
     use chrono::{DateTime, Utc};
-    use pgrx::fcinfo::{direct_function_call, direct_function_call_as_datum};
+    use pgrx::fcinfo::direct_function_call_as_datum;
     use pgrx::prelude::*;
-    use pgrx::AnyElement;
+    use pgrx::{AnyElement, AnyNumeric, Internal, PgMemoryContexts};
+    use std::str::FromStr;
     use std::cell::Cell;
     use std::ffi::{c_char, c_int};
 
@@ -150,56 +158,199 @@ mod bondhu {
         }
     }
 
-    fn numeric_cmp(a: pg_sys::Datum, b: pg_sys::Datum) -> i32 {
-        // SAFETY: both are numeric datums.
-        unsafe { direct_function_call::<i32>(pg_sys::numeric_cmp, &[Some(a), Some(b)]) }
-            .expect("numeric_cmp returns a value")
+    /// A numeric stored in a document, decoded to fixed point without copying it (the
+    /// layout is numeric.c's: a 2-byte header, for the long form a 2-byte weight, then
+    /// base-10000 digits). NaN and infinities, which JSON cannot hold, count as large.
+    fn numeric_fixed(numeric: pg_sys::Datum) -> decimal::Fixed {
+        const SIGN_MASK: u16 = 0xC000;
+        const NEGATIVE: u16 = 0x4000;
+        const SHORT: u16 = 0x8000;
+        const SPECIAL: u16 = 0xC000;
+        const SHORT_NEGATIVE: u16 = 0x2000;
+        const SHORT_WEIGHT_NEGATIVE: u16 = 0x0040;
+        const SHORT_WEIGHT_MASK: u16 = 0x003F;
+        // SAFETY: numeric points to a numeric varlena inside a detoasted jsonb; every
+        // read stays within its size.
+        unsafe {
+            let varlena = numeric.cast_mut_ptr::<pg_sys::varlena>();
+            let data = pgrx::varlena::vardata_any(varlena).cast::<u8>();
+            let size = pgrx::varlena::varsize_any_exhdr(varlena);
+            if size < 2 {
+                return decimal::Fixed::Large;
+            }
+            let header = data.cast::<u16>().read_unaligned();
+            let (negative, weight, digits_at) = match header & SIGN_MASK {
+                SPECIAL => return decimal::Fixed::Large,
+                SHORT => {
+                    let magnitude = i32::from(header & SHORT_WEIGHT_MASK);
+                    let weight = if header & SHORT_WEIGHT_NEGATIVE != 0 {
+                        magnitude - i32::from(SHORT_WEIGHT_MASK) - 1
+                    } else {
+                        magnitude
+                    };
+                    (header & SHORT_NEGATIVE != 0, weight, 2)
+                }
+                sign => {
+                    if size < 4 {
+                        return decimal::Fixed::Large;
+                    }
+                    let weight = i32::from(data.add(2).cast::<i16>().read_unaligned());
+                    (sign == NEGATIVE, weight, 4)
+                }
+            };
+            let digits = (size - digits_at) / 2;
+            let first = data.add(digits_at).cast::<u16>();
+            decimal::from_base10000(
+                negative,
+                weight,
+                (0..digits).map(|i| first.add(i).read_unaligned()),
+            )
+        }
     }
 
-    /// Does an insight document count? (src/insight.rs has the rule.) The limit is
-    /// checked on the exact numbers stored in the document.
+    /// What the pending insights of one user add up to: the state of the aggregates
+    /// bondhu.insight_counts and bondhu.insight_sums, which share it.
+    #[derive(Default)]
+    struct InsightTotals {
+        /// applied, from chat, from entertainment, rejected, stale, ignored keys
+        counts: [i32; 6],
+        /// the sum of each trait's adjustments in fixed point
+        fixed: [i128; 5],
+        /// the sum of each trait's adjustments finer than the fixed point, a numeric in
+        /// the aggregate's memory
+        finer: [Option<pg_sys::Datum>; 5],
+    }
+    const APPLIED: usize = 0;
+    const FROM_CHAT: usize = 1;
+    const FROM_ENTERTAINMENT: usize = 2;
+    const REJECTED: usize = 3;
+    const STALE: usize = 4;
+    const IGNORED_KEYS: usize = 5;
+
+    fn aggregate_context(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::MemoryContext {
+        let mut context = std::ptr::null_mut();
+        // SAFETY: fcinfo is this call's.
+        if unsafe { pg_sys::AggCheckCallContext(fcinfo, &mut context) } == 0 {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "bondhu: insight totals can only be computed by an aggregate"
+            );
+        }
+        context
+    }
+
+    fn numeric_add(a: pg_sys::Datum, b: pg_sys::Datum) -> pg_sys::Datum {
+        // SAFETY: both are numeric datums.
+        unsafe { direct_function_call_as_datum(pg_sys::numeric_add, &[Some(a), Some(b)]) }
+            .expect("numeric_add returns a value")
+    }
+
+    /// Adds one insight to a user's totals: a stale one is only counted; a fresh one
+    /// counts or is rejected whole (src/insight.rs has the rule), its adjustments exact.
     #[pg_extern(immutable, parallel_safe)]
-    fn insight_is_valid(doc: AnyElement) -> bool {
-        let root = jsonb_root(&doc);
-        let numeric = |n: i32| {
-            // SAFETY: int4_numeric of an int4 datum.
-            unsafe { direct_function_call_as_datum(pg_sys::int4_numeric, &[n.into_datum()]) }
-                .expect("int4_numeric returns a value")
+    fn insight_totals_step(
+        state: Internal,
+        doc: Option<AnyElement>,
+        fresh: Option<bool>,
+        from_chat: Option<bool>,
+        fcinfo: pg_sys::FunctionCallInfo,
+    ) -> Internal {
+        let context = aggregate_context(fcinfo);
+        let mut state = state;
+        // SAFETY: the state is only ever an InsightTotals made here, living (and dropped)
+        // with the aggregate's memory context.
+        let totals = unsafe {
+            if !state.initialized() {
+                let made = PgMemoryContexts::For(context).leak_and_drop_on_delete(InsightTotals::default());
+                state = Internal::from(Some(pg_sys::Datum::from(made)));
+            }
+            state.get_mut::<InsightTotals>().expect("initialized above")
         };
-        let (limit, negative_limit) = (
-            numeric(insight::MAX_MAGNITUDE),
-            numeric(-insight::MAX_MAGNITUDE),
-        );
-        // An absent trait is None: it adjusts by 0.
-        insight::adjustments(
-            is_object(root),
-            |key| match lookup(root, key) {
-                Value::Number(n) => Value::Number(Some(n)),
+        if fresh != Some(true) {
+            totals.counts[STALE] += 1;
+            return state;
+        }
+        let Some(doc) = doc else {
+            totals.counts[REJECTED] += 1;
+            return state;
+        };
+        let root = jsonb_root(&doc);
+        // What the document holds under each trait: numbers in fixed point, with the
+        // numeric they came from.
+        let values = is_object(root).then(|| {
+            insight::TRAITS.map(|key| match lookup(root, key) {
+                Value::Number(n) => Value::Number((numeric_fixed(n), n)),
                 Value::Absent => Value::Absent,
                 Value::NotANumber => Value::NotANumber,
-            },
-            || None,
-            |n| n.is_none_or(|n| numeric_cmp(n, limit) <= 0 && numeric_cmp(n, negative_limit) >= 0),
-        )
-        .is_some()
-    }
-
-    /// How many keys of an insight document are not Big Five traits (they are ignored).
-    #[pg_extern(immutable, parallel_safe)]
-    fn unknown_key_count(doc: AnyElement) -> i32 {
-        let root = jsonb_root(&doc);
-        if !is_object(root) {
-            return 0;
-        }
-        // SAFETY: root points into a detoasted jsonb (jsonb_root).
+            })
+        });
+        let adjustments = insight::adjustments(
+            values,
+            (decimal::Fixed::Exact(0), pg_sys::Datum::from(0usize)),
+            |(fixed, _)| decimal::within(*fixed, insight::MAX_MAGNITUDE),
+        );
+        let (Some(adjustments), Some(values)) = (adjustments, values) else {
+            totals.counts[REJECTED] += 1;
+            return state;
+        };
+        totals.counts[APPLIED] += 1;
+        totals.counts[if from_chat == Some(true) { FROM_CHAT } else { FROM_ENTERTAINMENT }] += 1;
+        // SAFETY: root is an object container.
         let keys = unsafe { (*root).header & pg_sys::JB_CMASK } as usize;
-        let present = insight::TRAITS
-            .iter()
-            .filter(|t| !matches!(lookup(root, t), Value::Absent))
-            .count();
-        insight::unknown_keys(true, keys, present) as i32
+        totals.counts[IGNORED_KEYS] += insight::unknown_keys(keys, &values) as i32;
+        for (i, (fixed, numeric)) in adjustments.into_iter().enumerate() {
+            if let decimal::Fixed::Exact(v) = fixed {
+                let Some(sum) = totals.fixed[i].checked_add(v) else {
+                    ereport!(
+                        ERROR,
+                        PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                        "bondhu: the adjustments of one user add up beyond 10^14"
+                    );
+                };
+                totals.fixed[i] = sum;
+                continue;
+            }
+            // Finer than the fixed point (rare): a numeric sum, kept in the aggregate's memory.
+            // SAFETY: the aggregate's context outlives the state; numeric is a numeric
+            // datum in the document, copied out of it.
+            let sum = unsafe {
+                PgMemoryContexts::For(context).switch_to(|_| match totals.finer[i] {
+                    Some(sum) => numeric_add(sum, numeric),
+                    None => pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(numeric.cast_mut_ptr())),
+                })
+            };
+            totals.finer[i] = Some(sum);
+        }
+        state
     }
 
+    /// The counts of bondhu.insight_counts: {applied, from chat, from entertainment,
+    /// rejected, stale, ignored keys}.
+    #[pg_extern(immutable, parallel_safe)]
+    fn insight_counts_final(state: Internal) -> Option<Vec<i32>> {
+        // SAFETY: see insight_totals_step.
+        let totals = unsafe { state.get::<InsightTotals>() }?;
+        Some(totals.counts.to_vec())
+    }
+
+    /// The sums of bondhu.insight_sums: each trait's adjustments added up, exactly, in
+    /// the order of src/insight.rs's TRAITS.
+    #[pg_extern(immutable, parallel_safe)]
+    fn insight_sums_final(state: Internal) -> Option<Vec<AnyNumeric>> {
+        // SAFETY: see insight_totals_step.
+        let totals = unsafe { state.get::<InsightTotals>() }?;
+        let sums = totals.fixed.iter().zip(&totals.finer).map(|(&fixed, finer)| {
+            let sum = AnyNumeric::from_str(&decimal::to_decimal_string(fixed))
+                .expect("a decimal literal is a numeric");
+            match finer {
+                // SAFETY: finer is a numeric datum in the aggregate's memory.
+                Some(finer) => sum + unsafe { AnyNumeric::from_datum(*finer, false) }.expect("not null"),
+                None => sum,
+            }
+        });
+        Some(sums.collect())
+    }
     /// Refuses an invalid cron schedule given as argument `argument`, with 22023.
     #[pg_extern(immutable, parallel_safe)]
     fn cron_check(argument: &str, schedule: Option<&str>) {

@@ -35,8 +35,18 @@ SELECT status, records_processed, metadata - 'failed_user_ids' AS metadata
 FROM system_tasks ORDER BY executed_at DESC LIMIT 1;
 SELECT openness, extraversion, neuroticism FROM user_personality_profiles WHERE user_id = :dave;
 
--- The pure document check, directly.
-SELECT left(doc::text, 40) AS doc, left(bondhu.insight_adjustments(doc)::text, 40) AS adjustments,
-       bondhu.unknown_key_count(doc) AS unknown_keys
-FROM (VALUES ('{"openness": -2.5, "x": 1}'::jsonb), ('{"openness": 101}'), ('[]'), ('{"a": {"b": 1}}'),
-             ('{"openness": 1e-400, "neuroticism": -100.0}'), ('{"openness": -100.0000000000000000001}')) v(doc);
+-- The document check, directly: one document at a time through the aggregates.
+SELECT left(doc::text, 40) AS doc, bondhu.insight_counts(doc, true, true) AS counts,
+       left(bondhu.insight_sums(doc, true, true)::text, 60) AS sums
+FROM (VALUES (1, '{"openness": -2.5, "x": 1}'::jsonb), (2, '{"openness": 101}'), (3, '[]'), (4, '{"a": {"b": 1}}'),
+             (5, '{"openness": 1e-400, "neuroticism": -100.0}'), (6, '{"openness": -100.0000000000000000001}'),
+             (7, '{"openness": -100.00000000000000000000000001}'), (8, '{"openness": 99.99999999999999999999999999}'))
+     AS v(k, doc)
+GROUP BY k, doc ORDER BY k;
+
+-- Several documents of one user: counts by kind, and exact sums, also of digits finer
+-- than the fixed point (10^-24) the sums are kept in.
+SELECT bondhu.insight_counts(doc, fresh, from_chat) AS counts, bondhu.insight_sums(doc, fresh, from_chat) AS sums
+FROM (VALUES ('{"openness": 0.1}'::jsonb, true, true), ('{"openness": 1e-30, "x": 1, "y": 2}', true, false),
+             ('{"openness": 1e-30, "extraversion": -0.000000000000000000000001}', true, true),
+             ('{"openness": 2}', false, true), ('[]', true, true), (NULL, true, true)) AS v(doc, fresh, from_chat);

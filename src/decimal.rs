@@ -1,0 +1,144 @@
+//! Exact sums of insight adjustments in fixed point.
+//!
+//! An adjustment is a JSON number, stored by Postgres as a numeric: base-10000 digits
+//! and a weight. Every adjustment that counts is at most 100 in magnitude, so almost
+//! all of them are exact in units of 10^-24, and sums of them fit in an i128 with room
+//! for 10^12 insights a user. Summing there costs a few instructions per value where
+//! numeric addition allocates. A value with digits finer than 10^-24 is left to
+//! numeric arithmetic by the caller.
+
+/// Base-10000 digits after the decimal point that the fixed point keeps: units of 10^-24.
+pub const FRACTION_DIGITS: i32 = 6;
+/// 10^24, one in fixed point.
+pub const ONE: i128 = 10i128.pow(4 * FRACTION_DIGITS as u32);
+/// 10000^k for k in 0..=FRACTION_DIGITS: a digit's value in fixed point.
+const DIGIT_UNIT: [i128; FRACTION_DIGITS as usize + 1] = {
+    let mut units = [1i128; FRACTION_DIGITS as usize + 1];
+    let mut k = 1;
+    while k < units.len() {
+        units[k] = units[k - 1] * 10_000;
+        k += 1;
+    }
+    units
+};
+
+/// A numeric's value, in fixed point where it can be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fixed {
+    /// The exact value, in units of 10^-24.
+    Exact(i128),
+    /// Digits finer than 10^-24: the value truncated toward zero, in units of 10^-24
+    /// (its magnitude is strictly larger).
+    Finer(i128),
+    /// 10000 or more in magnitude.
+    Large,
+}
+
+/// The value of a numeric given as its sign, weight (the power of 10000 of its first
+/// digit) and base-10000 digits.
+pub fn from_base10000(negative: bool, weight: i32, digits: impl IntoIterator<Item = u16>) -> Fixed {
+    let mut value: i128 = 0;
+    let mut finer = false;
+    for (i, digit) in digits.into_iter().enumerate() {
+        if digit == 0 {
+            continue;
+        }
+        let power = weight - i as i32;
+        if power >= 1 {
+            return Fixed::Large;
+        }
+        let shift = power + FRACTION_DIGITS;
+        if shift < 0 {
+            finer = true;
+        } else {
+            // power <= 0: the value stays below 10^28.
+            value += i128::from(digit) * DIGIT_UNIT[shift as usize];
+        }
+    }
+    let value = if negative { -value } else { value };
+    if finer {
+        Fixed::Finer(value)
+    } else {
+        Fixed::Exact(value)
+    }
+}
+
+/// Is the value at most `limit` (a whole number) in magnitude?
+pub fn within(value: Fixed, limit: i32) -> bool {
+    let limit = i128::from(limit) * ONE;
+    match value {
+        Fixed::Exact(v) => v.abs() <= limit,
+        Fixed::Finer(truncated) => truncated.abs() < limit,
+        Fixed::Large => false,
+    }
+}
+
+/// A fixed-point value as a decimal literal, without trailing zeros: "-12.5", "0".
+pub fn to_decimal_string(value: i128) -> String {
+    let sign = if value < 0 { "-" } else { "" };
+    let magnitude = value.unsigned_abs();
+    let one = ONE as u128;
+    let (whole, fraction) = (magnitude / one, magnitude % one);
+    if fraction == 0 {
+        return format!("{sign}{whole}");
+    }
+    let width = (4 * FRACTION_DIGITS) as usize;
+    let fraction = format!("{fraction:0width$}");
+    format!("{sign}{whole}.{}", fraction.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_and_fractional_values() {
+        // 12.5 = 12 + 5000 x 10000^-1
+        assert_eq!(from_base10000(false, 0, [12, 5000]), Fixed::Exact(12 * ONE + ONE / 2));
+        // -0.0003 = -3 x 10000^-1
+        assert_eq!(from_base10000(true, -1, [3]), Fixed::Exact(-3 * ONE / 10_000));
+        assert_eq!(from_base10000(false, 0, []), Fixed::Exact(0));
+        assert_eq!(from_base10000(true, 0, [100]), Fixed::Exact(-100 * ONE));
+    }
+
+    #[test]
+    fn digits_finer_than_the_fixed_point() {
+        // 1 + 10^-28: the last digit is at 10000^-7
+        assert_eq!(
+            from_base10000(false, 0, [1, 0, 0, 0, 0, 0, 0, 1]),
+            Fixed::Finer(ONE)
+        );
+        assert_eq!(from_base10000(true, -100, [1]), Fixed::Finer(0));
+        // the smallest unit is exact
+        assert_eq!(from_base10000(false, -6, [1]), Fixed::Exact(1));
+    }
+
+    #[test]
+    fn large_values_are_not_decoded() {
+        assert_eq!(from_base10000(false, 1, [1]), Fixed::Large);
+        assert_eq!(from_base10000(true, 75, [1]), Fixed::Large);
+        // a leading zero digit at a large weight is still small
+        assert_eq!(from_base10000(false, 1, [0, 7]), Fixed::Exact(7 * ONE));
+    }
+
+    #[test]
+    fn the_limit_is_inclusive_and_exact() {
+        assert!(within(Fixed::Exact(100 * ONE), 100));
+        assert!(within(Fixed::Exact(-100 * ONE), 100));
+        assert!(!within(Fixed::Exact(100 * ONE + 1), 100));
+        // -100.000...0001 truncates to -100 but is over the limit
+        assert!(!within(Fixed::Finer(-100 * ONE), 100));
+        assert!(within(Fixed::Finer(99 * ONE), 100));
+        assert!(!within(Fixed::Large, 100));
+    }
+
+    #[test]
+    fn decimal_strings() {
+        assert_eq!(to_decimal_string(0), "0");
+        assert_eq!(to_decimal_string(12 * ONE + ONE / 2), "12.5");
+        assert_eq!(to_decimal_string(-3 * ONE / 10_000), "-0.0003");
+        assert_eq!(to_decimal_string(1), "0.000000000000000000000001");
+        assert_eq!(to_decimal_string(-7 * ONE), "-7");
+        assert_eq!(to_decimal_string(i128::MIN), "-170141183460469.231731687303715884105728");
+    }
+}
