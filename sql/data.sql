@@ -48,7 +48,9 @@ BEGIN
             applied_xmin bigint,
             applied_xmax bigint,
             applied_xip bigint[]
-        );
+        -- half of each page free: a run updates every row once, and each new version fits
+        -- on its page (a HOT update, no new index entry)
+        ) WITH (fillfactor = 50);
     END IF;
     IF to_regclass('public.personality_profile_history') IS NULL THEN
         CREATE TABLE public.personality_profile_history (

@@ -98,10 +98,13 @@ $$;
 -- Applying pending insights
 ------------------------------------------------------------------------------------
 -- Applies every insight that is covered by p_new and by neither p_global nor the
--- profile's own cursor, for the given users (NULL: every user). The caller holds the
--- row locks of those users' profiles, taken before p_new was read. Returns one row per
--- user that had pending insights (fresh, stale or rejected).
-CREATE FUNCTION bondhu.apply_pending(p_users uuid[], p_global bondhu.cursor, p_new bondhu.cursor,
+-- profile's own cursor, for the users from p_first to p_last (in key order; a range
+-- is cheaper to test per insight than a list). The caller holds the row locks of the
+-- profiles of the users in that range with pending insights, taken before p_new was
+-- read. Returns one row per user that had
+-- pending insights (fresh, stale or rejected). Planned for each call: a generic plan
+-- cannot know whether it serves one user or a batch of all of them.
+CREATE FUNCTION bondhu.apply_pending(p_first uuid, p_last uuid, p_global bondhu.cursor, p_new bondhu.cursor,
                                      p_task_id uuid, p_trigger text)
 RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
                entertainment_insights integer, rejected_insights integer, stale_insights integer,
@@ -116,14 +119,14 @@ BEGIN
     -- their insights are checked against the profile's own cursor, so that the others
     -- are aggregated without a join.
     ahead := ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
-                   WHERE (p_users IS NULL OR p.user_id = ANY (p_users))
+                   WHERE p.user_id BETWEEN p_first AND p_last
                      AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, p_global));
     RETURN QUERY
     WITH pending AS (
         SELECT i.user_id, i.source, i.doc, i.observed_at
         FROM bondhu.insights i
         WHERE bondhu.position_pending(i.ingest_pos, p_global, p_new)
-          AND (p_users IS NULL OR i.user_id = ANY (p_users))
+          AND i.user_id BETWEEN p_first AND p_last
           AND i.user_id <> ALL (ahead)
         UNION ALL
         SELECT i.user_id, i.source, i.doc, i.observed_at
@@ -225,7 +228,7 @@ BEGIN
     -- Taken after the lock: covers whatever the previous holder of the lock applied.
     snapshot := bondhu.current_cursor();
     SELECT * INTO applied
-    FROM bondhu.apply_pending(ARRAY[target], bondhu.global_cursor(), snapshot, NULL, 'self_update');
+    FROM bondhu.apply_pending(target, target, bondhu.global_cursor(), snapshot, NULL, 'self_update');
     traits := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
                     coalesce(profile.neuroticism, 50)];
@@ -332,7 +335,7 @@ BEGIN
                    coalesce(sum(a.rejected_insights), 0)::bigint AS rejected,
                    coalesce(sum(a.stale_insights), 0)::bigint AS stale, coalesce(sum(a.ignored_keys), 0)::bigint AS ignored
             INTO totals
-            FROM bondhu.apply_pending(batch, covered, snapshot, run_id, 'update_all') a;
+            FROM bondhu.apply_pending(batch[1], batch[cardinality(batch)], covered, snapshot, run_id, 'update_all') a;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS first_error = MESSAGE_TEXT;
             SELECT 0 AS users, 0::bigint AS applied, 0::bigint AS rejected, 0::bigint AS stale, 0::bigint AS ignored
@@ -343,7 +346,7 @@ BEGIN
                            coalesce(sum(a.rejected_insights), 0)::bigint AS rejected,
                            coalesce(sum(a.stale_insights), 0)::bigint AS stale, coalesce(sum(a.ignored_keys), 0)::bigint AS ignored
                     INTO one
-                    FROM bondhu.apply_pending(ARRAY[one_user], covered, snapshot, run_id, 'update_all') a;
+                    FROM bondhu.apply_pending(one_user, one_user, covered, snapshot, run_id, 'update_all') a;
                     totals.users := totals.users + one.users;
                     totals.applied := totals.applied + one.applied;
                     totals.rejected := totals.rejected + one.rejected;

@@ -75,16 +75,21 @@ pub fn within(value: Fixed, limit: i32) -> bool {
 
 /// A fixed-point value as a decimal literal, without trailing zeros: "-12.5", "0".
 pub fn to_decimal_string(value: i128) -> String {
+    if value == 0 {
+        return "0".to_string();
+    }
     let sign = if value < 0 { "-" } else { "" };
     let magnitude = value.unsigned_abs();
-    let one = ONE as u128;
-    let (whole, fraction) = (magnitude / one, magnitude % one);
+    // whole < 2^127 / 10^24 fits a u64
+    let (whole, fraction) = ((magnitude / ONE as u128) as u64, magnitude % ONE as u128);
     if fraction == 0 {
         return format!("{sign}{whole}");
     }
-    let width = (4 * FRACTION_DIGITS) as usize;
-    let fraction = format!("{fraction:0width$}");
-    format!("{sign}{whole}.{}", fraction.trim_end_matches('0'))
+    // 24 fraction digits as two u64 halves: formatting a u128 divides by 10 per digit.
+    const HALF: u128 = 1_000_000_000_000;
+    let (high, low) = ((fraction / HALF) as u64, (fraction % HALF) as u64);
+    let digits = format!("{high:012}{low:012}");
+    format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
 }
 
 #[cfg(test)]

@@ -220,6 +220,23 @@ mod bondhu {
         /// the aggregate's memory
         finer: [Option<pg_sys::Datum>; 5],
     }
+    // Kept in Postgres memory, which is freed without running Rust destructors.
+    const _: () = assert!(!std::mem::needs_drop::<InsightTotals>());
+
+    /// A new state in the aggregate's memory context, where the aggregate's memory
+    /// accounting sees it (a hash aggregate then spills to disk rather than outgrow
+    /// work_mem). palloc aligns to 8 bytes; the i128 sums need 16.
+    fn new_totals(context: pg_sys::MemoryContext) -> *mut InsightTotals {
+        let align = std::mem::align_of::<InsightTotals>();
+        let size = std::mem::size_of::<InsightTotals>() + align - 1;
+        // SAFETY: the allocation has room for an aligned InsightTotals, written before use.
+        unsafe {
+            let raw = pg_sys::MemoryContextAlloc(context, size) as usize;
+            let totals = ((raw + align - 1) & !(align - 1)) as *mut InsightTotals;
+            totals.write(InsightTotals::default());
+            totals
+        }
+    }
     const APPLIED: usize = 0;
     const FROM_CHAT: usize = 1;
     const FROM_ENTERTAINMENT: usize = 2;
@@ -258,12 +275,10 @@ mod bondhu {
     ) -> Internal {
         let context = aggregate_context(fcinfo);
         let mut state = state;
-        // SAFETY: the state is only ever an InsightTotals made here, living (and dropped)
-        // with the aggregate's memory context.
+        // SAFETY: the state is only ever an InsightTotals made by new_totals.
         let totals = unsafe {
             if !state.initialized() {
-                let made = PgMemoryContexts::For(context).leak_and_drop_on_delete(InsightTotals::default());
-                state = Internal::from(Some(pg_sys::Datum::from(made)));
+                state = Internal::from(Some(pg_sys::Datum::from(new_totals(context))));
             }
             state.get_mut::<InsightTotals>().expect("initialized above")
         };
