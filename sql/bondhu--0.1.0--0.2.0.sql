@@ -360,6 +360,23 @@ BEGIN
     covered := bondhu.global_cursor();
 END $$;
 
+CREATE FUNCTION bondhu.next_pending_user(after uuid, covered bondhu.cursor, snapshot bondhu.cursor)
+RETURNS uuid LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- the nil uuid is the least one: from it, every user comes after
+    SELECT least(
+        (SELECT c.user_id FROM public.chat_personality_insights c
+         WHERE c.user_id >= coalesce(after, '00000000-0000-0000-0000-000000000000')
+           AND (after IS NULL OR c.user_id <> after)
+           AND bondhu.position_pending(c.ingest_pos, covered, snapshot)
+         ORDER BY c.user_id LIMIT 1),
+        (SELECT e.user_id FROM public.entertainment_interactions e
+         WHERE e.user_id >= coalesce(after, '00000000-0000-0000-0000-000000000000')
+           AND (after IS NULL OR e.user_id <> after)
+           AND e.personality_insights IS NOT NULL
+           AND bondhu.position_pending(e.ingest_pos, covered, snapshot)
+         ORDER BY e.user_id LIMIT 1))
+$$;
+
 CREATE FUNCTION bondhu.apply_update_batch(run_id uuid, covered bondhu.cursor, snapshot bondhu.cursor,
                                           after_user uuid, batch_size integer) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET plan_cache_mode = force_custom_plan
@@ -373,15 +390,28 @@ DECLARE
     first_error text;
     error_state text;
 BEGIN
-    -- the next users with insights pending in this run, found in key order
-    -- (<table>_user_pos indexes) so that a batch reads only its own users' insights
-    batch := ARRAY(
-        SELECT DISTINCT i.user_id
-        FROM bondhu.insights i
-        WHERE (after_user IS NULL OR i.user_id > after_user)
-          AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
-        ORDER BY i.user_id
-        LIMIT batch_size);
+    -- The next users with insights pending in this run, in key order.
+    IF batch_size IS NULL THEN
+        -- all of them: one pass over the pending insights
+        batch := ARRAY(
+            SELECT DISTINCT i.user_id
+            FROM bondhu.insights i
+            WHERE (after_user IS NULL OR i.user_id > after_user)
+              AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
+            ORDER BY i.user_id);
+    ELSE
+        -- batch_size of them: one step along the <table>_user_pos indexes per user (a
+        -- skip scan), so that a batch reads only its own users' insights
+        batch := ARRAY(
+            WITH RECURSIVE next_user(user_id, n) AS (
+                SELECT bondhu.next_pending_user(after_user, covered, snapshot), 1
+                UNION ALL
+                SELECT bondhu.next_pending_user(u.user_id, covered, snapshot), u.n + 1
+                FROM next_user u
+                WHERE u.user_id IS NOT NULL AND u.n < batch_size
+            )
+            SELECT u.user_id FROM next_user u WHERE u.user_id IS NOT NULL ORDER BY u.n);
+    END IF;
     IF cardinality(batch) = 0 THEN
         RETURN NULL;
     END IF;

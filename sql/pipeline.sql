@@ -292,8 +292,29 @@ BEGIN
     covered := bondhu.global_cursor();
 END $$;
 
--- Applies the pending insights of the next batch_size users after after_user in the
--- run's list (all of them when batch_size is NULL); adds the counts to the run's row.
+-- The first user after `after` (NULL: from the start) in key order with an insight
+-- pending between the two cursors: one step along each table's <table>_user_pos index.
+-- It reads the tables, not bondhu.insights: a UNION ALL branch with a WHERE clause (the
+-- entertainment one) cannot be read in index order through the view.
+CREATE FUNCTION bondhu.next_pending_user(after uuid, covered bondhu.cursor, snapshot bondhu.cursor)
+RETURNS uuid LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- the nil uuid is the least one: from it, every user comes after
+    SELECT least(
+        (SELECT c.user_id FROM public.chat_personality_insights c
+         WHERE c.user_id >= coalesce(after, '00000000-0000-0000-0000-000000000000')
+           AND (after IS NULL OR c.user_id <> after)
+           AND bondhu.position_pending(c.ingest_pos, covered, snapshot)
+         ORDER BY c.user_id LIMIT 1),
+        (SELECT e.user_id FROM public.entertainment_interactions e
+         WHERE e.user_id >= coalesce(after, '00000000-0000-0000-0000-000000000000')
+           AND (after IS NULL OR e.user_id <> after)
+           AND e.personality_insights IS NOT NULL
+           AND bondhu.position_pending(e.ingest_pos, covered, snapshot)
+         ORDER BY e.user_id LIMIT 1))
+$$;
+
+-- Applies the pending insights of the next batch_size users after after_user in key
+-- order (all of them when batch_size is NULL); adds the counts to the run's row.
 -- Returns the last user of the batch, or NULL when none is left. If the batch's set-based
 -- statement fails, its users are redone one by one: a failing user is counted and keeps
 -- their insights pending. If the batch fails as a whole, its work is rolled back, the run
@@ -311,15 +332,28 @@ DECLARE
     first_error text;
     error_state text;
 BEGIN
-    -- the next users with insights pending in this run, found in key order
-    -- (<table>_user_pos indexes) so that a batch reads only its own users' insights
-    batch := ARRAY(
-        SELECT DISTINCT i.user_id
-        FROM bondhu.insights i
-        WHERE (after_user IS NULL OR i.user_id > after_user)
-          AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
-        ORDER BY i.user_id
-        LIMIT batch_size);
+    -- The next users with insights pending in this run, in key order.
+    IF batch_size IS NULL THEN
+        -- all of them: one pass over the pending insights
+        batch := ARRAY(
+            SELECT DISTINCT i.user_id
+            FROM bondhu.insights i
+            WHERE (after_user IS NULL OR i.user_id > after_user)
+              AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
+            ORDER BY i.user_id);
+    ELSE
+        -- batch_size of them: one step along the <table>_user_pos indexes per user (a
+        -- skip scan), so that a batch reads only its own users' insights
+        batch := ARRAY(
+            WITH RECURSIVE next_user(user_id, n) AS (
+                SELECT bondhu.next_pending_user(after_user, covered, snapshot), 1
+                UNION ALL
+                SELECT bondhu.next_pending_user(u.user_id, covered, snapshot), u.n + 1
+                FROM next_user u
+                WHERE u.user_id IS NOT NULL AND u.n < batch_size
+            )
+            SELECT u.user_id FROM next_user u WHERE u.user_id IS NOT NULL ORDER BY u.n);
+    END IF;
     IF cardinality(batch) = 0 THEN
         RETURN NULL;
     END IF;
