@@ -101,9 +101,9 @@ $$;
 -- profile's own cursor, for the users from p_first to p_last (in key order; a range
 -- is cheaper to test per insight than a list). The caller holds the row locks of the
 -- profiles of the users in that range with pending insights, taken before p_new was
--- read. Returns one row per user that had
--- pending insights (fresh, stale or rejected). Planned for each call: a generic plan
--- cannot know whether it serves one user or a batch of all of them.
+-- read. Returns one row per user that had pending insights (fresh, stale or rejected).
+-- Planned for each call: a generic plan cannot know whether it serves one user or a
+-- batch of all of them.
 CREATE FUNCTION bondhu.apply_pending(p_first uuid, p_last uuid, p_global bondhu.cursor, p_new bondhu.cursor,
                                      p_task_id uuid, p_trigger text)
 RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,

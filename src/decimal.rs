@@ -99,9 +99,15 @@ mod tests {
     #[test]
     fn whole_and_fractional_values() {
         // 12.5 = 12 + 5000 x 10000^-1
-        assert_eq!(from_base10000(false, 0, [12, 5000]), Fixed::Exact(12 * ONE + ONE / 2));
+        assert_eq!(
+            from_base10000(false, 0, [12, 5000]),
+            Fixed::Exact(12 * ONE + ONE / 2)
+        );
         // -0.0003 = -3 x 10000^-1
-        assert_eq!(from_base10000(true, -1, [3]), Fixed::Exact(-3 * ONE / 10_000));
+        assert_eq!(
+            from_base10000(true, -1, [3]),
+            Fixed::Exact(-3 * ONE / 10_000)
+        );
         assert_eq!(from_base10000(false, 0, []), Fixed::Exact(0));
         assert_eq!(from_base10000(true, 0, [100]), Fixed::Exact(-100 * ONE));
     }
@@ -144,6 +150,9 @@ mod tests {
         assert_eq!(to_decimal_string(-3 * ONE / 10_000), "-0.0003");
         assert_eq!(to_decimal_string(1), "0.000000000000000000000001");
         assert_eq!(to_decimal_string(-7 * ONE), "-7");
-        assert_eq!(to_decimal_string(i128::MIN), "-170141183460469.231731687303715884105728");
+        assert_eq!(
+            to_decimal_string(i128::MIN),
+            "-170141183460469.231731687303715884105728"
+        );
     }
 }

@@ -22,6 +22,17 @@ pub enum Value<N> {
     NotANumber,
 }
 
+impl<N> Value<N> {
+    /// The same value with its number mapped.
+    pub fn map<M>(self, f: impl FnOnce(N) -> M) -> Value<M> {
+        match self {
+            Value::Absent => Value::Absent,
+            Value::Number(n) => Value::Number(f(n)),
+            Value::NotANumber => Value::NotANumber,
+        }
+    }
+}
+
 /// The five adjustments of a document, in `TRAITS` order, or None when it is rejected.
 /// `values` are what the document holds under each of `TRAITS`, or None when it is not
 /// an object.
@@ -44,7 +55,10 @@ pub fn adjustments<N: Copy>(
 
 /// How many of an object's `keys` are not Big Five traits, given its `values` under TRAITS.
 pub fn unknown_keys<N>(keys: usize, values: &[Value<N>; 5]) -> usize {
-    keys - values.iter().filter(|v| !matches!(v, Value::Absent)).count()
+    keys - values
+        .iter()
+        .filter(|v| !matches!(v, Value::Absent))
+        .count()
 }
 
 #[cfg(test)]

@@ -49,9 +49,9 @@ mod bondhu {
     use pgrx::fcinfo::direct_function_call_as_datum;
     use pgrx::prelude::*;
     use pgrx::{AnyElement, AnyNumeric, Internal, PgMemoryContexts};
-    use std::str::FromStr;
     use std::cell::Cell;
     use std::ffi::{c_char, c_int};
+    use std::str::FromStr;
 
     thread_local! {
         /// This backend's incarnation, once read and known to be committed, with the
@@ -293,13 +293,8 @@ mod bondhu {
         let root = jsonb_root(&doc);
         // What the document holds under each trait: numbers in fixed point, with the
         // numeric they came from.
-        let values = is_object(root).then(|| {
-            insight::TRAITS.map(|key| match lookup(root, key) {
-                Value::Number(n) => Value::Number((numeric_fixed(n), n)),
-                Value::Absent => Value::Absent,
-                Value::NotANumber => Value::NotANumber,
-            })
-        });
+        let values = is_object(root)
+            .then(|| insight::TRAITS.map(|key| lookup(root, key).map(|n| (numeric_fixed(n), n))));
         let adjustments = insight::adjustments(
             values,
             (decimal::Fixed::Exact(0), pg_sys::Datum::from(0usize)),
@@ -310,7 +305,11 @@ mod bondhu {
             return state;
         };
         totals.counts[APPLIED] += 1;
-        totals.counts[if from_chat == Some(true) { FROM_CHAT } else { FROM_ENTERTAINMENT }] += 1;
+        totals.counts[if from_chat == Some(true) {
+            FROM_CHAT
+        } else {
+            FROM_ENTERTAINMENT
+        }] += 1;
         // SAFETY: root is an object container.
         let keys = unsafe { (*root).header & pg_sys::JB_CMASK } as usize;
         totals.counts[IGNORED_KEYS] += insight::unknown_keys(keys, &values) as i32;
@@ -332,7 +331,9 @@ mod bondhu {
             let sum = unsafe {
                 PgMemoryContexts::For(context).switch_to(|_| match totals.finer[i] {
                     Some(sum) => numeric_add(sum, numeric),
-                    None => pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(numeric.cast_mut_ptr())),
+                    None => {
+                        pg_sys::Datum::from(pg_sys::pg_detoast_datum_copy(numeric.cast_mut_ptr()))
+                    }
                 })
             };
             totals.finer[i] = Some(sum);
@@ -355,17 +356,24 @@ mod bondhu {
     fn insight_sums_final(state: Internal) -> Option<Vec<AnyNumeric>> {
         // SAFETY: see insight_totals_step.
         let totals = unsafe { state.get::<InsightTotals>() }?;
-        let sums = totals.fixed.iter().zip(&totals.finer).map(|(&fixed, finer)| {
-            let sum = AnyNumeric::from_str(&decimal::to_decimal_string(fixed))
-                .expect("a decimal literal is a numeric");
-            match finer {
-                // SAFETY: finer is a numeric datum in the aggregate's memory.
-                Some(finer) => sum + unsafe { AnyNumeric::from_datum(*finer, false) }.expect("not null"),
-                None => sum,
-            }
-        });
+        let sums = totals
+            .fixed
+            .iter()
+            .zip(&totals.finer)
+            .map(|(&fixed, finer)| {
+                let sum = AnyNumeric::from_str(&decimal::to_decimal_string(fixed))
+                    .expect("a decimal literal is a numeric");
+                match finer {
+                    // SAFETY: finer is a numeric datum in the aggregate's memory.
+                    Some(finer) => {
+                        sum + unsafe { AnyNumeric::from_datum(*finer, false) }.expect("not null")
+                    }
+                    None => sum,
+                }
+            });
         Some(sums.collect())
     }
+
     /// Refuses an invalid cron schedule given as argument `argument`, with 22023.
     #[pg_extern(immutable, parallel_safe)]
     fn cron_check(argument: &str, schedule: Option<&str>) {
