@@ -56,6 +56,7 @@ cron.database_name = '$cron_db'
 cron.use_background_workers = on
 max_worker_processes = 16
 max_connections = 60
+max_prepared_transactions = 20
 shared_buffers = 1GB
 work_mem = 64MB
 maintenance_work_mem = 512MB

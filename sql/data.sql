@@ -7,8 +7,16 @@
 -- of the extension with their data in pg_dump's output (configuration tables).
 --
 -- Rows that predate bondhu count as applied (the Python pipeline applied them):
--- ingest_pos 2, below every real position. Rows written while bondhu was not installed
--- have no position and are pending: adoption gives them the installing transaction's.
+-- ingest_pos 2, below every real position. Rows written or changed while bondhu was
+-- not installed have no position (a trigger bondhu leaves behind sees to it) and are
+-- pending: adoption gives them the installing transaction's.
+--
+-- Positions are bondhu's alone: a trigger written in Rust (bondhu.position_insight)
+-- assigns them and refuses a written one; a profile's cursor likewise
+-- (bondhu.guard_profile_cursor). Both are named zz_bondhu_... so that they fire after
+-- the application's own BEFORE triggers (Postgres fires them in name order) and see
+-- the row as it will be stored, and both are enabled ALWAYS so that they fire for
+-- logical replication's apply (session_replication_role = replica) too.
 
 DO $$
 BEGIN
@@ -78,16 +86,49 @@ END $$;
 COMMENT ON TABLE public.personality_profile_history IS
     'One row per applied profile update: the audit trail and the data for a trait-evolution chart. task_id is the update_all run (NULL for a self-service update).';
 
--- Analysis often adds the insight to an interaction written earlier: that is when the
--- insight is written, so it gets the position of that transaction.
-CREATE FUNCTION bondhu.position_added_insight() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- Deleting a profile resets the user to 50 (the next update creates the profile
+-- again), and what it had applied stays applied: the insights that the deleted
+-- profile's own cursor covered, and the global cursor does not, are marked applied
+-- (position 2) before the profile goes. TRUNCATE does the same for every profile.
+CREATE FUNCTION bondhu.forget_profiles() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g bondhu.cursor := bondhu.global_cursor();
 BEGIN
-    IF OLD.personality_insights IS NULL AND NEW.personality_insights IS NOT NULL THEN
-        NEW.ingest_pos := bondhu.ingest_position();
-    END IF;
-    RETURN NEW;
+    UPDATE public.chat_personality_insights c SET ingest_pos = 2
+    FROM public.user_personality_profiles p
+    WHERE p.user_id = c.user_id AND (TG_OP = 'TRUNCATE' OR p.user_id = OLD.user_id)
+      AND c.ingest_pos >= (g).xmin_pos
+      AND NOT bondhu.position_applied(c.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
+      AND bondhu.position_applied(c.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip);
+    UPDATE public.entertainment_interactions e SET ingest_pos = 2
+    FROM public.user_personality_profiles p
+    WHERE p.user_id = e.user_id AND (TG_OP = 'TRUNCATE' OR p.user_id = OLD.user_id)
+      AND e.ingest_pos >= (g).xmin_pos
+      AND NOT bondhu.position_applied(e.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
+      AND bondhu.position_applied(e.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip);
+    RETURN OLD;
 END $$;
+
+-- The triggers bondhu keeps on the tables while installed, as (table, trigger, definition).
+CREATE FUNCTION bondhu.data_triggers() RETURNS TABLE (relation regclass, name text, definition text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    VALUES ('public.chat_personality_insights'::regclass, 'zz_bondhu_position_insight',
+            'BEFORE INSERT OR UPDATE ON public.chat_personality_insights FOR EACH ROW '
+            'EXECUTE FUNCTION bondhu.position_insight(''adjustments'')'),
+           ('public.entertainment_interactions'::regclass, 'zz_bondhu_position_insight',
+            'BEFORE INSERT OR UPDATE ON public.entertainment_interactions FOR EACH ROW '
+            'EXECUTE FUNCTION bondhu.position_insight(''personality_insights'')'),
+           ('public.user_personality_profiles'::regclass, 'zz_bondhu_guard_cursor',
+            'BEFORE INSERT OR UPDATE ON public.user_personality_profiles FOR EACH ROW '
+            'EXECUTE FUNCTION bondhu.guard_profile_cursor()'),
+           ('public.user_personality_profiles'::regclass, 'bondhu_forget_profile',
+            'BEFORE DELETE ON public.user_personality_profiles FOR EACH ROW '
+            'EXECUTE FUNCTION bondhu.forget_profiles()'),
+           ('public.user_personality_profiles'::regclass, 'bondhu_forget_profiles',
+            'BEFORE TRUNCATE ON public.user_personality_profiles FOR EACH STATEMENT '
+            'EXECUTE FUNCTION bondhu.forget_profiles()')
+$$;
 
 -- The tables bondhu keeps as members, and what each needs for pg_dump.
 CREATE FUNCTION bondhu.data_tables() RETURNS TABLE (relation regclass, kind text)
@@ -107,13 +148,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Brings the tables to what bondhu needs and makes them members of the extension,
--- keeping every row. Idempotent. in_create_extension: called by CREATE EXTENSION's
--- script (which may register configuration tables); otherwise by the event trigger
--- that re-attaches tables when another extension was dropped.
-CREATE FUNCTION bondhu.attach_data_tables(in_create_extension boolean) RETURNS void
+-- keeping every row. Idempotent. Called by the extension's scripts (CREATE EXTENSION,
+-- ALTER EXTENSION UPDATE), which alone may register configuration tables.
+CREATE FUNCTION bondhu.attach_data_tables() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
 DECLARE
-    registered oid[];
     insight record;
     trait text;
     member record;
@@ -125,16 +164,17 @@ BEGIN
         IF insight.name = 'entertainment_interactions' THEN
             ALTER TABLE public.entertainment_interactions ADD COLUMN IF NOT EXISTS personality_insights jsonb;
         END IF;
+        EXECUTE format('DROP TRIGGER IF EXISTS bondhu_uninstalled_insight ON %s', insight.t);
         IF EXISTS (SELECT FROM pg_catalog.pg_attribute
                    WHERE attrelid = insight.t AND attname = 'ingest_pos' AND NOT attisdropped) THEN
             EXECUTE format('UPDATE %s SET ingest_pos = bondhu.ingest_position() WHERE ingest_pos IS NULL', insight.t);
         ELSE
             EXECUTE format('ALTER TABLE %s ADD COLUMN ingest_pos bigint DEFAULT 2', insight.t);
         END IF;
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN ingest_pos SET DEFAULT bondhu.ingest_position(), '
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN ingest_pos DROP DEFAULT, '
                        'ALTER COLUMN ingest_pos SET NOT NULL', insight.t);
         EXECUTE format('COMMENT ON COLUMN %s.ingest_pos IS %L', insight.t,
-                       'Managed by bondhu: which transaction wrote the insight. Leave it to its default.');
+                       'Managed by bondhu: which transaction wrote the insight. Assigned by bondhu; a written value is refused.');
         IF to_regclass('public.' || insight.name || '_user_pos') IS NULL THEN
             EXECUTE format('CREATE INDEX %I ON %s (user_id, ingest_pos)', insight.name || '_user_pos', insight.t);
         END IF;
@@ -145,13 +185,6 @@ BEGIN
             EXECUTE format('CREATE INDEX %I ON %s USING brin (%s)', insight.name || '_observed_brin', insight.t, insight.observed);
         END IF;
     END LOOP;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger WHERE tgname = 'bondhu_position_added_insight'
-                   AND tgrelid = 'public.entertainment_interactions'::regclass) THEN
-        CREATE TRIGGER bondhu_position_added_insight
-            BEFORE UPDATE OF personality_insights ON public.entertainment_interactions
-            FOR EACH ROW EXECUTE FUNCTION bondhu.position_added_insight();
-    END IF;
-
     -- Profiles: traits as double precision 0..100 starting at 50, and the cursor.
     FOREACH trait IN ARRAY ARRAY['openness', 'conscientiousness', 'extraversion', 'agreeableness', 'neuroticism'] LOOP
         IF (SELECT format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute
@@ -183,40 +216,81 @@ BEGIN
         CREATE UNIQUE INDEX user_personality_profiles_user_id_key ON public.user_personality_profiles (user_id);
     END IF;
 
-    registered := (SELECT coalesce(e.extconfig, '{}') FROM pg_catalog.pg_extension e WHERE e.extname = 'bondhu');
+    DROP TRIGGER IF EXISTS bondhu_uninstalled_profile ON public.user_personality_profiles;
+    DROP FUNCTION IF EXISTS public.bondhu_uninstalled_insight();
+    DROP FUNCTION IF EXISTS public.bondhu_uninstalled_profile();
+    FOR member IN SELECT * FROM bondhu.data_triggers() LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                       WHERE tgrelid = member.relation AND tgname = member.name AND NOT tgisinternal) THEN
+            EXECUTE format('CREATE TRIGGER %I %s', member.name, member.definition);
+        END IF;
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', member.relation, member.name);
+    END LOOP;
+
     FOR member IN SELECT * FROM bondhu.data_tables() LOOP
         IF NOT bondhu.is_member(member.relation) THEN
             EXECUTE format('ALTER EXTENSION bondhu ADD %s %s', member.kind, member.relation);
         END IF;
-        IF in_create_extension THEN
-            PERFORM pg_catalog.pg_extension_config_dump(member.relation, '');
-        ELSIF NOT member.relation::oid = ANY (registered) THEN
-            -- pg_extension_config_dump only works inside CREATE EXTENSION: what it does.
-            UPDATE pg_catalog.pg_extension
-            SET extconfig = array_append(extconfig, member.relation::oid), extcondition = array_append(extcondition, '')
-            WHERE extname = 'bondhu';
-        END IF;
+        PERFORM pg_catalog.pg_extension_config_dump(member.relation, '');
     END LOOP;
 END $$;
 
 -- Leaves the tables standing on their own: no longer members, and nothing in them that
--- depends on the extension (the ingest_pos default, the trigger). Rows written while
--- bondhu is not installed have no position; attach_data_tables makes them pending.
+-- depends on the extension (bondhu's triggers). Two small triggers stand in while
+-- bondhu is not installed: what is written or changed then is pending (no position),
+-- and neither a position nor a profile's cursor can be written; attach_data_tables
+-- drops them again.
 CREATE FUNCTION bondhu.detach_data_tables() RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $detach$
 DECLARE
     member record;
 BEGIN
-    ALTER TABLE public.chat_personality_insights
-        ALTER COLUMN ingest_pos DROP DEFAULT, ALTER COLUMN ingest_pos DROP NOT NULL;
-    ALTER TABLE public.entertainment_interactions
-        ALTER COLUMN ingest_pos DROP DEFAULT, ALTER COLUMN ingest_pos DROP NOT NULL;
-    DROP TRIGGER IF EXISTS bondhu_position_added_insight ON public.entertainment_interactions;
+    FOR member IN SELECT * FROM bondhu.data_triggers() LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', member.name, member.relation);
+    END LOOP;
+    ALTER TABLE public.chat_personality_insights ALTER COLUMN ingest_pos DROP NOT NULL;
+    ALTER TABLE public.entertainment_interactions ALTER COLUMN ingest_pos DROP NOT NULL;
+    -- Not members (created outside CREATE EXTENSION), so they survive DROP EXTENSION.
+    CREATE FUNCTION public.bondhu_uninstalled_insight() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    BEGIN
+        -- TG_ARGV[0]: the document column
+        IF TG_OP = 'INSERT'
+           OR NEW.user_id IS DISTINCT FROM OLD.user_id
+           OR to_jsonb(NEW) -> TG_ARGV[0] IS DISTINCT FROM to_jsonb(OLD) -> TG_ARGV[0] THEN
+            NEW.ingest_pos := NULL;
+        ELSE
+            NEW.ingest_pos := OLD.ingest_pos;
+        END IF;
+        RETURN NEW;
+    END $$;
+    REVOKE ALL ON FUNCTION public.bondhu_uninstalled_insight() FROM PUBLIC;
+    CREATE FUNCTION public.bondhu_uninstalled_profile() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            NEW.applied_xmin := NULL; NEW.applied_xmax := NULL; NEW.applied_xip := NULL;
+        ELSE
+            NEW.applied_xmin := OLD.applied_xmin; NEW.applied_xmax := OLD.applied_xmax;
+            NEW.applied_xip := OLD.applied_xip;
+        END IF;
+        RETURN NEW;
+    END $$;
+    REVOKE ALL ON FUNCTION public.bondhu_uninstalled_profile() FROM PUBLIC;
+    CREATE TRIGGER bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.chat_personality_insights
+        FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_insight('adjustments');
+    CREATE TRIGGER bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.entertainment_interactions
+        FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_insight('personality_insights');
+    CREATE TRIGGER bondhu_uninstalled_profile BEFORE INSERT OR UPDATE ON public.user_personality_profiles
+        FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_profile();
+    ALTER TABLE public.chat_personality_insights ENABLE ALWAYS TRIGGER bondhu_uninstalled_insight;
+    ALTER TABLE public.entertainment_interactions ENABLE ALWAYS TRIGGER bondhu_uninstalled_insight;
+    ALTER TABLE public.user_personality_profiles ENABLE ALWAYS TRIGGER bondhu_uninstalled_profile;
     FOR member IN SELECT * FROM bondhu.data_tables() LOOP
         IF bondhu.is_member(member.relation) THEN
             EXECUTE format('ALTER EXTENSION bondhu DROP %s %s', member.kind, member.relation);
         END IF;
     END LOOP;
-END $$;
+END $detach$;
 
-SELECT bondhu.attach_data_tables(true);
+SELECT bondhu.attach_data_tables();

@@ -3,6 +3,13 @@
 ------------------------------------------------------------------------------------
 -- Run log
 ------------------------------------------------------------------------------------
+-- When this backend started: with its pid, it names the session for good (pids are
+-- reused).
+CREATE FUNCTION bondhu.backend_start() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.backend_start FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_backend_pid()
+$$;
+
 CREATE TABLE bondhu.task_runs (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     task_name text NOT NULL CONSTRAINT known_task CHECK (task_name IN ('personality_update', 'insights_cleanup')),
@@ -11,6 +18,9 @@ CREATE TABLE bondhu.task_runs (
     status text NOT NULL CONSTRAINT known_status
         CHECK (status IN ('running', 'completed', 'completed_with_errors', 'failed', 'skipped')),
     run_by name NOT NULL DEFAULT session_user,
+    -- the backend running it, to tell a live run from one whose session moved on
+    backend_pid integer DEFAULT pg_backend_pid(),
+    backend_start timestamptz DEFAULT bondhu.backend_start(),
     users_processed integer NOT NULL DEFAULT 0,
     successful_updates integer NOT NULL DEFAULT 0,
     failed_updates integer NOT NULL DEFAULT 0,
@@ -47,16 +57,34 @@ BEGIN
     END IF;
 END $$;
 
+-- Is a run's session still running it? The run is alive while the statement that
+-- started it (the CALL) is still active in the same backend.
+CREATE FUNCTION bondhu.run_is_alive(backend_pid integer, backend_start timestamptz, executed_at timestamptz)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
+                   WHERE a.pid = backend_pid AND a.backend_start = run_is_alive.backend_start
+                     AND a.state = 'active' AND a.query_start <= executed_at)
+$$;
+
+-- A run left 'running' by a session that moved on (an error, a cancel, a kill) shows
+-- as failed at once, before anything marks it so.
 CREATE VIEW public.system_tasks AS
-    SELECT id, task_name, executed_at, status, users_processed, successful_updates,
-           failed_updates, records_processed, error_message, metadata, duration_seconds
-    FROM bondhu.task_runs;
+    SELECT t.id, t.task_name, t.executed_at,
+           CASE WHEN t.status = 'running' AND NOT bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
+                THEN 'failed' ELSE t.status END AS status,
+           t.users_processed, t.successful_updates, t.failed_updates, t.records_processed,
+           CASE WHEN t.status = 'running' AND NOT bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
+                THEN 'interrupted: the session running it ended the run before it finished'
+                ELSE t.error_message END AS error_message,
+           t.metadata, t.duration_seconds
+    FROM bondhu.task_runs t;
 COMMENT ON VIEW public.system_tasks IS 'Every personality_update and insights_cleanup run, scheduled or manual.';
 
 ------------------------------------------------------------------------------------
 -- Insight documents and trait math
 ------------------------------------------------------------------------------------
--- Every insight, from both sources, as one relation.
+-- Every insight, from both sources, as one relation. An interaction whose
+-- personality_insights is SQL NULL or JSON null is not analysed yet: not an insight.
 CREATE VIEW bondhu.insights AS
     SELECT c.user_id, 'chat'::text AS source, c.adjustments AS doc,
            coalesce(c."timestamp", c.created_at) AS observed_at, c.ingest_pos
@@ -65,7 +93,7 @@ CREATE VIEW bondhu.insights AS
     SELECT e.user_id, 'entertainment'::text, e.personality_insights,
            e.created_at, e.ingest_pos
     FROM public.entertainment_interactions e
-    WHERE e.personality_insights IS NOT NULL;
+    WHERE e.personality_insights IS NOT NULL AND e.personality_insights <> 'null'::jsonb;
 
 -- What one user's pending insights add up to, in one pass over them: two aggregates
 -- that share their state (Postgres computes it once), written in Rust (src/lib.rs,
@@ -258,35 +286,54 @@ $$;
 --   start_update_run:  takes the run lock, logs the run as 'running', takes the snapshot;
 --   apply_update_batch: applies the pending insights of the next users, in key order;
 --   finish_update_run: advances the global cursor unless a user failed, closes the log row.
--- The run lock is an advisory lock: per transaction for the function, per session for
--- the procedure (its transactions commit). Runs never overlap; a run whose session died
--- is found 'running' without the lock, and marked failed. The three steps are SECURITY
--- DEFINER so that operators can run the procedure, which cannot be (it commits).
+-- The run lock is a transaction-level advisory lock, so that no error, cancel or
+-- transaction block can leave it held: a single-transaction run holds it throughout; a
+-- procedure's run takes it again in every transaction it commits, and between them its
+-- 'running' row, alive while its CALL is (run_is_alive), keeps other runs out. A run
+-- whose session moved on is marked failed ('interrupted') by the next run or health
+-- check. The three steps are SECURITY DEFINER so that operators and the scheduler role
+-- can run the procedure, which cannot be (it commits).
 
--- Marks a task's runs left 'running' by a session that died. The caller holds the task's
--- lock, so no run of it is alive.
+-- Marks a task's runs left 'running' by a session that moved on.
 CREATE FUNCTION bondhu.mark_interrupted_runs(task text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE bondhu.task_runs
+    UPDATE bondhu.task_runs t
     SET status = 'failed', finished_at = clock_timestamp(),
-        error_message = 'interrupted: the session running it ended before the run finished'
-    WHERE status = 'running' AND task_name = task
+        error_message = 'interrupted: the session running it ended the run before it finished'
+    WHERE t.status = 'running' AND t.task_name = task
+      AND NOT bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
 $$;
 
-CREATE FUNCTION bondhu.start_update_run(session_lock boolean,
-    OUT run bondhu.task_runs, OUT covered bondhu.cursor, OUT snapshot bondhu.cursor)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    locked boolean := CASE WHEN session_lock THEN pg_try_advisory_lock(bondhu.lock_key('personality_update'))
-                           ELSE pg_try_advisory_xact_lock(bondhu.lock_key('personality_update')) END;
+-- Takes the task's run lock for this transaction, unless another run of the task is
+-- alive: then logs a 'skipped' run and returns it.
+CREATE FUNCTION bondhu.lock_run(task text, OUT skipped bondhu.task_runs)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT locked THEN
-        INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
-        VALUES ('personality_update', 'skipped', clock_timestamp(), 0, 'another personality update was running')
-        RETURNING * INTO run;
+    -- a live run between two of its transactions holds no lock: its row says it
+    IF NOT EXISTS (SELECT FROM bondhu.task_runs t
+                   WHERE t.task_name = task AND t.status = 'running'
+                     AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at))
+       AND pg_try_advisory_xact_lock(bondhu.lock_key(task))
+       AND NOT EXISTS (SELECT FROM bondhu.task_runs t
+                       WHERE t.task_name = task AND t.status = 'running'
+                         AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)) THEN
+        PERFORM bondhu.mark_interrupted_runs(task);
         RETURN;
     END IF;
-    PERFORM bondhu.mark_interrupted_runs('personality_update');
+    INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
+    VALUES (task, 'skipped', clock_timestamp(), 0,
+            CASE task WHEN 'personality_update' THEN 'another personality update was running'
+                      ELSE 'another cleanup was running' END)
+    RETURNING * INTO skipped;
+END $$;
+
+CREATE FUNCTION bondhu.start_update_run(OUT run bondhu.task_runs, OUT covered bondhu.cursor, OUT snapshot bondhu.cursor)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    run := bondhu.lock_run('personality_update');
+    IF run.id IS NOT NULL THEN
+        RETURN;
+    END IF;
     INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running') RETURNING * INTO run;
     snapshot := bondhu.current_cursor();
     covered := bondhu.global_cursor();
@@ -308,7 +355,7 @@ RETURNS uuid LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         (SELECT e.user_id FROM public.entertainment_interactions e
          WHERE e.user_id >= coalesce(after, '00000000-0000-0000-0000-000000000000')
            AND (after IS NULL OR e.user_id <> after)
-           AND e.personality_insights IS NOT NULL
+           AND e.personality_insights IS NOT NULL AND e.personality_insights <> 'null'::jsonb
            AND bondhu.position_pending(e.ingest_pos, covered, snapshot)
          ORDER BY e.user_id LIMIT 1))
 $$;
@@ -332,6 +379,9 @@ DECLARE
     first_error text;
     error_state text;
 BEGIN
+    -- the run lock, again in each transaction of a procedure's run (held already in a
+    -- single-transaction run)
+    PERFORM pg_advisory_xact_lock(bondhu.lock_key('personality_update'));
     -- The next users with insights pending in this run, in key order.
     IF batch_size IS NULL THEN
         -- all of them: one pass over the pending insights
@@ -405,8 +455,13 @@ BEGIN
                 'ignored_keys', coalesce((t.metadata ->> 'ignored_keys')::bigint, 0) + totals.ignored,
                 'failed_user_ids', coalesce(t.metadata -> 'failed_user_ids', '[]') || to_jsonb(failed))
         WHERE t.id = run_id;
-    EXCEPTION WHEN OTHERS THEN
-        -- The batch's own work is rolled back; the failure is logged.
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        -- The batch's own work is rolled back; the failure is logged. A cancel (or
+        -- statement_timeout) of a procedure's run ends the run here, logged; a
+        -- single-transaction run is cancelled whole.
+        IF batch_size IS NULL AND SQLSTATE = '57014' THEN
+            RAISE;
+        END IF;
         GET STACKED DIAGNOSTICS first_error = MESSAGE_TEXT, error_state = RETURNED_SQLSTATE;
         UPDATE bondhu.task_runs t SET status = 'failed', error_message = first_error,
             metadata = t.metadata || jsonb_build_object('sqlstate', error_state)
@@ -418,7 +473,7 @@ END $$;
 
 -- Closes the run: every user is covered by the run's snapshot now, unless one failed
 -- (then the global cursor stays, and the next run retries exactly what is pending).
-CREATE FUNCTION bondhu.finish_update_run(run_id uuid, snapshot bondhu.cursor, session_lock boolean)
+CREATE FUNCTION bondhu.finish_update_run(run_id uuid, snapshot bondhu.cursor)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -435,9 +490,6 @@ BEGIN
         UPDATE bondhu.pipeline_state SET
             applied_xmin = (snapshot).xmin_pos, applied_xmax = (snapshot).xmax_pos,
             applied_xip = (snapshot).xip_pos, advanced_at = now();
-    END IF;
-    IF session_lock THEN
-        PERFORM pg_advisory_unlock(bondhu.lock_key('personality_update'));
     END IF;
     RETURN bondhu.run_summary(run);
 END $$;
@@ -463,12 +515,12 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     started record;
 BEGIN
-    SELECT * INTO STRICT started FROM bondhu.start_update_run(false);
+    SELECT * INTO STRICT started FROM bondhu.start_update_run();
     IF (started.run).status = 'skipped' THEN
         RETURN bondhu.run_summary(started.run);
     END IF;
     PERFORM bondhu.apply_update_batch((started.run).id, started.covered, started.snapshot, NULL, NULL);
-    RETURN bondhu.finish_update_run((started.run).id, started.snapshot, false);
+    RETURN bondhu.finish_update_run((started.run).id, started.snapshot);
 END $$;
 COMMENT ON FUNCTION public.bondhu_update_all() IS
     'Applies every user''s pending insights, each exactly once, in one transaction; logs the run in system_tasks.';
@@ -486,7 +538,8 @@ BEGIN
         RAISE EXCEPTION 'bondhu_run_update_all: batch_size must be a positive number of users'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT * INTO STRICT started FROM bondhu.start_update_run(true);
+    PERFORM bondhu.refuse_transaction_block('bondhu_run_update_all', 'SELECT bondhu_update_all()');
+    SELECT * INTO STRICT started FROM bondhu.start_update_run();
     IF (started.run).status = 'skipped' THEN
         RETURN;
     END IF;
@@ -496,7 +549,7 @@ BEGIN
         COMMIT;
         EXIT WHEN last_user IS NULL;
     END LOOP;
-    PERFORM bondhu.finish_update_run((started.run).id, started.snapshot, true);
+    PERFORM bondhu.finish_update_run((started.run).id, started.snapshot);
     COMMIT;
 END $$;
 COMMENT ON PROCEDURE public.bondhu_run_update_all(integer) IS
@@ -511,35 +564,31 @@ COMMENT ON PROCEDURE public.bondhu_run_update_all(integer) IS
 -- Deletes chat insights older than the cutoff; on entertainment interactions it clears
 -- the insight (the interaction belongs to the entertainment feature). Refuses, changing
 -- nothing, any older_than that could delete insights not applied yet.
-CREATE FUNCTION bondhu.start_cleanup_run(older_than interval, session_lock boolean,
+CREATE FUNCTION bondhu.start_cleanup_run(older_than interval,
     OUT run bondhu.task_runs, OUT cutoff timestamptz, OUT oldest timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
-    locked boolean;
 BEGIN
     IF older_than IS NULL THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must not be NULL'
             USING ERRCODE = 'null_value_not_allowed';
-    ELSIF older_than <= interval '0' THEN
+    ELSIF now() - older_than >= now() THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must be a positive interval, got %', older_than
             USING ERRCODE = 'invalid_parameter_value';
-    ELSIF older_than < window_length THEN
+    -- compared as moments, not intervals: '30 days' is shorter than '1 month' after a
+    -- 31-day month, although interval comparison counts a month as 30 days
+    ELSIF now() - older_than > now() - window_length THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than (%) is shorter than the insight window (%)', older_than, window_length
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'Insights inside the window may not be applied yet; deleting them would lose them.',
                   HINT = 'Use an interval of at least bondhu.settings.insight_window.';
     END IF;
     cutoff := now() - older_than;
-    locked := CASE WHEN session_lock THEN pg_try_advisory_lock(bondhu.lock_key('insights_cleanup'))
-                   ELSE pg_try_advisory_xact_lock(bondhu.lock_key('insights_cleanup')) END;
-    IF NOT locked THEN
-        INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
-        VALUES ('insights_cleanup', 'skipped', clock_timestamp(), 0, 'another cleanup was running')
-        RETURNING * INTO run;
+    run := bondhu.lock_run('insights_cleanup');
+    IF run.id IS NOT NULL THEN
         RETURN;
     END IF;
-    PERFORM bondhu.mark_interrupted_runs('insights_cleanup');
     INSERT INTO bondhu.task_runs (task_name, status, metadata)
     VALUES ('insights_cleanup', 'running', jsonb_build_object(
         'older_than', older_than, 'cutoff', cutoff, 'chat_insights_deleted', 0, 'entertainment_insights_cleared', 0))
@@ -560,6 +609,7 @@ DECLARE
     error_text text;
     error_state text;
 BEGIN
+    PERFORM pg_advisory_xact_lock(bondhu.lock_key('insights_cleanup'));
     DELETE FROM public.chat_personality_insights c
     WHERE c."timestamp" < to_time AND (from_time IS NULL OR c."timestamp" >= from_time);
     GET DIAGNOSTICS chat_deleted = ROW_COUNT;
@@ -582,7 +632,7 @@ EXCEPTION WHEN OTHERS THEN
     RETURN false;
 END $$;
 
-CREATE FUNCTION bondhu.finish_cleanup_run(run_id uuid, session_lock boolean) RETURNS jsonb
+CREATE FUNCTION bondhu.finish_cleanup_run(run_id uuid) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     log_pruned bigint;
@@ -598,9 +648,6 @@ BEGIN
         metadata = t.metadata || jsonb_build_object('run_log_rows_pruned', log_pruned)
     WHERE t.id = run_id
     RETURNING * INTO run;
-    IF session_lock THEN
-        PERFORM pg_advisory_unlock(bondhu.lock_key('insights_cleanup'));
-    END IF;
     RETURN bondhu.cleanup_summary(run);
 END $$;
 
@@ -618,12 +665,12 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     started record;
 BEGIN
-    SELECT * INTO STRICT started FROM bondhu.start_cleanup_run(older_than, false);
+    SELECT * INTO STRICT started FROM bondhu.start_cleanup_run(older_than);
     IF (started.run).status = 'skipped' THEN
         RETURN bondhu.cleanup_summary(started.run);
     END IF;
     PERFORM bondhu.cleanup_slice((started.run).id, NULL, started.cutoff);
-    RETURN bondhu.finish_cleanup_run((started.run).id, false);
+    RETURN bondhu.finish_cleanup_run((started.run).id);
 END $$;
 COMMENT ON FUNCTION public.bondhu_cleanup_insights(interval) IS
     'Deletes chat insights and clears entertainment insights older than older_than (at least the insight window), in one transaction.';
@@ -641,8 +688,9 @@ BEGIN
         RAISE EXCEPTION 'bondhu_run_cleanup: slice_length must be a positive interval'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM bondhu.refuse_transaction_block('bondhu_run_cleanup', 'SELECT bondhu_cleanup_insights()');
     SELECT * INTO STRICT started
-    FROM bondhu.start_cleanup_run((SELECT s.insight_retention FROM bondhu.settings s), true);
+    FROM bondhu.start_cleanup_run((SELECT s.insight_retention FROM bondhu.settings s));
     IF (started.run).status = 'skipped' THEN
         RETURN;
     END IF;
@@ -653,11 +701,24 @@ BEGIN
         COMMIT;
         slice_start := slice_start + slice_length;
     END LOOP;
-    PERFORM bondhu.finish_cleanup_run((started.run).id, true);
+    PERFORM bondhu.finish_cleanup_run((started.run).id);
     COMMIT;
 END $$;
 COMMENT ON PROCEDURE public.bondhu_run_cleanup(interval) IS
     'Cleans up insights older than the insight_retention setting, committing after every slice_length of them; logs the run in system_tasks.';
+
+-- Refuses, with 25001, to start a procedure that commits inside a transaction block
+-- (its first COMMIT would fail there); names the function to use instead.
+CREATE FUNCTION bondhu.refuse_transaction_block(procedure_name text, instead text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF bondhu.in_transaction_block() THEN
+        RAISE EXCEPTION '% cannot run inside a transaction block', procedure_name
+            USING ERRCODE = 'active_sql_transaction',
+                  DETAIL = 'It commits after each batch.',
+                  HINT = format('Call it outside BEGIN ... COMMIT, or use %s, which runs in one transaction.', instead);
+    END IF;
+END $$;
 
 -- Advisory lock keys of bondhu's tasks: class 'bndh', one object id per task.
 CREATE FUNCTION bondhu.lock_key(task text) RETURNS bigint

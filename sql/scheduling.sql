@@ -1,22 +1,49 @@
 -- bondhu: pg_cron jobs and health.
 --
--- Two jobs, kept by name in pg_cron's cron.job when pg_cron is installed in this
--- database: bondhu_personality_update and bondhu_insights_cleanup. pg_cron 1.4
--- evaluates schedules in GMT.
+-- Two jobs in pg_cron's cron.job when pg_cron is installed in this database:
+-- bondhu_personality_update and bondhu_insights_cleanup. They run as the role
+-- bondhu_scheduler, which may run the two procedures and nothing else. A job is
+-- bondhu's when its name, its role (bondhu_scheduler), its database (this one) and its
+-- command are bondhu's: a job another role names the same is that role's, and bondhu
+-- neither reads, changes, nor removes it. pg_cron 1.4 evaluates schedules in GMT.
 
 CREATE FUNCTION bondhu.cron_installed() RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron')
 $$;
 
--- id in health output, pg_cron job name, default schedule, command.
-CREATE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, default_schedule text, command text)
+-- The role bondhu's jobs run as: it can log in (pg_cron connects as it, by a
+-- background worker or over libpq to cron.host) and may run the two procedures (see
+-- security.sql). Never a superuser.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'bondhu_scheduler') THEN
+        CREATE ROLE bondhu_scheduler LOGIN NOINHERIT;
+    END IF;
+    ALTER ROLE bondhu_scheduler LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+END $$;
+COMMENT ON ROLE bondhu_scheduler IS
+    'bondhu''s pg_cron jobs run as this role. It may run bondhu_run_update_all and bondhu_run_cleanup, nothing else.';
+
+-- id in health output, pg_cron job name, command.
+CREATE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, command text)
 LANGUAGE sql IMMUTABLE AS $$
-    VALUES ('personality_update', 'bondhu_personality_update', '0 2 * * *',
-            'CALL public.bondhu_run_update_all()'),
-           ('insights_cleanup', 'bondhu_insights_cleanup', '0 3 * * 0',
-            'CALL public.bondhu_run_cleanup()')
+    VALUES ('personality_update', 'bondhu_personality_update', 'CALL public.bondhu_run_update_all()'),
+           ('insights_cleanup', 'bondhu_insights_cleanup', 'CALL public.bondhu_run_cleanup()')
 $$;
+
+-- bondhu's jobs in cron.job (none without pg_cron).
+CREATE FUNCTION bondhu.own_jobs()
+RETURNS TABLE (jobid bigint, id text, jobname text, schedule text, command text, active boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF bondhu.cron_installed() THEN
+        RETURN QUERY
+        SELECT j.jobid, b.id, j.jobname::text, j.schedule, j.command, j.active
+        FROM cron.job j JOIN bondhu.jobs() b ON b.jobname = j.jobname AND b.command = j.command
+        WHERE j.username = 'bondhu_scheduler' AND j.database = current_database();
+    END IF;
+END $$;
 
 -- The next time a cron schedule fires after a moment, in GMT as pg_cron 1.4 runs it.
 CREATE FUNCTION bondhu.cron_next_run(schedule text, after timestamptz) RETURNS timestamptz
@@ -25,16 +52,12 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 CREATE FUNCTION bondhu.scheduled_jobs() RETURNS jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT bondhu.cron_installed() THEN
-        RETURN '[]'::jsonb;
-    END IF;
-    RETURN coalesce((
-        SELECT jsonb_agg(jsonb_build_object('id', b.id, 'jobname', j.jobname, 'schedule', j.schedule,
-                                            'command', j.command, 'active', j.active) ORDER BY b.id DESC)
-        FROM bondhu.jobs() b JOIN cron.job j ON j.jobname = b.jobname), '[]'::jsonb);
-END $$;
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object('id', j.id, 'jobname', j.jobname, 'schedule', j.schedule,
+                                                 'command', j.command, 'active', j.active) ORDER BY j.id DESC),
+                    '[]'::jsonb)
+    FROM bondhu.own_jobs() j
+$$;
 
 CREATE FUNCTION public.bondhu_schedule(update_schedule text DEFAULT '0 2 * * *',
                                        cleanup_schedule text DEFAULT '0 3 * * 0') RETURNS jsonb
@@ -48,10 +71,12 @@ BEGIN
                   HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name to this database, '
                          'run CREATE EXTENSION pg_cron, then call bondhu_schedule() again.';
     END IF;
-    -- cron.schedule with a job name replaces that job: calling this again is harmless.
-    PERFORM cron.schedule(b.jobname,
-                          CASE b.id WHEN 'personality_update' THEN update_schedule ELSE cleanup_schedule END,
-                          b.command)
+    -- A job name and role that exist already are updated in place: calling this again
+    -- is harmless. Only a superuser may name another role (this function runs as the
+    -- extension's owner).
+    PERFORM cron.schedule_in_database(b.jobname,
+                                      CASE b.id WHEN 'personality_update' THEN update_schedule ELSE cleanup_schedule END,
+                                      b.command, current_database(), 'bondhu_scheduler', true)
     FROM bondhu.jobs() b;
     RETURN jsonb_build_object('scheduled', bondhu.scheduled_jobs(), 'timezone', 'GMT');
 END $$;
@@ -67,7 +92,7 @@ BEGIN
         RETURN jsonb_build_object('unscheduled', '[]'::jsonb);
     END IF;
     removed := bondhu.scheduled_jobs();
-    PERFORM cron.unschedule(j.jobid) FROM cron.job j JOIN bondhu.jobs() b ON b.jobname = j.jobname;
+    PERFORM cron.unschedule(j.jobid) FROM bondhu.own_jobs() j;
     RETURN jsonb_build_object('unscheduled', removed);
 END $$;
 COMMENT ON FUNCTION public.bondhu_unschedule() IS 'Removes bondhu''s pg_cron jobs.';
@@ -98,12 +123,9 @@ DECLARE
     task text;
 BEGIN
     SELECT * INTO STRICT cfg FROM bondhu.settings;
-    -- Runs left 'running' by a session that died: no run of their task holds its lock.
+    -- Runs left 'running' by a session that moved on.
     FOREACH task IN ARRAY ARRAY['personality_update', 'insights_cleanup'] LOOP
-        IF pg_try_advisory_lock(bondhu.lock_key(task)) THEN
-            PERFORM bondhu.mark_interrupted_runs(task);
-            PERFORM pg_advisory_unlock(bondhu.lock_key(task));
-        END IF;
+        PERFORM bondhu.mark_interrupted_runs(task);
     END LOOP;
     SELECT * INTO last_update FROM bondhu.task_runs t
     WHERE t.task_name = 'personality_update' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
@@ -132,7 +154,7 @@ BEGIN
                                            ELSE ' is not active' END)
                    FILTER (WHERE j.jobid IS NULL OR NOT j.active)
         INTO jobs, update_schedule, job_problems
-        FROM bondhu.jobs() b LEFT JOIN cron.job j ON j.jobname = b.jobname;
+        FROM bondhu.jobs() b LEFT JOIN bondhu.own_jobs() j ON j.id = b.id;
         problems := problems || coalesce(job_problems, '{}');
     END IF;
 

@@ -92,34 +92,91 @@ BEGIN
 END $$;
 
 ------------------------------------------------------------------------------------
--- Privileges: nothing for PUBLIC, then granted deliberately.
+-- Privileges: nothing for PUBLIC, then granted deliberately, from one list.
 ------------------------------------------------------------------------------------
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA bondhu FROM PUBLIC;
-REVOKE ALL ON ALL TABLES IN SCHEMA bondhu FROM PUBLIC;
-REVOKE ALL ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
-    public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
-    public.bondhu_unschedule(), public.bondhu_system_health() FROM PUBLIC;
-REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) FROM PUBLIC;
-REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
-    public.user_personality_profiles, public.personality_profile_history, public.system_tasks FROM PUBLIC;
+-- The public API, and who may call each: 'operators' (bondhu_operator, service_role),
+-- 'scheduler' too (bondhu_scheduler, the role of the pg_cron jobs), 'authenticated'
+-- too (the function checks that the signed-in user is the profile's owner).
+CREATE FUNCTION bondhu.public_api() RETURNS TABLE (kind text, signature text, callers text)
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES ('FUNCTION', 'public.bondhu_update_personality(uuid)', 'authenticated'),
+           ('FUNCTION', 'public.bondhu_update_all()', 'operators'),
+           ('PROCEDURE', 'public.bondhu_run_update_all(integer)', 'scheduler'),
+           ('FUNCTION', 'public.bondhu_cleanup_insights(interval)', 'operators'),
+           ('PROCEDURE', 'public.bondhu_run_cleanup(interval)', 'scheduler'),
+           ('FUNCTION', 'public.bondhu_schedule(text, text)', 'operators'),
+           ('FUNCTION', 'public.bondhu_unschedule()', 'operators'),
+           ('FUNCTION', 'public.bondhu_system_health()', 'operators')
+$$;
 
--- Whoever may insert an insight runs its ingest_pos default.
-GRANT USAGE ON SCHEMA bondhu TO PUBLIC;
-GRANT EXECUTE ON FUNCTION bondhu.ingest_position(), bondhu.resolve_incarnation() TO PUBLIC;
+-- Grants what the README's security table says, to the roles that exist now, and takes
+-- back what Supabase's default privileges give anon and authenticated on new objects.
+-- Run by CREATE EXTENSION and every upgrade; a superuser runs it again after creating
+-- anon, authenticated or service_role later: SELECT bondhu.grant_privileges();
+-- service_role is NOINHERIT on Supabase, so it gets the operators' privileges
+-- directly, not through its membership in bondhu_operator.
+CREATE FUNCTION bondhu.grant_privileges() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    api record;
+    grantee text;
+    operators text[] := ARRAY['bondhu_operator'];
+    nobody text[] := ARRAY['PUBLIC'];
+    tables constant text := 'public.chat_personality_insights, public.entertainment_interactions, '
+                            'public.user_personality_profiles, public.personality_profile_history';
+    -- what a procedure's run calls as its caller (its steps are SECURITY DEFINER)
+    run_steps constant text := 'bondhu.refuse_transaction_block(text, text), bondhu.in_transaction_block(), '
+        'bondhu.start_update_run(), bondhu.apply_update_batch(uuid, bondhu.cursor, bondhu.cursor, uuid, integer), '
+        'bondhu.finish_update_run(uuid, bondhu.cursor), bondhu.start_cleanup_run(interval), '
+        'bondhu.cleanup_slice(uuid, timestamptz, timestamptz), bondhu.finish_cleanup_run(uuid)';
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT bondhu_operator TO service_role;
+        operators := operators || 'service_role'::text;
+    END IF;
+    nobody := nobody || ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r
+                              WHERE r.rolname IN ('anon', 'authenticated'));
 
-GRANT EXECUTE ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
-    public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
-    public.bondhu_unschedule(), public.bondhu_system_health() TO bondhu_operator;
-GRANT EXECUTE ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) TO bondhu_operator;
--- the procedures' steps (they cannot be SECURITY DEFINER, the steps are)
-GRANT EXECUTE ON FUNCTION bondhu.start_update_run(boolean),
-    bondhu.apply_update_batch(uuid, bondhu.cursor, bondhu.cursor, uuid, integer),
-    bondhu.finish_update_run(uuid, bondhu.cursor, boolean),
-    bondhu.start_cleanup_run(interval, boolean), bondhu.cleanup_slice(uuid, timestamptz, timestamptz),
-    bondhu.finish_cleanup_run(uuid, boolean) TO bondhu_operator;
-GRANT SELECT ON public.system_tasks, bondhu.settings, bondhu.pipeline_state, bondhu.task_runs TO bondhu_operator;
-GRANT SELECT, INSERT, UPDATE, DELETE ON public.chat_personality_insights, public.entertainment_interactions,
-    public.user_personality_profiles, public.personality_profile_history TO bondhu_operator;
+    -- Nothing for anybody first.
+    FOREACH grantee IN ARRAY nobody LOOP
+        EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA bondhu FROM %s', grantee);
+        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA bondhu FROM %s', grantee);
+        EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA bondhu FROM %s', grantee);
+        EXECUTE format('REVOKE ALL ON SCHEMA bondhu FROM %s', grantee);
+        EXECUTE format('REVOKE ALL ON %s, public.system_tasks FROM %s', tables, grantee);
+        EXECUTE format('REVOKE ALL ON SEQUENCE public.personality_profile_history_id_seq FROM %s', grantee);
+        FOR api IN SELECT * FROM bondhu.public_api() LOOP
+            EXECUTE format('REVOKE ALL ON %s %s FROM %s', api.kind, api.signature, grantee);
+        END LOOP;
+    END LOOP;
+
+    -- Then what each may do.
+    FOR api IN SELECT * FROM bondhu.public_api() LOOP
+        EXECUTE format('GRANT EXECUTE ON %s %s TO %s', api.kind, api.signature, array_to_string(operators, ', '));
+        IF api.callers = 'scheduler' THEN
+            EXECUTE format('GRANT EXECUTE ON %s %s TO bondhu_scheduler', api.kind, api.signature);
+        ELSIF api.callers = 'authenticated' AND 'authenticated' = ANY (nobody) THEN
+            EXECUTE format('GRANT EXECUTE ON %s %s TO authenticated', api.kind, api.signature);
+        END IF;
+    END LOOP;
+    FOREACH grantee IN ARRAY operators || 'bondhu_scheduler'::text LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA bondhu TO %s', grantee);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', run_steps, grantee);
+        EXECUTE format('GRANT SELECT ON bondhu.settings TO %s', grantee);
+    END LOOP;
+    FOREACH grantee IN ARRAY operators LOOP
+        -- history ids are bondhu's to assign (Supabase's default privileges give them away)
+        EXECUTE format('REVOKE ALL ON SEQUENCE public.personality_profile_history_id_seq FROM %s', grantee);
+        EXECUTE format('GRANT UPDATE ON bondhu.settings TO %s', grantee);
+        EXECUTE format('GRANT SELECT ON public.system_tasks, bondhu.pipeline_state, bondhu.task_runs TO %s', grantee);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION bondhu.run_is_alive(integer, timestamptz, timestamptz) TO %s', grantee);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s', tables, grantee);
+    END LOOP;
+    IF 'authenticated' = ANY (nobody) THEN
+        EXECUTE format('GRANT SELECT ON %s TO authenticated', tables);
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION bondhu.grant_privileges() FROM PUBLIC;
 
 -- Row level security: a signed-in user sees their own rows; operators see all. Table
 -- owners and BYPASSRLS roles (Supabase's service_role) are not subject to it.
@@ -143,31 +200,4 @@ BEGIN
     END LOOP;
 END $$;
 
--- Supabase's roles, where they exist. Supabase's default privileges grant new objects in
--- public to anon and authenticated: take that back, then grant what the contract says.
-DO $$
-BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
-        REVOKE ALL ON FUNCTION public.bondhu_update_personality(uuid), public.bondhu_update_all(),
-            public.bondhu_cleanup_insights(interval), public.bondhu_schedule(text, text),
-            public.bondhu_unschedule(), public.bondhu_system_health() FROM anon;
-        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) FROM anon;
-        REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
-            public.user_personality_profiles, public.personality_profile_history, public.system_tasks FROM anon;
-    END IF;
-    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
-        REVOKE ALL ON FUNCTION public.bondhu_update_all(), public.bondhu_cleanup_insights(interval),
-            public.bondhu_schedule(text, text), public.bondhu_unschedule(), public.bondhu_system_health()
-            FROM authenticated;
-        REVOKE ALL ON PROCEDURE public.bondhu_run_update_all(integer), public.bondhu_run_cleanup(interval) FROM authenticated;
-        REVOKE ALL ON public.chat_personality_insights, public.entertainment_interactions,
-            public.user_personality_profiles, public.personality_profile_history, public.system_tasks
-            FROM authenticated;
-        GRANT EXECUTE ON FUNCTION public.bondhu_update_personality(uuid) TO authenticated;
-        GRANT SELECT ON public.chat_personality_insights, public.entertainment_interactions,
-            public.user_personality_profiles, public.personality_profile_history TO authenticated;
-    END IF;
-    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
-        GRANT bondhu_operator TO service_role;
-    END IF;
-END $$;
+SELECT bondhu.grant_privileges();

@@ -113,14 +113,22 @@ BEGIN
     cacheable := false;
 END $$;
 
--- The current snapshot as a cursor of positions.
+-- The current snapshot as a cursor of positions. A snapshot never lists its own
+-- transaction as in progress, so the cursor adds it: an update never counts insights
+-- its own transaction writes, before or after it, as covered. They are applied by the
+-- first update that starts after this transaction commits.
 CREATE FUNCTION bondhu.current_cursor() RETURNS bondhu.cursor
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ROW(q.base + pg_snapshot_xmin(q.s)::text::bigint,
-               q.base + pg_snapshot_xmax(q.s)::text::bigint,
-               ARRAY(SELECT q.base + x::text::bigint FROM pg_snapshot_xip(q.s) AS x))::bondhu.cursor
-    FROM (SELECT pg_current_snapshot() AS s,
-                 (bondhu.resolve_incarnation()).incarnation::bigint << 48 AS base) AS q
+    SELECT ROW(q.base + least(q.xmin, q.own), q.base + q.xmax,
+               ARRAY(SELECT q.base + x.x
+                     FROM (SELECT x::text::bigint FROM pg_snapshot_xip(q.s) AS x
+                           UNION
+                           SELECT q.own WHERE q.own < q.xmax) AS x(x)
+                     ORDER BY 1))::bondhu.cursor
+    FROM (SELECT s, pg_snapshot_xmin(s)::text::bigint AS xmin, pg_snapshot_xmax(s)::text::bigint AS xmax,
+                 pg_current_xact_id_if_assigned()::text::bigint AS own, base
+          FROM pg_current_snapshot() AS s,
+               (SELECT CAST(r.incarnation AS bigint) << 48 FROM bondhu.resolve_incarnation() AS r) AS b(base)) AS q
 $$;
 
 -- Is the insight at position pos covered by the cursor (xmin, xmax, xip)? NULL when

@@ -16,7 +16,15 @@ pgrx::extension_sql_file!(
     name = "state",
     requires = [bondhu::ingest_position]
 );
-pgrx::extension_sql_file!("../sql/data.sql", name = "data", requires = ["state"]);
+pgrx::extension_sql_file!(
+    "../sql/data.sql",
+    name = "data",
+    requires = [
+        "state",
+        bondhu::position_insight,
+        bondhu::guard_profile_cursor
+    ]
+);
 pgrx::extension_sql_file!(
     "../sql/pipeline.sql",
     name = "pipeline",
@@ -30,12 +38,17 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/scheduling.sql",
     name = "scheduling",
-    requires = ["pipeline", bondhu::cron_next_run_epoch, bondhu::cron_check]
+    requires = [
+        "pipeline",
+        bondhu::cron_next_run_epoch,
+        bondhu::cron_check,
+        bondhu::in_transaction_block
+    ]
 );
 pgrx::extension_sql_file!(
     "../sql/uninstall.sql",
     name = "uninstall",
-    requires = ["scheduling"]
+    requires = ["scheduling", bondhu::on_drop_extension]
 );
 pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
@@ -47,7 +60,10 @@ mod bondhu {
     use crate::position;
     use chrono::{DateTime, Utc};
     use pgrx::fcinfo::direct_function_call_as_datum;
+    use pgrx::heap_tuple::PgHeapTuple;
     use pgrx::prelude::*;
+    use pgrx::trigger_support::PgTrigger;
+    use pgrx::{AllocatedByPostgres, AllocatedByRust};
     use pgrx::{AnyElement, AnyNumeric, Internal, PgMemoryContexts};
     use std::cell::Cell;
     use std::ffi::{c_char, c_int};
@@ -71,13 +87,41 @@ mod bondhu {
         }
     }
 
+    /// Runs f as role `owner`, as a SECURITY DEFINER function would. An error inside
+    /// is fine: aborting the (sub)transaction restores the caller's role.
+    fn as_role<T>(owner: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+        let (mut caller, mut context) = (pg_sys::InvalidOid, 0);
+        // SAFETY: reads and sets this backend's current user, as fmgr_security_definer
+        // does; both pointers are to locals.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut caller, &mut context);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+        }
+        let result = f();
+        // SAFETY: restores what was read above.
+        unsafe { pg_sys::SetUserIdAndSecContext(caller, context) };
+        result
+    }
+
     fn incarnation() -> i64 {
         if let Some((known, _)) = INCARNATION.get() {
             return known;
         }
-        let (incarnation, cacheable, state) = Spi::get_three::<i32, bool, pg_sys::Oid>(
-            "SELECT incarnation, cacheable, 'bondhu.pipeline_state'::regclass::oid FROM bondhu.resolve_incarnation()",
+        // Any role that may write an insight runs this (the position trigger), and needs
+        // no privilege on bondhu's internals for it: the state is read as its owner.
+        let owner = Spi::get_one::<pg_sys::Oid>(
+            "SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'bondhu.pipeline_state'::regclass",
         )
+        .unwrap_or_else(|e| error!("bondhu: cannot find the pipeline state: {e}"))
+        .expect("the pipeline state table has an owner");
+        let (incarnation, cacheable, state) = as_role(owner, || {
+            Spi::get_three::<i32, bool, pg_sys::Oid>(
+                "SELECT incarnation, cacheable, 'bondhu.pipeline_state'::regclass::oid FROM bondhu.resolve_incarnation()",
+            )
+        })
         .unwrap_or_else(|e| error!("bondhu: cannot read the pipeline state: {e}"));
         let incarnation = i64::from(incarnation.expect("resolve_incarnation returns a row"));
         if let (Some(true), Some(state)) = (cacheable, state) {
@@ -111,6 +155,218 @@ mod bondhu {
                 );
             }
         }
+    }
+
+    /// Refuses, with 42501, a write that sets a value bondhu alone assigns, unless the
+    /// writer is a superuser (pg_restore brings positions and cursors along in a dump).
+    fn refuse_unless_superuser(column: &str) {
+        // SAFETY: superuser() reads the current user's catalog entry; no pointers.
+        if !unsafe { pg_sys::superuser() } {
+            pgrx::pg_sys::panic::ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("bondhu: {column} is assigned by bondhu and cannot be written"),
+                "bondhu",
+            )
+            .set_hint(format!("Leave {column} out of the INSERT or UPDATE."))
+            .report(pgrx::PgLogLevel::ERROR);
+        }
+    }
+
+    /// The value of attribute `name` of the trigger's old or new row, not copied.
+    fn trigger_attribute(trigger: &PgTrigger<'_>, new: bool, name: &str) -> Option<pg_sys::Datum> {
+        let data = trigger.trigger_data();
+        let tuple = if new && !data.tg_newtuple.is_null() {
+            data.tg_newtuple
+        } else {
+            data.tg_trigtuple
+        };
+        // SAFETY: the trigger data is Postgres's for this call; the relation and its
+        // tuples live until the trigger returns.
+        unsafe {
+            let tupdesc = (*data.tg_relation).rd_att;
+            let number = pg_sys::SPI_fnumber(tupdesc, std::ffi::CString::new(name).ok()?.as_ptr());
+            if number <= 0 {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("bondhu: the table has no column {name}")
+                );
+            }
+            pgrx::heap_getattr_raw(
+                tuple,
+                std::num::NonZeroUsize::new(number as usize)?,
+                tupdesc,
+            )
+        }
+    }
+
+    /// Did attribute `name` change between the trigger's old and new row, by the
+    /// equality of its type (jsonb: the same document written differently is equal)?
+    fn attribute_changed(
+        trigger: &PgTrigger<'_>,
+        name: &str,
+        equal: unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum,
+    ) -> bool {
+        match (
+            trigger_attribute(trigger, false, name),
+            trigger_attribute(trigger, true, name),
+        ) {
+            (None, None) => false,
+            (Some(old), Some(new)) => {
+                // SAFETY: both are datums of the column's type, which `equal` compares.
+                let same = unsafe { direct_function_call_as_datum(equal, &[Some(old), Some(new)]) };
+                !same.is_some_and(|d| d.value() != 0)
+            }
+            _ => true,
+        }
+    }
+
+    /// BEFORE INSERT OR UPDATE FOR EACH ROW on both insight tables, enabled ALWAYS (it
+    /// fires for logical replication's apply too). Argument: the document column.
+    /// bondhu alone positions insights:
+    /// - INSERT: the row gets this transaction's position;
+    /// - UPDATE: a row whose document or user changes is a new insight and gets this
+    ///   transaction's position; any other update keeps the row's position;
+    /// - a position given by the writer is refused with 42501 (superusers excepted:
+    ///   restoring a dump). So nobody hides an insight, re-applies one, or blocks others.
+    #[pg_trigger]
+    fn position_insight<'a>(
+        trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, pgrx::datum::TryFromDatumError> {
+        let document = trigger
+            .extra_args()
+            .ok()
+            .and_then(|args| args.into_iter().next())
+            .unwrap_or_else(|| {
+                error!("bondhu.position_insight needs the document column as argument")
+            });
+        let mut row = trigger
+            .new()
+            .expect("a row-level INSERT or UPDATE trigger")
+            .into_owned();
+        let given = trigger_attribute(trigger, true, "ingest_pos");
+        let reposition = if trigger.old().is_none() {
+            if given.is_some() {
+                refuse_unless_superuser("ingest_pos");
+            }
+            given.is_none()
+        } else if given != trigger_attribute(trigger, false, "ingest_pos") {
+            refuse_unless_superuser("ingest_pos");
+            false
+        } else {
+            attribute_changed(trigger, "user_id", pg_sys::uuid_eq)
+                || attribute_changed(trigger, &document, pg_sys::jsonb_eq)
+        };
+        if reposition {
+            row.set_by_name("ingest_pos", ingest_position())?;
+        }
+        Ok(Some(row))
+    }
+
+    /// Do two varlena datums hold the same bytes? (The same value written twice does.)
+    fn varlena_bytes_equal(a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
+        // SAFETY: both are varlena datums of a live tuple; detoasting copies them into
+        // memory that lives until the end of the call.
+        unsafe {
+            let a = pg_sys::pg_detoast_datum_packed(a.cast_mut_ptr());
+            let b = pg_sys::pg_detoast_datum_packed(b.cast_mut_ptr());
+            let (a_len, b_len) = (
+                pgrx::varlena::varsize_any_exhdr(a),
+                pgrx::varlena::varsize_any_exhdr(b),
+            );
+            a_len == b_len
+                && std::slice::from_raw_parts(pgrx::varlena::vardata_any(a).cast::<u8>(), a_len)
+                    == std::slice::from_raw_parts(pgrx::varlena::vardata_any(b).cast::<u8>(), b_len)
+        }
+    }
+
+    /// BEFORE INSERT OR UPDATE FOR EACH ROW on the profiles, enabled ALWAYS: a profile's
+    /// cursor (applied_xmin, applied_xmax, applied_xip) is written by bondhu alone (its
+    /// functions run as the extension's owner); anyone else gets 42501.
+    #[pg_trigger]
+    fn guard_profile_cursor<'a>(
+        trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::datum::TryFromDatumError> {
+        // SAFETY: superuser() reads the current user's catalog entry; no pointers.
+        if !unsafe { pg_sys::superuser() } {
+            for (column, by_value) in [
+                ("applied_xmin", true),
+                ("applied_xmax", true),
+                ("applied_xip", false),
+            ] {
+                let new = trigger_attribute(trigger, true, column);
+                let old = trigger
+                    .old()
+                    .map(|_| trigger_attribute(trigger, false, column));
+                let changed = match (old, new) {
+                    (None, new) => new.is_some(),
+                    (Some(None), None) => false,
+                    // SAFETY: both are datums of the column's type, of that length.
+                    (Some(Some(old)), Some(new)) => {
+                        if by_value {
+                            old != new
+                        } else {
+                            !varlena_bytes_equal(old, new)
+                        }
+                    }
+                    _ => true,
+                };
+                if changed {
+                    refuse_unless_superuser(column);
+                }
+            }
+        }
+        Ok(trigger.new())
+    }
+
+    /// Does this ddl_command_start event run a DROP EXTENSION that names bondhu? Any
+    /// other DROP EXTENSION is none of bondhu's business.
+    fn drops_bondhu(fcinfo: pg_sys::FunctionCallInfo) -> bool {
+        // SAFETY: fcinfo is this call's; an event trigger's context is EventTriggerData
+        // (checked by its node tag), whose parse tree lives for the command.
+        unsafe {
+            let context = (*fcinfo).context;
+            if context.is_null() || !pgrx::is_a(context, pg_sys::NodeTag::T_EventTriggerData) {
+                return false;
+            }
+            let tree = (*context.cast::<pg_sys::EventTriggerData>()).parsetree;
+            if tree.is_null() || !pgrx::is_a(tree, pg_sys::NodeTag::T_DropStmt) {
+                return false;
+            }
+            let drop = tree.cast::<pg_sys::DropStmt>();
+            if (*drop).removeType != pg_sys::ObjectType::OBJECT_EXTENSION {
+                return false;
+            }
+            pgrx::PgList::<pg_sys::Node>::from_pg((*drop).objects)
+                .iter_ptr()
+                .any(|name| {
+                    pgrx::is_a(name, pg_sys::NodeTag::T_String)
+                        && std::ffi::CStr::from_ptr((*name.cast::<pg_sys::String>()).sval)
+                            .to_bytes()
+                            == b"bondhu"
+                })
+        }
+    }
+
+    /// The event trigger of DROP EXTENSION: when the command drops bondhu, removes its
+    /// pg_cron jobs and detaches the application's tables (bondhu.prepare_drop()).
+    #[pg_extern(sql = r#"
+        CREATE FUNCTION bondhu.on_drop_extension() RETURNS event_trigger
+        LANGUAGE c AS 'MODULE_PATHNAME', 'on_drop_extension_wrapper';
+    "#)]
+    fn on_drop_extension(fcinfo: pg_sys::FunctionCallInfo) {
+        if drops_bondhu(fcinfo) {
+            Spi::run("SELECT bondhu.prepare_drop()")
+                .unwrap_or_else(|e| error!("bondhu: cannot prepare DROP EXTENSION: {e}"));
+        }
+    }
+
+    /// Is the caller inside a transaction block (BEGIN ... COMMIT)? A procedure that
+    /// commits cannot run there.
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn in_transaction_block() -> bool {
+        // SAFETY: reads the transaction state; no pointers.
+        unsafe { pg_sys::IsTransactionBlock() }
     }
 
     /// The root container of a jsonb value, read in place (pgrx's JsonB would go through

@@ -29,7 +29,7 @@ SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN member_rel
 UNION ALL
 SELECT 'view ' || c.oid::regclass || E'\n' || pg_get_viewdef(c.oid) FROM pg_class c JOIN member_relations r ON r.oid = c.oid WHERE c.relkind = 'v'
 UNION ALL
-SELECT 'trigger ' || pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN member_relations r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
+SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled=' || t.tgenabled::text FROM pg_trigger t JOIN member_relations r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
 UNION ALL
 SELECT format('policy %s.%s %s %s %s %s', p.schemaname, p.tablename, p.policyname, p.roles, p.cmd, p.qual)
 FROM pg_policies p JOIN member_relations r ON r.oid = format('%I.%I', p.schemaname, p.tablename)::regclass

@@ -76,13 +76,41 @@ WHERE j.jobname = 'bondhu_personality_update' ORDER BY d.runid LIMIT 1;
 SELECT openness FROM user_personality_profiles;
 SELECT j -> 'last_run' ->> 'status' AS last_run FROM bondhu_system_health() h, jsonb_array_elements(h -> 'scheduled_jobs') j
 WHERE j ->> 'id' = 'personality_update';
+-- The job ran as bondhu_scheduler, a role that is no superuser.
+SELECT DISTINCT t.run_by, r.rolsuper, r.rolcanlogin FROM bondhu.task_runs t JOIN pg_roles r ON r.rolname = t.run_by;
 SELECT bondhu_unschedule() IS NOT NULL AS stopped;
 SELECT bondhu_schedule() IS NOT NULL AS back_to_nightly;
 
--- Dropping another extension keeps the jobs; dropping bondhu removes them.
+-- A role that may use pg_cron names a job like bondhu's: it stays that role's job, with
+-- its command, and bondhu neither reports, changes, runs as another role, nor removes it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_scheduler') THEN CREATE ROLE app_scheduler LOGIN; END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_dba') THEN CREATE ROLE app_dba LOGIN; END IF;
+END $$;
+GRANT USAGE ON SCHEMA cron TO app_scheduler;
+GRANT CREATE ON DATABASE bondhu_cron TO app_dba;
+SET ROLE app_scheduler;
+SELECT cron.schedule('bondhu_personality_update', '* * * * *', 'SELECT current_user') > 0 AS squatted;
+RESET ROLE;
+-- any DDL on other extensions, by a superuser or a non-superuser allowed to run it
 CREATE EXTENSION pg_trgm;
 DROP EXTENSION pg_trgm;
-SELECT jobname, schedule, active FROM cron.job ORDER BY jobname;
+SET ROLE app_dba;
+CREATE EXTENSION pg_trgm;
+DROP EXTENSION pg_trgm;
+RESET ROLE;
+SELECT bondhu_schedule() IS NOT NULL AS rescheduled;
+SELECT jobname, username, schedule, command FROM cron.job ORDER BY username, jobname;
+SELECT jsonb_array_length(h -> 'scheduled_jobs') AS jobs_in_health,
+       h -> 'scheduled_jobs' -> 0 ->> 'schedule' AS update_schedule FROM bondhu_system_health() h;
+
+-- Dropping another extension keeps the jobs; dropping bondhu removes its own, and
+-- only its own.
+CREATE EXTENSION pg_trgm;
+DROP EXTENSION pg_trgm;
+SELECT jobname, username, schedule, active FROM cron.job ORDER BY username, jobname;
 DROP EXTENSION bondhu;
-SELECT count(*) AS jobs_left FROM cron.job;
+SELECT jobname, username, command FROM cron.job;
 DROP EXTENSION pg_cron;
+REVOKE CREATE ON DATABASE bondhu_cron FROM app_dba;

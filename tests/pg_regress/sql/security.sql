@@ -95,13 +95,13 @@ INSERT INTO matrix VALUES
  ('read settings', 'SELECT dampening::text FROM bondhu.settings',
   '{42501,42501,42501,42501,ok:0.1,ok:0.1,ok:0.1}'),
  ('change settings', 'UPDATE bondhu.settings SET dampening = 1 RETURNING 1',
-  '{42501,42501,42501,42501,42501,42501,ok:1}'),
- -- the procedures commit, which they cannot inside this test's function: for the callers
- -- allowed to run them that shows as 2D000 (invalid transaction termination)
+  '{42501,42501,42501,42501,ok:1,ok:1,ok:1}'),
+ -- the procedures commit, which they cannot inside this test's function (a transaction
+ -- block): for the callers allowed to run them that shows as 25001, refused up front
  ('run_update_all procedure', 'CALL bondhu_run_update_all()',
-  '{42501,42501,42501,42501,2D000,2D000,2D000}'),
+  '{42501,42501,42501,42501,25001,25001,25001}'),
  ('run_cleanup procedure', 'CALL bondhu_run_cleanup()',
-  '{42501,42501,42501,42501,2D000,2D000,2D000}'),
+  '{42501,42501,42501,42501,25001,25001,25001}'),
  ('call an internal function', 'SELECT count(*) FROM bondhu.apply_pending(NULL, NULL, bondhu.current_cursor(), bondhu.current_cursor(), NULL, ''self_update'')',
   '{42501,42501,42501,42501,42501,42501,ok:0}');
 

@@ -15,13 +15,25 @@ DROP EXTENSION bondhu;
 SELECT (SELECT count(*) FROM chat_personality_insights) AS chat, (SELECT count(*) FROM entertainment_interactions) AS entertainment,
        (SELECT count(*) FROM user_personality_profiles) AS profiles, (SELECT count(*) FROM personality_profile_history) AS history;
 SELECT count(*) AS extension_objects_left FROM pg_extension WHERE extname = 'bondhu';
--- the app keeps writing while bondhu is not installed
+-- the app keeps writing while bondhu is not installed; a trigger bondhu left behind
+-- (not a member) keeps what is new or changed pending and ignores written positions
+SELECT tgrelid::regclass AS "table", tgname, tgenabled FROM pg_trigger WHERE tgname LIKE 'bondhu%' ORDER BY 1;
 INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 7}');
-UPDATE entertainment_interactions SET personality_insights = NULL WHERE user_id = :ann;  -- allowed, no trigger left
+INSERT INTO chat_personality_insights (user_id, adjustments, ingest_pos) VALUES (:ben, '{"openness": 0.5}', 2);
+UPDATE entertainment_interactions SET personality_insights = NULL WHERE user_id = :ann;
 INSERT INTO entertainment_interactions (user_id, personality_insights) VALUES (:ann, '{"extraversion": -10}');
+-- an applied insight re-analysed while uninstalled: a new insight, applied once later
+UPDATE chat_personality_insights SET adjustments = '{"openness": 2}' WHERE adjustments = '{"openness": 1}';
+-- nobody writes a position or a cursor meanwhile: the trigger keeps the stored ones
+UPDATE chat_personality_insights SET ingest_pos = 3 WHERE adjustments = '{"openness": 10}';
+UPDATE user_personality_profiles SET applied_xmin = NULL, applied_xmax = NULL, applied_xip = NULL;
+SELECT count(*) FILTER (WHERE ingest_pos IS NULL) AS pending, count(*) FILTER (WHERE ingest_pos = 3) AS forged
+FROM chat_personality_insights;
+SELECT count(*) FILTER (WHERE applied_xmin IS NULL) AS profiles_reset FROM user_personality_profiles;
 
 CREATE EXTENSION bondhu;
 SELECT count(*) AS chat_rows, count(DISTINCT id) AS distinct_ids FROM chat_personality_insights;
+SELECT count(*) AS triggers_left_behind FROM pg_trigger WHERE tgname LIKE 'bondhu_uninstalled%';
 SELECT r ->> 'users_processed' AS users, r ->> 'insights_processed' AS applied FROM bondhu_update_all() r;
 SELECT right(user_id::text, 4) AS u, openness, extraversion FROM user_personality_profiles ORDER BY user_id;
 SELECT bondhu_update_all() ->> 'insights_processed' AS nothing_left;
