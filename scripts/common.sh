@@ -11,7 +11,7 @@ log() { printf '\n== %s\n' "$*" >&2; }
 
 # Everything a fresh Debian 12 machine with Rust and postgresql-15 lacks. Idempotent.
 ensure_system() {
-    local pkgs=(postgresql-server-dev-15 postgresql-15-cron postgresql-15-pgtap libclang-dev clang sudo)
+    local pkgs=(postgresql-server-dev-15 postgresql-15-cron postgresql-15-pgtap libclang-dev clang sudo python3-psycopg2)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -33,6 +33,7 @@ ensure_system() {
 # Builds the extension and installs it into the system's PostgreSQL 15 directories.
 install_extension() {
     log "building and installing bondhu ${*:-(debug)}"
+    mkdir -p "$ROOT/target"
     (cd "$ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" "$@" >"$ROOT/target/install.log" 2>&1) ||
         { cat "$ROOT/target/install.log" >&2; return 1; }
 }

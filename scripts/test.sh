@@ -52,11 +52,13 @@ record "the refusal reached the server log" $?
 ! grep -q '5ec00000-0000-4000-8000' "$CLUSTER_DIR/server.log"
 record "no user id of the security test in the server log" $?
 
+# earlier versions' install scripts, for the upgrade tests
+cp "$ROOT"/sql/archive/bondhu--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+
 log "pg_cron suite (tests/cron), in the cron database"
 regress_suite cron bondhu_cron --use-existing
 
 log "upgrades: each earlier version plus its upgrade scripts equals a fresh install"
-cp "$ROOT"/sql/archive/bondhu--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 fingerprint() { cluster_psql -d "$1" -f "$ROOT/tests/upgrade/fingerprint.sql"; }
 recreate_database bondhu_fresh >/dev/null
 cluster_psql -d bondhu_fresh -c "CREATE EXTENSION bondhu"

@@ -11,9 +11,10 @@ pub struct Schedule {
     days_of_month: u32, // bit n: day n (1..=31)
     months: u16,        // bit n: month n (1..=12)
     days_of_week: u8,   // bit n: weekday n, 0 = Sunday
-    // Standard cron: when both day fields are restricted, a day matches either.
-    day_of_month_restricted: bool,
-    day_of_week_restricted: bool,
+    // Vixie cron, as pg_cron: when either day field starts with '*' ("*", "*/2"), a
+    // day must match both; otherwise it matches either.
+    day_of_month_starred: bool,
+    day_of_week_starred: bool,
 }
 
 const MONTH_NAMES: [&str; 12] = [
@@ -86,7 +87,7 @@ impl Field {
         Ok(v)
     }
 
-    /// The set of values of one field as a bit mask, and whether it was restricted.
+    /// The set of values of one field as a bit mask, and whether it starts with '*'.
     fn parse(&self, text: &str) -> Result<(u64, bool), String> {
         let mut mask = 0u64;
         for part in text.split(',') {
@@ -120,7 +121,7 @@ impl Field {
                 v += step;
             }
         }
-        Ok((mask, text != "*"))
+        Ok((mask, text.starts_with('*')))
     }
 }
 
@@ -158,8 +159,8 @@ impl Schedule {
             days_of_month: masks[2].0 as u32,
             months: masks[3].0 as u16,
             days_of_week,
-            day_of_month_restricted: masks[2].1,
-            day_of_week_restricted: masks[4].1,
+            day_of_month_starred: masks[2].1,
+            day_of_week_starred: masks[4].1,
         })
     }
 
@@ -169,11 +170,10 @@ impl Schedule {
         }
         let dom = self.days_of_month & (1 << date.day()) != 0;
         let dow = self.days_of_week & (1 << date.weekday().num_days_from_sunday()) != 0;
-        match (self.day_of_month_restricted, self.day_of_week_restricted) {
-            (true, true) => dom || dow,
-            (true, false) => dom,
-            (false, true) => dow,
-            (false, false) => true,
+        if self.day_of_month_starred || self.day_of_week_starred {
+            dom && dow
+        } else {
+            dom || dow
         }
     }
 
@@ -304,6 +304,39 @@ mod tests {
         assert_eq!(
             next("0 0 13 * 5", "2025-10-01T00:00:00Z"),
             "2025-10-03T00:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn a_starred_day_field_means_both_must_match() {
+        // "*/2" is a star: odd days of the month that are also Mondays (not either).
+        assert_eq!(
+            next("0 0 */2 * 1", "2025-10-01T00:00:00Z"),
+            "2025-10-13T00:00:00+00:00"
+        );
+        // "*" day of month: any Monday.
+        assert_eq!(
+            next("0 0 * * 1", "2025-10-01T00:00:00Z"),
+            "2025-10-06T00:00:00+00:00"
+        );
+        // "*/10" day of week (Sunday only) with the 5th: both must hold, so the 5th
+        // of October 2025 (a Sunday), then 5 April 2026 (the next Sunday the 5th).
+        assert_eq!(
+            next("0 0 5 * */10", "2025-10-01T00:00:00Z"),
+            "2025-10-05T00:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 0 5 * */10", "2025-10-05T00:00:00Z"),
+            "2026-04-05T00:00:00+00:00"
+        );
+        // @weekly and @monthly keep their meaning.
+        assert_eq!(
+            next("@weekly", "2025-10-01T00:00:00Z"),
+            "2025-10-05T00:00:00+00:00"
+        );
+        assert_eq!(
+            next("@monthly", "2025-10-01T00:00:00Z"),
+            "2025-11-01T00:00:00+00:00"
         );
     }
 

@@ -114,3 +114,6 @@ DROP EXTENSION bondhu;
 SELECT jobname, username, command FROM cron.job;
 DROP EXTENSION pg_cron;
 REVOKE CREATE ON DATABASE bondhu_cron FROM app_dba;
+-- what DROP EXTENSION keeps, gone too, for the next test
+DROP TABLE chat_personality_insights, entertainment_interactions, user_personality_profiles, personality_profile_history;
+DROP FUNCTION bondhu_uninstalled_insight(), bondhu_uninstalled_profile();
