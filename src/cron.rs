@@ -1,11 +1,23 @@
 //! Cron schedules as pg_cron reads them: five fields (minute, hour, day of month, month,
-//! day of week) or @yearly/@annually/@monthly/@weekly/@daily/@midnight/@hourly, and the
-//! next time such a schedule fires. pg_cron does not store that time, so health
-//! computes it here. pg_cron 1.4 evaluates schedules in GMT: times here are UTC.
+//! day of week; `$` for the last day of the month, pg_cron 1.6+),
+//! @yearly/@annually/@monthly/@weekly/@daily/@midnight/@hourly/@reboot/@restart, or
+//! "N seconds" (1-59, pg_cron 1.5+), and the next time such a schedule fires. pg_cron
+//! does not store that time, so health computes it here. Times here are UTC; the
+//! caller shifts them to pg_cron's zone. What an older pg_cron refuses, pg_cron itself
+//! refuses when bondhu hands it the schedule.
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Schedule {
+pub enum Schedule {
+    Cron(CronFields),
+    /// every N seconds since the scheduler started: next within N seconds
+    EverySeconds(u32),
+    /// when the server starts: no next time to tell
+    AtStartup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronFields {
     minutes: u64,       // bit n: minute n
     hours: u32,         // bit n: hour n
     days_of_month: u32, // bit n: day n (1..=31)
@@ -15,6 +27,8 @@ pub struct Schedule {
     // day must match both; otherwise it matches either.
     day_of_month_starred: bool,
     day_of_week_starred: bool,
+    // "$" as the day of month: the last day of each month
+    last_day_of_month: bool,
 }
 
 const MONTH_NAMES: [&str; 12] = [
@@ -125,9 +139,22 @@ impl Field {
     }
 }
 
+/// "N seconds" or "N second" with N in 1..=59, as pg_cron reads it.
+fn every_seconds(expression: &str) -> Option<u32> {
+    let lower = expression.trim().to_ascii_lowercase();
+    let (number, unit) = lower.split_once(char::is_whitespace)?;
+    let unit = unit.trim();
+    let seconds: u32 = number.parse().ok()?;
+    ((unit == "second" || unit == "seconds") && (1..=59).contains(&seconds)).then_some(seconds)
+}
+
 impl Schedule {
     pub fn parse(expression: &str) -> Result<Schedule, String> {
+        if let Some(seconds) = every_seconds(expression) {
+            return Ok(Schedule::EverySeconds(seconds));
+        }
         let expanded = match expression.trim().to_ascii_lowercase().as_str() {
+            "@reboot" | "@restart" => return Ok(Schedule::AtStartup),
             "@yearly" | "@annually" => "0 0 1 1 *".to_string(),
             "@monthly" => "0 0 1 * *".to_string(),
             "@weekly" => "0 0 * * 0".to_string(),
@@ -146,14 +173,17 @@ impl Schedule {
             ));
         }
         let mut masks = [(0u64, false); 5];
+        let last_day_of_month = parts[2] == "$";
         for (i, (field, text)) in FIELDS.iter().zip(&parts).enumerate() {
-            masks[i] = field.parse(text)?;
+            if i != 2 || !last_day_of_month {
+                masks[i] = field.parse(text)?;
+            }
         }
         let mut days_of_week = masks[4].0 as u8;
         if days_of_week & (1 << 7) != 0 {
             days_of_week = (days_of_week & 0x7f) | 1;
         }
-        Ok(Schedule {
+        Ok(Schedule::Cron(CronFields {
             minutes: masks[0].0,
             hours: masks[1].0 as u32,
             days_of_month: masks[2].0 as u32,
@@ -161,14 +191,30 @@ impl Schedule {
             days_of_week,
             day_of_month_starred: masks[2].1,
             day_of_week_starred: masks[4].1,
-        })
+            last_day_of_month,
+        }))
     }
 
+    /// The first time strictly after `after` at which the schedule fires, or None when
+    /// it never does (e.g. 30 February) within the next five years, or cannot be told
+    /// (@reboot). For "N seconds": the latest it can be.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Cron(fields) => fields.next_after(after),
+            Schedule::EverySeconds(n) => after.checked_add_signed(Duration::seconds(i64::from(*n))),
+            Schedule::AtStartup => None,
+        }
+    }
+}
+
+impl CronFields {
     fn day_matches(&self, date: NaiveDate) -> bool {
         if self.months & (1 << date.month()) == 0 {
             return false;
         }
-        let dom = self.days_of_month & (1 << date.day()) != 0;
+        let last_day = date.succ_opt().is_some_and(|next| next.day() == 1);
+        let dom =
+            self.days_of_month & (1 << date.day()) != 0 || (self.last_day_of_month && last_day);
         let dow = self.days_of_week & (1 << date.weekday().num_days_from_sunday()) != 0;
         if self.day_of_month_starred || self.day_of_week_starred {
             dom && dow
@@ -177,9 +223,7 @@ impl Schedule {
         }
     }
 
-    /// The first time strictly after `after` at which the schedule fires, or None when
-    /// it never does (e.g. 30 February) within the next five years.
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let start = after
             .with_second(0)?
             .with_nanosecond(0)?
@@ -338,6 +382,40 @@ mod tests {
             next("@monthly", "2025-10-01T00:00:00Z"),
             "2025-11-01T00:00:00+00:00"
         );
+    }
+
+    #[test]
+    fn what_newer_pg_cron_accepts() {
+        // "$": the last day of the month (a day field without a star: either rule)
+        assert_eq!(
+            next("0 3 $ * *", "2026-02-10T00:00:00Z"),
+            "2026-02-28T03:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 3 $ * *", "2028-02-10T00:00:00Z"),
+            "2028-02-29T03:00:00+00:00"
+        );
+        // seconds: at the latest N seconds on
+        assert_eq!(
+            next("30 seconds", "2026-02-10T00:00:00Z"),
+            "2026-02-10T00:00:30+00:00"
+        );
+        assert_eq!(Schedule::parse(" 1 second "), Ok(Schedule::EverySeconds(1)));
+        // @reboot: fires at startup, no next time
+        assert_eq!(Schedule::parse("@reboot"), Ok(Schedule::AtStartup));
+        assert_eq!(
+            Schedule::AtStartup.next_after(at("2026-02-10T00:00:00Z")),
+            None
+        );
+        for refused in [
+            "60 seconds",
+            "0 seconds",
+            "5 minutes",
+            "0 3 $5 * *",
+            "0 3 * * $",
+        ] {
+            assert!(Schedule::parse(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]
