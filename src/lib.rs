@@ -282,7 +282,8 @@ mod bondhu {
 
     /// BEFORE INSERT OR UPDATE FOR EACH ROW on the profiles, enabled ALWAYS: a profile's
     /// cursor (applied_xmin, applied_xmax, applied_xip) is written by bondhu alone (its
-    /// functions run as the extension's owner); anyone else gets 42501.
+    /// functions run as the extension's owner), and a profile keeps its user; anyone
+    /// else gets 42501.
     #[pg_trigger]
     fn guard_profile_cursor<'a>(
         trigger: &'a PgTrigger<'a>,
@@ -314,6 +315,11 @@ mod bondhu {
                 if changed {
                     refuse_unless_superuser(column);
                 }
+            }
+            // the cursor belongs to its user: moved to another, it would cover insights
+            // of that user never applied
+            if trigger.old().is_some() && attribute_changed(trigger, "user_id", pg_sys::uuid_eq) {
+                refuse_unless_superuser("user_id");
             }
         }
         Ok(trigger.new())

@@ -148,6 +148,8 @@ UPDATE entertainment_interactions SET ingest_pos = 3 WHERE user_id = uid(6);
 UPDATE user_personality_profiles SET applied_xmin = 0 WHERE user_id = uid(1);
 UPDATE user_personality_profiles SET applied_xip = '{1}' WHERE user_id = uid(1);
 INSERT INTO user_personality_profiles (user_id, applied_xmax) VALUES (uid(7), 9223372036854775807);
+-- a profile moved to another user would carry a cursor covering that user's insights
+UPDATE user_personality_profiles SET user_id = uid(70) WHERE user_id = uid(1);
 SET ROLE edge_owner;
 INSERT INTO chat_personality_insights (user_id, adjustments, ingest_pos) VALUES (uid(7), '{"openness": 10}', 9223372036854775807);
 UPDATE chat_personality_insights SET ingest_pos = 3 WHERE user_id = uid(1);
