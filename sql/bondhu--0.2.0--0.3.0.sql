@@ -60,27 +60,45 @@ DROP FUNCTION bondhu.position_added_insight();
 DROP FUNCTION bondhu.attach_data_tables(boolean);
 
 -- Deleting a profile resets the user to 50 (the next update creates the profile
--- again), and what it had applied stays applied: the insights that the deleted
--- profile's own cursor covered, and the global cursor does not, are marked applied
--- (position 2) before the profile goes. TRUNCATE does the same for every profile.
+-- again), and what it had applied stays applied: every insight of the user that the
+-- deleted profile's cursor or the global cursor covers is marked applied for good
+-- (position 2) before the profile goes, so that not even a global cursor that starts
+-- again (DROP and CREATE EXTENSION) applies it again. TRUNCATE does the same for every
+-- profile.
 CREATE FUNCTION bondhu.forget_profiles() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g bondhu.cursor := bondhu.global_cursor();
 BEGIN
+    PERFORM bondhu.require_superuser_owned_tables();
     UPDATE public.chat_personality_insights c SET ingest_pos = 2
     FROM public.user_personality_profiles p
     WHERE p.user_id = c.user_id AND (TG_OP = 'TRUNCATE' OR p.user_id = OLD.user_id)
-      AND c.ingest_pos >= (g).xmin_pos
-      AND NOT bondhu.position_applied(c.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
-      AND bondhu.position_applied(c.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip);
+      AND c.ingest_pos > 2
+      AND (bondhu.position_applied(c.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
+           OR bondhu.position_applied(c.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip));
     UPDATE public.entertainment_interactions e SET ingest_pos = 2
     FROM public.user_personality_profiles p
     WHERE p.user_id = e.user_id AND (TG_OP = 'TRUNCATE' OR p.user_id = OLD.user_id)
-      AND e.ingest_pos >= (g).xmin_pos
-      AND NOT bondhu.position_applied(e.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
-      AND bondhu.position_applied(e.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip);
+      AND e.ingest_pos > 2
+      AND (bondhu.position_applied(e.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
+           OR bondhu.position_applied(e.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip));
     RETURN OLD;
+END $$;
+
+
+-- AFTER UPDATE on both insight tables, for a row whose document or user changed while
+-- its position did not: an application's BEFORE trigger that sorts after bondhu's
+-- (zz_bondhu_position_insight) changed it after bondhu looked. The row gets this
+-- transaction's position, as bondhu's trigger would have given it.
+CREATE FUNCTION bondhu.position_late_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.ingest_pos IS DISTINCT FROM bondhu.ingest_position() THEN
+        EXECUTE format('UPDATE %s SET ingest_pos = bondhu.ingest_position() WHERE id = $1', TG_RELID::regclass)
+        USING NEW.id;
+    END IF;
+    RETURN NULL;
 END $$;
 
 
@@ -93,6 +111,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
            ('public.entertainment_interactions'::regclass, 'zz_bondhu_position_insight',
             'BEFORE INSERT OR UPDATE ON public.entertainment_interactions FOR EACH ROW '
             'EXECUTE FUNCTION bondhu.position_insight(''personality_insights'')'),
+           ('public.chat_personality_insights'::regclass, 'zz_bondhu_position_late_change',
+            'AFTER UPDATE ON public.chat_personality_insights FOR EACH ROW '
+            'WHEN (OLD.ingest_pos IS NOT DISTINCT FROM NEW.ingest_pos AND (OLD.user_id IS DISTINCT FROM NEW.user_id '
+            'OR OLD.adjustments IS DISTINCT FROM NEW.adjustments)) '
+            'EXECUTE FUNCTION bondhu.position_late_change()'),
+           ('public.entertainment_interactions'::regclass, 'zz_bondhu_position_late_change',
+            'AFTER UPDATE ON public.entertainment_interactions FOR EACH ROW '
+            'WHEN (OLD.ingest_pos IS NOT DISTINCT FROM NEW.ingest_pos AND (OLD.user_id IS DISTINCT FROM NEW.user_id '
+            'OR OLD.personality_insights IS DISTINCT FROM NEW.personality_insights)) '
+            'EXECUTE FUNCTION bondhu.position_late_change()'),
            ('public.user_personality_profiles'::regclass, 'zz_bondhu_guard_cursor',
             'BEFORE INSERT OR UPDATE ON public.user_personality_profiles FOR EACH ROW '
             'EXECUTE FUNCTION bondhu.guard_profile_cursor()'),
@@ -103,6 +131,32 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'BEFORE TRUNCATE ON public.user_personality_profiles FOR EACH STATEMENT '
             'EXECUTE FUNCTION bondhu.forget_profiles()')
 $$;
+
+
+-- bondhu's SECURITY DEFINER functions write the four tables as the extension's owner (a
+-- superuser). A table owned by any other role could carry that role's triggers, which
+-- would then run with bondhu's privileges, or have bondhu's triggers disabled or
+-- dropped. So bondhu works only on tables that superusers own: this refuses, with
+-- 42501, to go on otherwise.
+CREATE FUNCTION bondhu.require_superuser_owned_tables() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    untrusted record;
+BEGIN
+    SELECT t.relation, r.rolname INTO untrusted
+    FROM bondhu.data_tables() t
+    JOIN pg_catalog.pg_class c ON c.oid = t.relation
+    JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+    WHERE t.kind = 'TABLE' AND NOT r.rolsuper
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'bondhu: % is owned by %, which is not a superuser', untrusted.relation, untrusted.rolname
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'bondhu writes this table with its owner''s privileges; triggers of another owner would run with them.',
+                  HINT = format('As a superuser: ALTER TABLE %s OWNER TO %I; then grant the application''s role what it needs '
+                                '(GRANT bondhu_operator TO %I, for one).', untrusted.relation, current_user, untrusted.rolname);
+    END IF;
+END $$;
 
 
 -- Brings the tables to what bondhu needs and makes them members of the extension,
@@ -236,6 +290,11 @@ BEGIN
         RETURN NEW;
     END $$;
     REVOKE ALL ON FUNCTION public.bondhu_uninstalled_profile() FROM PUBLIC;
+    -- and from the roles Supabase's default privileges give new functions in public to
+    FOR member IN SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname IN ('anon', 'authenticated', 'service_role') LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION public.bondhu_uninstalled_insight(), public.bondhu_uninstalled_profile() FROM %I',
+                       member.rolname);
+    END LOOP;
     CREATE TRIGGER bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.chat_personality_insights
         FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_insight('adjustments');
     CREATE TRIGGER bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.entertainment_interactions
@@ -257,8 +316,10 @@ END $detach$;
 -- The run lock per transaction, runs' liveness from their backend (pipeline.sql)
 ------------------------------------------------------------------------------------
 DROP FUNCTION bondhu.start_update_run(boolean);
+DROP FUNCTION bondhu.apply_update_batch(uuid, bondhu.cursor, bondhu.cursor, uuid, integer);
 DROP FUNCTION bondhu.finish_update_run(uuid, bondhu.cursor, boolean);
 DROP FUNCTION bondhu.start_cleanup_run(interval, boolean);
+DROP FUNCTION bondhu.cleanup_slice(uuid, timestamptz, timestamptz);
 DROP FUNCTION bondhu.finish_cleanup_run(uuid, boolean);
 
 -- bondhu: the run log and the update pipeline (how positions and cursors work: state.sql).
@@ -276,7 +337,13 @@ $$;
 
 ALTER TABLE bondhu.task_runs
     ADD COLUMN backend_pid integer DEFAULT pg_backend_pid(),
-    ADD COLUMN backend_start timestamptz DEFAULT bondhu.backend_start();
+    ADD COLUMN backend_start timestamptz DEFAULT bondhu.backend_start(),
+    ADD COLUMN covered bondhu.cursor,
+    ADD COLUMN snapshot bondhu.cursor,
+    ADD COLUMN resume_after uuid,
+    ADD COLUMN cutoff timestamptz,
+    ADD COLUMN resume_from timestamptz,
+    ADD COLUMN all_done boolean NOT NULL DEFAULT false;
 -- runs logged by 0.2.0 keep NULL: none of them is alive after the upgrade
 UPDATE bondhu.task_runs SET backend_pid = NULL, backend_start = NULL;
 
@@ -350,7 +417,10 @@ $$;
 -- 'running' row, alive while its CALL is (run_is_alive), keeps other runs out. A run
 -- whose session moved on is marked failed ('interrupted') by the next run or health
 -- check. The three steps are SECURITY DEFINER so that operators and the scheduler role
--- can run the procedure, which cannot be (it commits).
+-- can run the procedure, which cannot be (it commits); so they take nothing from their
+-- caller but a run id, and act only on a run of the caller's own session: its cursors
+-- and progress are in its row, and the global cursor moves only when every user was
+-- done.
 
 -- Marks a task's runs left 'running' by a session that moved on.
 CREATE OR REPLACE FUNCTION bondhu.mark_interrupted_runs(task text) RETURNS void
@@ -368,16 +438,15 @@ $$;
 CREATE FUNCTION bondhu.lock_run(task text, OUT skipped bondhu.task_runs)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- a live run between two of its transactions holds no lock: its row says it
-    IF NOT EXISTS (SELECT FROM bondhu.task_runs t
-                   WHERE t.task_name = task AND t.status = 'running'
-                     AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at))
-       AND pg_try_advisory_xact_lock(bondhu.lock_key(task))
-       AND NOT EXISTS (SELECT FROM bondhu.task_runs t
-                       WHERE t.task_name = task AND t.status = 'running'
-                         AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)) THEN
-        PERFORM bondhu.mark_interrupted_runs(task);
-        RETURN;
+    -- A live run between two of its transactions holds no lock: its row says it. The
+    -- row is checked again, in a statement of its own (a new snapshot, fresh activity
+    -- statistics), once the lock is held: a run that committed its row meanwhile shows.
+    IF NOT bondhu.live_run_exists(task) AND pg_try_advisory_xact_lock(bondhu.lock_key(task)) THEN
+        PERFORM pg_stat_clear_snapshot();
+        IF NOT bondhu.live_run_exists(task) THEN
+            PERFORM bondhu.mark_interrupted_runs(task);
+            RETURN;
+        END IF;
     END IF;
     INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
     VALUES (task, 'skipped', clock_timestamp(), 0,
@@ -387,30 +456,63 @@ BEGIN
 END $$;
 
 
-CREATE FUNCTION bondhu.start_update_run(OUT run bondhu.task_runs, OUT covered bondhu.cursor, OUT snapshot bondhu.cursor)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION bondhu.live_run_exists(task text) RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM bondhu.task_runs t
+                   WHERE t.task_name = task AND t.status = 'running'
+                     AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at))
+$$;
+
+
+-- The run `run_id` of `task`, if it is running in this session; otherwise 55000. A
+-- step given another session's run, a finished one, or a made-up id does nothing.
+CREATE FUNCTION bondhu.own_run(run_id uuid, task text) RETURNS bondhu.task_runs
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    run bondhu.task_runs;
 BEGIN
-    run := bondhu.lock_run('personality_update');
-    IF run.id IS NOT NULL THEN
-        RETURN;
+    SELECT * INTO run FROM bondhu.task_runs t
+    WHERE t.id = run_id AND t.task_name = task AND t.status IN ('running', 'failed')
+      AND t.finished_at IS NULL
+      AND t.backend_pid = pg_backend_pid() AND t.backend_start = bondhu.backend_start();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'bondhu: % is not a % run of this session', run_id, task
+            USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running') RETURNING * INTO run;
-    snapshot := bondhu.current_cursor();
-    covered := bondhu.global_cursor();
+    RETURN run;
 END $$;
 
 
--- Applies the pending insights of the next batch_size users after after_user in key
--- order (all of them when batch_size is NULL); adds the counts to the run's row.
--- Returns the last user of the batch, or NULL when none is left. If the batch's set-based
--- statement fails, its users are redone one by one: a failing user is counted and keeps
--- their insights pending. If the batch fails as a whole, its work is rolled back, the run
--- is marked failed, and NULL is returned.
-CREATE OR REPLACE FUNCTION bondhu.apply_update_batch(run_id uuid, covered bondhu.cursor, snapshot bondhu.cursor,
-                                          after_user uuid, batch_size integer) RETURNS uuid
+-- Starts an update run (or logs a skipped one): its snapshot is what it applies.
+CREATE FUNCTION bondhu.start_update_run() RETURNS bondhu.task_runs
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    run bondhu.task_runs;
+BEGIN
+    PERFORM bondhu.require_superuser_owned_tables();
+    run := bondhu.lock_run('personality_update');
+    IF run.id IS NULL THEN
+        INSERT INTO bondhu.task_runs (task_name, status, covered, snapshot)
+        VALUES ('personality_update', 'running', bondhu.global_cursor(), bondhu.current_cursor())
+        RETURNING * INTO run;
+    END IF;
+    RETURN run;
+END $$;
+
+
+-- Applies the pending insights of the run's next batch_size users in key order (all of
+-- them when batch_size is NULL); adds the counts to the run's row. Returns whether users
+-- may be left. If the batch's set-based statement fails, its users are redone one by
+-- one: a failing user is counted and keeps their insights pending. If the batch fails
+-- as a whole, its work is rolled back, the run is marked failed, and false is returned.
+CREATE FUNCTION bondhu.apply_update_batch(run_id uuid, batch_size integer) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET plan_cache_mode = force_custom_plan
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    run bondhu.task_runs;
+    covered bondhu.cursor;
+    snapshot bondhu.cursor;
+    after_user uuid;
     batch uuid[];
     one_user uuid;
     totals record;
@@ -422,6 +524,13 @@ BEGIN
     -- the run lock, again in each transaction of a procedure's run (held already in a
     -- single-transaction run)
     PERFORM pg_advisory_xact_lock(bondhu.lock_key('personality_update'));
+    run := bondhu.own_run(run_id, 'personality_update');
+    IF run.status <> 'running' THEN
+        RETURN false;
+    END IF;
+    covered := run.covered;
+    snapshot := run.snapshot;
+    after_user := run.resume_after;
     -- The next users with insights pending in this run, in key order.
     IF batch_size IS NULL THEN
         -- all of them: one pass over the pending insights
@@ -445,7 +554,8 @@ BEGIN
             SELECT u.user_id FROM next_user u WHERE u.user_id IS NOT NULL ORDER BY u.n);
     END IF;
     IF cardinality(batch) = 0 THEN
-        RETURN NULL;
+        UPDATE bondhu.task_runs t SET all_done = true WHERE t.id = run_id;
+        RETURN false;
     END IF;
     BEGIN
         INSERT INTO public.user_personality_profiles (user_id)
@@ -493,7 +603,9 @@ BEGIN
                 'rejected_insights', coalesce((t.metadata ->> 'rejected_insights')::bigint, 0) + totals.rejected,
                 'stale_insights', coalesce((t.metadata ->> 'stale_insights')::bigint, 0) + totals.stale,
                 'ignored_keys', coalesce((t.metadata ->> 'ignored_keys')::bigint, 0) + totals.ignored,
-                'failed_user_ids', coalesce(t.metadata -> 'failed_user_ids', '[]') || to_jsonb(failed))
+                'failed_user_ids', coalesce(t.metadata -> 'failed_user_ids', '[]') || to_jsonb(failed)),
+            resume_after = batch[cardinality(batch)],
+            all_done = batch_size IS NULL
         WHERE t.id = run_id;
     EXCEPTION WHEN OTHERS OR query_canceled THEN
         -- The batch's own work is rolled back; the failure is logged. A cancel (or
@@ -506,31 +618,33 @@ BEGIN
         UPDATE bondhu.task_runs t SET status = 'failed', error_message = first_error,
             metadata = t.metadata || jsonb_build_object('sqlstate', error_state)
         WHERE t.id = run_id;
-        RETURN NULL;
+        RETURN false;
     END;
-    RETURN batch[cardinality(batch)];
+    RETURN batch_size IS NOT NULL;
 END $$;
 
 
--- Closes the run: every user is covered by the run's snapshot now, unless one failed
--- (then the global cursor stays, and the next run retries exactly what is pending).
-CREATE FUNCTION bondhu.finish_update_run(run_id uuid, snapshot bondhu.cursor)
-RETURNS jsonb
+-- Closes the run: when every user was done and none failed, every insight the run's
+-- snapshot covers is applied, and the global cursor moves to it; otherwise it stays,
+-- and the next run retries exactly what is pending.
+CREATE FUNCTION bondhu.finish_update_run(run_id uuid) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    run bondhu.task_runs;
+    run bondhu.task_runs := bondhu.own_run(run_id, 'personality_update');
 BEGIN
     UPDATE bondhu.task_runs t SET
-        status = CASE WHEN t.status = 'failed' THEN 'failed'
+        status = CASE WHEN t.status = 'failed' OR NOT t.all_done THEN 'failed'
                       WHEN t.failed_updates > 0 THEN 'completed_with_errors' ELSE 'completed' END,
+        error_message = CASE WHEN t.status <> 'failed' AND NOT t.all_done
+                             THEN 'finished before every user was done' ELSE t.error_message END,
         finished_at = clock_timestamp(),
         duration_seconds = round(extract(epoch FROM clock_timestamp() - t.executed_at)::numeric, 3)
     WHERE t.id = run_id
     RETURNING * INTO run;
     IF run.status = 'completed' THEN
         UPDATE bondhu.pipeline_state SET
-            applied_xmin = (snapshot).xmin_pos, applied_xmax = (snapshot).xmax_pos,
-            applied_xip = (snapshot).xip_pos, advanced_at = now();
+            applied_xmin = (run.snapshot).xmin_pos, applied_xmax = (run.snapshot).xmax_pos,
+            applied_xip = (run.snapshot).xip_pos, advanced_at = now();
     END IF;
     RETURN bondhu.run_summary(run);
 END $$;
@@ -542,14 +656,89 @@ END $$;
 CREATE OR REPLACE FUNCTION public.bondhu_update_all() RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    started record;
+    run bondhu.task_runs := bondhu.start_update_run();
 BEGIN
-    SELECT * INTO STRICT started FROM bondhu.start_update_run();
-    IF (started.run).status = 'skipped' THEN
-        RETURN bondhu.run_summary(started.run);
+    IF run.status = 'skipped' THEN
+        RETURN bondhu.run_summary(run);
     END IF;
-    PERFORM bondhu.apply_update_batch((started.run).id, started.covered, started.snapshot, NULL, NULL);
-    RETURN bondhu.finish_update_run((started.run).id, started.snapshot);
+    PERFORM bondhu.apply_update_batch(run.id, NULL);
+    RETURN bondhu.finish_update_run(run.id);
+END $$;
+
+
+------------------------------------------------------------------------------------
+-- Public API
+------------------------------------------------------------------------------------
+-- The self-service update of bondhu_update_personality (below).
+CREATE FUNCTION bondhu.update_personality(target uuid) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    operator boolean;
+    snapshot bondhu.cursor;
+    profile public.user_personality_profiles;
+    applied record;
+    traits double precision[];
+BEGIN
+    IF target IS NULL THEN
+        RAISE EXCEPTION 'bondhu_update_personality: user_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
+    PERFORM bondhu.require_superuser_owned_tables();
+    operator := bondhu.caller_is_operator();
+    IF NOT operator THEN
+        PERFORM bondhu.require_own_profile(target);
+    END IF;
+
+    INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
+    ON CONFLICT (user_id) DO NOTHING;
+    SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
+    IF NOT operator THEN
+        PERFORM bondhu.admit_self_update(target);
+    END IF;
+
+    -- Taken after the lock: covers whatever the previous holder of the lock applied.
+    snapshot := bondhu.current_cursor();
+    SELECT * INTO applied
+    FROM bondhu.apply_pending(target, target, bondhu.global_cursor(), snapshot, NULL, 'self_update');
+    traits := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
+                    coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
+                    coalesce(profile.neuroticism, 50)];
+    RETURN jsonb_build_object(
+        'user_id', target,
+        'insights_processed', coalesce(applied.insights_processed, 0),
+        'chat_insights', coalesce(applied.chat_insights, 0),
+        'entertainment_insights', coalesce(applied.entertainment_insights, 0),
+        'rejected_insights', coalesce(applied.rejected_insights, 0),
+        'stale_insights', coalesce(applied.stale_insights, 0),
+        'ignored_keys', coalesce(applied.ignored_keys, 0),
+        'trait_changes', bondhu.trait_changes(traits, coalesce(applied.traits_after, traits)),
+        'updated_at', CASE WHEN applied.insights_processed > 0 THEN now() ELSE profile.updated_at END);
+END $$;
+
+
+-- Errors reach the server log: the caller gets each error's SQLSTATE, message and hint,
+-- and its detail only from bondhu's own refusals; Postgres's details and contexts can
+-- quote a row (a user id, trait values) or the JWT.
+CREATE OR REPLACE FUNCTION public.bondhu_update_personality(user_id uuid) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state text;
+    message text;
+    detail text;
+    hint text;
+BEGIN
+    RETURN bondhu.update_personality(user_id);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
+                            detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    IF state IN ('PT429', '42501', '22004') AND detail <> '' THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail, HINT = hint;
+    ELSIF hint <> '' THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, HINT = hint;
+    ELSE
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message;
+    END IF;
 END $$;
 
 
@@ -559,25 +748,23 @@ END $$;
 CREATE OR REPLACE PROCEDURE public.bondhu_run_update_all(batch_size integer DEFAULT 1000)
 LANGUAGE plpgsql AS $$
 DECLARE
-    started record;
-    last_user uuid;
+    run bondhu.task_runs;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'bondhu_run_update_all: batch_size must be a positive number of users'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM bondhu.refuse_transaction_block('bondhu_run_update_all', 'SELECT bondhu_update_all()');
-    SELECT * INTO STRICT started FROM bondhu.start_update_run();
-    IF (started.run).status = 'skipped' THEN
+    run := bondhu.start_update_run();
+    IF run.status = 'skipped' THEN
         RETURN;
     END IF;
     COMMIT;
-    LOOP
-        last_user := bondhu.apply_update_batch((started.run).id, started.covered, started.snapshot, last_user, batch_size);
+    WHILE bondhu.apply_update_batch(run.id, batch_size) LOOP
         COMMIT;
-        EXIT WHEN last_user IS NULL;
     END LOOP;
-    PERFORM bondhu.finish_update_run((started.run).id, started.snapshot);
+    COMMIT;
+    PERFORM bondhu.finish_update_run(run.id);
     COMMIT;
 END $$;
 
@@ -587,53 +774,72 @@ END $$;
 -- Deletes chat insights older than the cutoff; on entertainment interactions it clears
 -- the insight (the interaction belongs to the entertainment feature). Refuses, changing
 -- nothing, any older_than that could delete insights not applied yet.
-CREATE FUNCTION bondhu.start_cleanup_run(older_than interval,
-    OUT run bondhu.task_runs, OUT cutoff timestamptz, OUT oldest timestamptz)
+CREATE FUNCTION bondhu.start_cleanup_run(older_than interval) RETURNS bondhu.task_runs
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
+    cutoff timestamptz := now() - older_than;
+    run bondhu.task_runs;
 BEGIN
     IF older_than IS NULL THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must not be NULL'
             USING ERRCODE = 'null_value_not_allowed';
-    ELSIF now() - older_than >= now() THEN
+    ELSIF cutoff >= now() THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must be a positive interval, got %', older_than
             USING ERRCODE = 'invalid_parameter_value';
     -- compared as moments, not intervals: '30 days' is shorter than '1 month' after a
     -- 31-day month, although interval comparison counts a month as 30 days
-    ELSIF now() - older_than > now() - window_length THEN
+    ELSIF cutoff > now() - window_length THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than (%) is shorter than the insight window (%)', older_than, window_length
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'Insights inside the window may not be applied yet; deleting them would lose them.',
                   HINT = 'Use an interval of at least bondhu.settings.insight_window.';
     END IF;
-    cutoff := now() - older_than;
+    PERFORM bondhu.require_superuser_owned_tables();
     run := bondhu.lock_run('insights_cleanup');
-    IF run.id IS NOT NULL THEN
-        RETURN;
+    IF run.id IS NULL THEN
+        INSERT INTO bondhu.task_runs (task_name, status, cutoff, resume_from, metadata)
+        VALUES ('insights_cleanup', 'running', cutoff,
+                least((SELECT min(c."timestamp") FROM public.chat_personality_insights c WHERE c."timestamp" < cutoff),
+                      (SELECT min(e.created_at) FROM public.entertainment_interactions e
+                       WHERE e.created_at < cutoff AND e.personality_insights IS NOT NULL)),
+                jsonb_build_object('older_than', older_than, 'cutoff', cutoff,
+                                   'chat_insights_deleted', 0, 'entertainment_insights_cleared', 0))
+        RETURNING * INTO run;
     END IF;
-    INSERT INTO bondhu.task_runs (task_name, status, metadata)
-    VALUES ('insights_cleanup', 'running', jsonb_build_object(
-        'older_than', older_than, 'cutoff', cutoff, 'chat_insights_deleted', 0, 'entertainment_insights_cleared', 0))
-    RETURNING * INTO run;
-    oldest := least((SELECT min(c."timestamp") FROM public.chat_personality_insights c WHERE c."timestamp" < cutoff),
-                    (SELECT min(e.created_at) FROM public.entertainment_interactions e
-                     WHERE e.created_at < cutoff AND e.personality_insights IS NOT NULL));
+    RETURN run;
 END $$;
 
 
--- Removes the insights written in [from_time, to_time) (from_time NULL: since ever) and
--- adds the counts to the run's row. If it fails, its work is rolled back, the run is
--- marked failed, and it returns false.
-CREATE OR REPLACE FUNCTION bondhu.cleanup_slice(run_id uuid, from_time timestamptz, to_time timestamptz) RETURNS boolean
+-- Removes the run's next slice_length of insights before its cutoff, oldest first (all
+-- of them when slice_length is NULL), and adds the counts to the run's row. Returns
+-- whether slices are left. If it fails, its work is rolled back, the run is marked
+-- failed, and it returns false.
+CREATE FUNCTION bondhu.cleanup_slice(run_id uuid, slice_length interval) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    run bondhu.task_runs;
+    from_time timestamptz;
+    to_time timestamptz;
     chat_deleted bigint;
     entertainment_cleared bigint;
     error_text text;
     error_state text;
 BEGIN
     PERFORM pg_advisory_xact_lock(bondhu.lock_key('insights_cleanup'));
+    run := bondhu.own_run(run_id, 'insights_cleanup');
+    IF run.status <> 'running' THEN
+        RETURN false;
+    ELSIF slice_length <= interval '0' THEN
+        RAISE EXCEPTION 'bondhu: slice_length must be a positive interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF slice_length IS NOT NULL AND (run.resume_from IS NULL OR run.resume_from >= run.cutoff) THEN
+        UPDATE bondhu.task_runs t SET all_done = true WHERE t.id = run_id;
+        RETURN false;
+    END IF;
+    -- NULL: since ever
+    from_time := CASE WHEN slice_length IS NOT NULL THEN run.resume_from END;
+    to_time := least(from_time + slice_length, run.cutoff);
     DELETE FROM public.chat_personality_insights c
     WHERE c."timestamp" < to_time AND (from_time IS NULL OR c."timestamp" >= from_time);
     GET DIAGNOSTICS chat_deleted = ROW_COUNT;
@@ -645,11 +851,16 @@ BEGIN
         records_processed = t.records_processed + chat_deleted + entertainment_cleared,
         metadata = t.metadata || jsonb_build_object(
             'chat_insights_deleted', (t.metadata ->> 'chat_insights_deleted')::bigint + chat_deleted,
-            'entertainment_insights_cleared', (t.metadata ->> 'entertainment_insights_cleared')::bigint + entertainment_cleared)
+            'entertainment_insights_cleared', (t.metadata ->> 'entertainment_insights_cleared')::bigint + entertainment_cleared),
+        resume_from = to_time,
+        all_done = to_time >= run.cutoff
     WHERE t.id = run_id;
-    RETURN true;
+    RETURN to_time < run.cutoff;
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS error_text = MESSAGE_TEXT, error_state = RETURNED_SQLSTATE;
+    IF error_state IN ('55000', '22023') THEN
+        RAISE;
+    END IF;
     UPDATE bondhu.task_runs t SET status = 'failed', error_message = error_text,
         metadata = t.metadata || jsonb_build_object('sqlstate', error_state)
     WHERE t.id = run_id;
@@ -657,17 +868,20 @@ EXCEPTION WHEN OTHERS THEN
 END $$;
 
 
+-- Closes the run, and prunes the run log.
 CREATE FUNCTION bondhu.finish_cleanup_run(run_id uuid) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     log_pruned bigint;
-    run bondhu.task_runs;
+    run bondhu.task_runs := bondhu.own_run(run_id, 'insights_cleanup');
 BEGIN
     DELETE FROM bondhu.task_runs t
     WHERE t.executed_at < now() - (SELECT s.run_log_retention FROM bondhu.settings s) AND t.id <> run_id;
     GET DIAGNOSTICS log_pruned = ROW_COUNT;
     UPDATE bondhu.task_runs t SET
-        status = CASE WHEN t.status = 'failed' THEN 'failed' ELSE 'completed' END,
+        status = CASE WHEN t.status = 'failed' OR NOT t.all_done THEN 'failed' ELSE 'completed' END,
+        error_message = CASE WHEN t.status <> 'failed' AND NOT t.all_done
+                             THEN 'finished before every slice was done' ELSE t.error_message END,
         finished_at = clock_timestamp(),
         duration_seconds = round(extract(epoch FROM clock_timestamp() - t.executed_at)::numeric, 3),
         metadata = t.metadata || jsonb_build_object('run_log_rows_pruned', log_pruned)
@@ -680,14 +894,13 @@ END $$;
 CREATE OR REPLACE FUNCTION public.bondhu_cleanup_insights(older_than interval DEFAULT '90 days') RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    started record;
+    run bondhu.task_runs := bondhu.start_cleanup_run(older_than);
 BEGIN
-    SELECT * INTO STRICT started FROM bondhu.start_cleanup_run(older_than);
-    IF (started.run).status = 'skipped' THEN
-        RETURN bondhu.cleanup_summary(started.run);
+    IF run.status = 'skipped' THEN
+        RETURN bondhu.cleanup_summary(run);
     END IF;
-    PERFORM bondhu.cleanup_slice((started.run).id, NULL, started.cutoff);
-    RETURN bondhu.finish_cleanup_run((started.run).id);
+    PERFORM bondhu.cleanup_slice(run.id, NULL);
+    RETURN bondhu.finish_cleanup_run(run.id);
 END $$;
 
 
@@ -697,27 +910,23 @@ END $$;
 CREATE OR REPLACE PROCEDURE public.bondhu_run_cleanup(slice_length interval DEFAULT '1 day')
 LANGUAGE plpgsql AS $$
 DECLARE
-    started record;
-    slice_start timestamptz;
+    run bondhu.task_runs;
 BEGIN
     IF slice_length IS NULL OR slice_length <= interval '0' THEN
         RAISE EXCEPTION 'bondhu_run_cleanup: slice_length must be a positive interval'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM bondhu.refuse_transaction_block('bondhu_run_cleanup', 'SELECT bondhu_cleanup_insights()');
-    SELECT * INTO STRICT started
-    FROM bondhu.start_cleanup_run((SELECT s.insight_retention FROM bondhu.settings s));
-    IF (started.run).status = 'skipped' THEN
+    run := bondhu.start_cleanup_run((SELECT s.insight_retention FROM bondhu.settings s));
+    IF run.status = 'skipped' THEN
         RETURN;
     END IF;
     COMMIT;
-    slice_start := started.oldest;
-    WHILE slice_start < started.cutoff LOOP
-        EXIT WHEN NOT bondhu.cleanup_slice((started.run).id, slice_start, least(slice_start + slice_length, started.cutoff));
+    WHILE bondhu.cleanup_slice(run.id, slice_length) LOOP
         COMMIT;
-        slice_start := slice_start + slice_length;
     END LOOP;
-    PERFORM bondhu.finish_cleanup_run((started.run).id);
+    COMMIT;
+    PERFORM bondhu.finish_cleanup_run(run.id);
     COMMIT;
 END $$;
 
@@ -1012,9 +1221,8 @@ DECLARE
                             'public.user_personality_profiles, public.personality_profile_history';
     -- what a procedure's run calls as its caller (its steps are SECURITY DEFINER)
     run_steps constant text := 'bondhu.refuse_transaction_block(text, text), bondhu.in_transaction_block(), '
-        'bondhu.start_update_run(), bondhu.apply_update_batch(uuid, bondhu.cursor, bondhu.cursor, uuid, integer), '
-        'bondhu.finish_update_run(uuid, bondhu.cursor), bondhu.start_cleanup_run(interval), '
-        'bondhu.cleanup_slice(uuid, timestamptz, timestamptz), bondhu.finish_cleanup_run(uuid)';
+        'bondhu.start_update_run(), bondhu.apply_update_batch(uuid, integer), bondhu.finish_update_run(uuid), '
+        'bondhu.start_cleanup_run(interval), bondhu.cleanup_slice(uuid, interval), bondhu.finish_cleanup_run(uuid)';
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
         GRANT bondhu_operator TO service_role;

@@ -87,27 +87,44 @@ COMMENT ON TABLE public.personality_profile_history IS
     'One row per applied profile update: the audit trail and the data for a trait-evolution chart. task_id is the update_all run (NULL for a self-service update).';
 
 -- Deleting a profile resets the user to 50 (the next update creates the profile
--- again), and what it had applied stays applied: the insights that the deleted
--- profile's own cursor covered, and the global cursor does not, are marked applied
--- (position 2) before the profile goes. TRUNCATE does the same for every profile.
+-- again), and what it had applied stays applied: every insight of the user that the
+-- deleted profile's cursor or the global cursor covers is marked applied for good
+-- (position 2) before the profile goes, so that not even a global cursor that starts
+-- again (DROP and CREATE EXTENSION) applies it again. TRUNCATE does the same for every
+-- profile.
 CREATE FUNCTION bondhu.forget_profiles() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g bondhu.cursor := bondhu.global_cursor();
 BEGIN
+    PERFORM bondhu.require_superuser_owned_tables();
     UPDATE public.chat_personality_insights c SET ingest_pos = 2
     FROM public.user_personality_profiles p
     WHERE p.user_id = c.user_id AND (TG_OP = 'TRUNCATE' OR p.user_id = OLD.user_id)
-      AND c.ingest_pos >= (g).xmin_pos
-      AND NOT bondhu.position_applied(c.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
-      AND bondhu.position_applied(c.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip);
+      AND c.ingest_pos > 2
+      AND (bondhu.position_applied(c.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
+           OR bondhu.position_applied(c.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip));
     UPDATE public.entertainment_interactions e SET ingest_pos = 2
     FROM public.user_personality_profiles p
     WHERE p.user_id = e.user_id AND (TG_OP = 'TRUNCATE' OR p.user_id = OLD.user_id)
-      AND e.ingest_pos >= (g).xmin_pos
-      AND NOT bondhu.position_applied(e.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
-      AND bondhu.position_applied(e.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip);
+      AND e.ingest_pos > 2
+      AND (bondhu.position_applied(e.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
+           OR bondhu.position_applied(e.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip));
     RETURN OLD;
+END $$;
+
+-- AFTER UPDATE on both insight tables, for a row whose document or user changed while
+-- its position did not: an application's BEFORE trigger that sorts after bondhu's
+-- (zz_bondhu_position_insight) changed it after bondhu looked. The row gets this
+-- transaction's position, as bondhu's trigger would have given it.
+CREATE FUNCTION bondhu.position_late_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.ingest_pos IS DISTINCT FROM bondhu.ingest_position() THEN
+        EXECUTE format('UPDATE %s SET ingest_pos = bondhu.ingest_position() WHERE id = $1', TG_RELID::regclass)
+        USING NEW.id;
+    END IF;
+    RETURN NULL;
 END $$;
 
 -- The triggers bondhu keeps on the tables while installed, as (table, trigger, definition).
@@ -119,6 +136,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
            ('public.entertainment_interactions'::regclass, 'zz_bondhu_position_insight',
             'BEFORE INSERT OR UPDATE ON public.entertainment_interactions FOR EACH ROW '
             'EXECUTE FUNCTION bondhu.position_insight(''personality_insights'')'),
+           ('public.chat_personality_insights'::regclass, 'zz_bondhu_position_late_change',
+            'AFTER UPDATE ON public.chat_personality_insights FOR EACH ROW '
+            'WHEN (OLD.ingest_pos IS NOT DISTINCT FROM NEW.ingest_pos AND (OLD.user_id IS DISTINCT FROM NEW.user_id '
+            'OR OLD.adjustments IS DISTINCT FROM NEW.adjustments)) '
+            'EXECUTE FUNCTION bondhu.position_late_change()'),
+           ('public.entertainment_interactions'::regclass, 'zz_bondhu_position_late_change',
+            'AFTER UPDATE ON public.entertainment_interactions FOR EACH ROW '
+            'WHEN (OLD.ingest_pos IS NOT DISTINCT FROM NEW.ingest_pos AND (OLD.user_id IS DISTINCT FROM NEW.user_id '
+            'OR OLD.personality_insights IS DISTINCT FROM NEW.personality_insights)) '
+            'EXECUTE FUNCTION bondhu.position_late_change()'),
            ('public.user_personality_profiles'::regclass, 'zz_bondhu_guard_cursor',
             'BEFORE INSERT OR UPDATE ON public.user_personality_profiles FOR EACH ROW '
             'EXECUTE FUNCTION bondhu.guard_profile_cursor()'),
@@ -146,6 +173,31 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                    WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = relation
                      AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e')
 $$;
+
+-- bondhu's SECURITY DEFINER functions write the four tables as the extension's owner (a
+-- superuser). A table owned by any other role could carry that role's triggers, which
+-- would then run with bondhu's privileges, or have bondhu's triggers disabled or
+-- dropped. So bondhu works only on tables that superusers own: this refuses, with
+-- 42501, to go on otherwise.
+CREATE FUNCTION bondhu.require_superuser_owned_tables() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    untrusted record;
+BEGIN
+    SELECT t.relation, r.rolname INTO untrusted
+    FROM bondhu.data_tables() t
+    JOIN pg_catalog.pg_class c ON c.oid = t.relation
+    JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+    WHERE t.kind = 'TABLE' AND NOT r.rolsuper
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'bondhu: % is owned by %, which is not a superuser', untrusted.relation, untrusted.rolname
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'bondhu writes this table with its owner''s privileges; triggers of another owner would run with them.',
+                  HINT = format('As a superuser: ALTER TABLE %s OWNER TO %I; then grant the application''s role what it needs '
+                                '(GRANT bondhu_operator TO %I, for one).', untrusted.relation, current_user, untrusted.rolname);
+    END IF;
+END $$;
 
 -- Brings the tables to what bondhu needs and makes them members of the extension,
 -- keeping every row. Idempotent. Called by the extension's scripts (CREATE EXTENSION,
@@ -277,6 +329,11 @@ BEGIN
         RETURN NEW;
     END $$;
     REVOKE ALL ON FUNCTION public.bondhu_uninstalled_profile() FROM PUBLIC;
+    -- and from the roles Supabase's default privileges give new functions in public to
+    FOR member IN SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname IN ('anon', 'authenticated', 'service_role') LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION public.bondhu_uninstalled_insight(), public.bondhu_uninstalled_profile() FROM %I',
+                       member.rolname);
+    END LOOP;
     CREATE TRIGGER bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.chat_personality_insights
         FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_insight('adjustments');
     CREATE TRIGGER bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.entertainment_interactions
@@ -293,4 +350,5 @@ BEGIN
     END LOOP;
 END $detach$;
 
+SELECT bondhu.require_superuser_owned_tables();
 SELECT bondhu.attach_data_tables();

@@ -126,9 +126,8 @@ DECLARE
                             'public.user_personality_profiles, public.personality_profile_history';
     -- what a procedure's run calls as its caller (its steps are SECURITY DEFINER)
     run_steps constant text := 'bondhu.refuse_transaction_block(text, text), bondhu.in_transaction_block(), '
-        'bondhu.start_update_run(), bondhu.apply_update_batch(uuid, bondhu.cursor, bondhu.cursor, uuid, integer), '
-        'bondhu.finish_update_run(uuid, bondhu.cursor), bondhu.start_cleanup_run(interval), '
-        'bondhu.cleanup_slice(uuid, timestamptz, timestamptz), bondhu.finish_cleanup_run(uuid)';
+        'bondhu.start_update_run(), bondhu.apply_update_batch(uuid, integer), bondhu.finish_update_run(uuid), '
+        'bondhu.start_cleanup_run(interval), bondhu.cleanup_slice(uuid, interval), bondhu.finish_cleanup_run(uuid)';
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
         GRANT bondhu_operator TO service_role;

@@ -228,7 +228,10 @@ mod bondhu {
     /// - UPDATE: a row whose document or user changes is a new insight and gets this
     ///   transaction's position; any other update keeps the row's position;
     /// - a position given by the writer is refused with 42501 (superusers excepted:
-    ///   restoring a dump). So nobody hides an insight, re-applies one, or blocks others.
+    ///   restoring a dump). So nobody hides an insight, re-applies one, or blocks others;
+    /// - under session_replication_role = replica (logical replication's apply, which
+    ///   runs as a superuser and brings the publisher's positions along) a given
+    ///   position is ignored: positions are this cluster's.
     #[pg_trigger]
     fn position_insight<'a>(
         trigger: &'a PgTrigger<'a>,
@@ -245,20 +248,33 @@ mod bondhu {
             .expect("a row-level INSERT or UPDATE trigger")
             .into_owned();
         let given = trigger_attribute(trigger, true, "ingest_pos");
-        let reposition = if trigger.old().is_none() {
-            if given.is_some() {
+        // SAFETY: reads a backend-local setting.
+        let replica = unsafe { pg_sys::SessionReplicationRole }
+            == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32;
+        let position = if trigger.old().is_none() {
+            if given.is_some() && !replica {
                 refuse_unless_superuser("ingest_pos");
+                given
+            } else {
+                None
             }
-            given.is_none()
-        } else if given != trigger_attribute(trigger, false, "ingest_pos") {
-            refuse_unless_superuser("ingest_pos");
-            false
         } else {
-            attribute_changed(trigger, "user_id", pg_sys::uuid_eq)
+            let stored = trigger_attribute(trigger, false, "ingest_pos");
+            if given != stored && !replica {
+                refuse_unless_superuser("ingest_pos");
+                given
+            } else if attribute_changed(trigger, "user_id", pg_sys::uuid_eq)
                 || attribute_changed(trigger, &document, pg_sys::jsonb_eq)
+            {
+                None
+            } else {
+                stored
+            }
         };
-        if reposition {
-            row.set_by_name("ingest_pos", ingest_position())?;
+        match position {
+            Some(kept) if Some(kept) == given => {}
+            Some(stored) => row.set_by_name("ingest_pos", stored)?,
+            None => row.set_by_name("ingest_pos", ingest_position())?,
         }
         Ok(Some(row))
     }

@@ -97,10 +97,11 @@ MERGE INTO entertainment_interactions e USING (SELECT uid(603) AS id) s ON e.id 
     WHEN MATCHED THEN UPDATE SET personality_insights = '{"openness": 10}';
 INSERT INTO entertainment_interactions (id, user_id, personality_insights) VALUES (uid(604), uid(6), '{"openness": 10}')
     ON CONFLICT (id) DO UPDATE SET personality_insights = excluded.personality_insights;
--- logical replication's apply runs as replica
+-- logical replication's apply runs as replica, as a superuser, and brings the
+-- publisher's positions along: they are ignored (2 would hide the insight)
 SET session_replication_role = replica;
-UPDATE entertainment_interactions SET personality_insights = '{"openness": 10}' WHERE id = uid(605);
-INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (uid(6), '{"openness": 10}');
+UPDATE entertainment_interactions SET personality_insights = '{"openness": 10}', ingest_pos = 2 WHERE id = uid(605);
+INSERT INTO chat_personality_insights (user_id, adjustments, ingest_pos) VALUES (uid(6), '{"openness": 10}', 2);
 RESET session_replication_role;
 -- after a JSON null placeholder
 UPDATE entertainment_interactions SET personality_insights = '{"openness": 10}' WHERE id = uid(606);
@@ -109,6 +110,17 @@ COPY entertainment_interactions (id, user_id, personality_insights) FROM STDIN;
 00000000-0000-0000-0000-000000000607	00000000-0000-0000-0000-000000000006	{"openness": 10}
 \.
 SELECT bondhu_update_all() -> 'insights_processed' AS all_eight;
+SELECT openness(6) AS "58";
+-- an app's BEFORE trigger named to fire after bondhu's: the change still counts
+CREATE TRIGGER zzz_app_analyse BEFORE UPDATE ON entertainment_interactions
+    FOR EACH ROW EXECUTE FUNCTION app_analyse();
+INSERT INTO entertainment_interactions (id, user_id, interaction_data) VALUES (uid(608), uid(6), '{}');
+SELECT bondhu_update_all() -> 'insights_processed' AS nothing_yet;
+UPDATE entertainment_interactions SET interaction_data = '{"analysis": {"openness": 10}}' WHERE id = uid(608);
+SELECT bondhu_update_all() -> 'insights_processed' AS late_trigger_counts;
+UPDATE entertainment_interactions SET interaction_data = '{"analysis": {"openness": -10}}' WHERE id = uid(608);
+SELECT bondhu_update_all() -> 'insights_processed' AS late_replacement_counts;
+DROP TRIGGER zzz_app_analyse ON entertainment_interactions;
 SELECT openness(6) AS "58";
 -- the same document again, however written: nothing new
 UPDATE entertainment_interactions SET personality_insights = '{"openness": 10.0}' WHERE id = uid(601);
@@ -158,11 +170,41 @@ UPDATE user_personality_profiles SET applied_xmax = 0 WHERE user_id = uid(1);
 INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (uid(7), '{"openness": 10}');
 UPDATE user_personality_profiles SET updated_at = updated_at WHERE user_id = uid(1);
 RESET ROLE;
+-- An owner that is no superuser could disable bondhu's triggers, or add its own that
+-- bondhu's functions would run with their privileges: bondhu refuses to work on such
+-- tables.
 \set VERBOSITY default
+SELECT bondhu_update_all();
+SELECT bondhu_update_personality(uid(7));
+DELETE FROM user_personality_profiles WHERE user_id = uid(1);
 ALTER TABLE chat_personality_insights OWNER TO CURRENT_USER;
 ALTER TABLE user_personality_profiles OWNER TO CURRENT_USER;
 SELECT bondhu_update_all() -> 'insights_processed' AS only_the_real_one;
 SELECT openness(7) AS "51";
+
+-- The run steps the procedures call (SECURITY DEFINER, so that operators and the
+-- scheduler may run the procedures) take nothing but a run id, act only on a run of the
+-- caller's own session, and move the global cursor only when every user was done.
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (uid(7), '{"openness": 10}');
+CREATE TEMP TABLE cursor_before AS SELECT applied_xmin, applied_xmax, applied_xip FROM bondhu.pipeline_state;
+GRANT SELECT ON cursor_before TO edge_writer;
+SET ROLE edge_writer;
+SELECT (bondhu.start_update_run()).id AS run_id \gset
+SELECT r ->> 'status' AS finished_early, r ->> 'error_message' AS why FROM bondhu.finish_update_run(:'run_id') r;
+\set VERBOSITY sqlstate
+SELECT bondhu.apply_update_batch(:'run_id', 1);
+SELECT bondhu.apply_update_batch(gen_random_uuid(), NULL);
+SELECT bondhu.finish_update_run(gen_random_uuid());
+SELECT (bondhu.start_cleanup_run('90 days')).id AS cleanup_id \gset
+SELECT bondhu.cleanup_slice(:'cleanup_id', '-1 day');
+SELECT bondhu.cleanup_slice(:'cleanup_id', '1000 years') AS slices_left;
+\set VERBOSITY default
+RESET ROLE;
+SELECT (SELECT ROW(applied_xmin, applied_xmax, applied_xip) FROM bondhu.pipeline_state)
+       = (SELECT ROW(applied_xmin, applied_xmax, applied_xip) FROM cursor_before) AS global_cursor_unmoved,
+       (SELECT count(*) FROM chat_personality_insights WHERE user_id = uid(7)) AS recent_insights_kept;
+SELECT bondhu_update_all() -> 'insights_processed' AS still_pending;
+SELECT openness(7) AS "52";
 
 -- 8. Applied insights edited or moved, profiles deleted: an insight whose document or
 -- user changes is a new insight (it counts for its user, again); a deleted profile
@@ -186,6 +228,16 @@ INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (uid(8), '{"
 TRUNCATE user_personality_profiles;
 SELECT bondhu_update_all() -> 'insights_processed' AS only_the_pending_one;
 SELECT openness(8) AS "50.1", openness(1) AS "50";
+
+-- A profile deleted, then DROP and CREATE EXTENSION (the global cursor starts again):
+-- nothing it had applied is applied again.
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (uid(10), '{"openness": 10}');
+SELECT bondhu_update_all() -> 'insights_processed' AS applied;
+DELETE FROM user_personality_profiles WHERE user_id = uid(10);
+DROP EXTENSION bondhu;
+CREATE EXTENSION bondhu;
+SELECT bondhu_update_all() -> 'insights_processed' AS nothing_again;
+SELECT openness(10) AS "50";
 
 -- 9. Cleanup compares cutoffs as moments: with a one-month window, '30 days' is refused
 -- exactly when it reaches less far back than a month (after a 31-day month).
