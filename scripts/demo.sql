@@ -53,3 +53,16 @@ SELECT user_id, round(openness::numeric, 2) AS openness, round(extraversion::num
 FROM user_personality_profiles ORDER BY user_id LIMIT 3;
 SELECT trigger, insights_processed, openness_before, openness_after
 FROM personality_profile_history WHERE user_id = '00000000-0000-0000-0000-00000000a11c';
+
+\echo '\n-- 5. Health: the scheduler runs the nightly jobs as bondhu_scheduler'
+DO $$
+BEGIN
+    FOR i IN 1..30 LOOP  -- the launcher starts with the cluster: wait for it
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'pg_cron launcher');
+        PERFORM pg_sleep(1);
+    END LOOP;
+END $$;
+SELECT h ->> 'status' AS status, h -> 'scheduler_running' AS scheduler_running, h -> 'problems' AS problems
+FROM bondhu_system_health() h;
+SELECT jobname, username, schedule, command FROM cron.job ORDER BY jobname;

@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
-# Runs every test: Rust unit tests (cargo pgrx test), then the SQL regression suite and
-# the isolation specs against a throwaway cluster with pg_cron (target/test-cluster).
+# Runs every test: Rust unit tests (cargo pgrx test), then the SQL regression suite, the
+# pg_cron suite, the upgrade fingerprints, the isolation specs, the model-based tester
+# and the reliability scenarios against a throwaway cluster with pg_cron
+# (target/test-cluster).
+#   --soak SECONDS   the model-based tester (tests/model) runs new random seeds for
+#                    SECONDS instead of its fixed seeds 1-20
 source "$(dirname "$0")/common.sh"
+model_args=(1-20)
+while [ $# -gt 0 ]; do
+    case $1 in
+        --soak) model_args=(1-20 --soak "${2:?--soak needs a number of seconds}"); shift 2 ;;
+        *) echo "usage: scripts/test.sh [--soak SECONDS]" >&2; exit 2 ;;
+    esac
+done
 CLUSTER_DIR=$ROOT/target/test-cluster
 CLUSTER_PORT=28816
 RESULTS=$ROOT/target/test-results
@@ -81,6 +92,9 @@ for t in $iso_tests; do
     [ $status -eq 0 ] || cat "$RESULTS/isolation-$t/output_iso/regression.diffs" "$RESULTS/isolation-$t/regression.diffs" 2>/dev/null | head -80
     record "isolation $t" $status
 done
+
+log "model-based tester (tests/model): random programs of several sessions against an exact oracle"
+source "$ROOT/tests/model/run.sh" "${model_args[@]}"
 
 source "$ROOT/tests/reliability/run.sh"
 set -e

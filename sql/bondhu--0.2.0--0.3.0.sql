@@ -52,6 +52,26 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 
+-- CREATE EXTENSION makes the row; pg_restore's COPY after it brings the dumped one,
+-- which replaces it (the dumped system_identifier then starts a new incarnation).
+CREATE FUNCTION bondhu.pipeline_state_keep_single_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM bondhu.pipeline_state) THEN
+        UPDATE bondhu.pipeline_state SET
+            incarnation = NEW.incarnation, system_identifier = NEW.system_identifier,
+            applied_xmin = NEW.applied_xmin, applied_xmax = NEW.applied_xmax,
+            applied_xip = NEW.applied_xip, advanced_at = NEW.advanced_at;
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+
+
+CREATE TRIGGER keep_single_row BEFORE INSERT ON bondhu.pipeline_state
+    FOR EACH ROW EXECUTE FUNCTION bondhu.pipeline_state_keep_single_row();
+
+
 ------------------------------------------------------------------------------------
 -- Positions assigned by a trigger, never by the writer; profile resets (data.sql)
 ------------------------------------------------------------------------------------
@@ -65,8 +85,13 @@ DROP FUNCTION bondhu.attach_data_tables(boolean);
 -- (position 2) before the profile goes, so that not even a global cursor that starts
 -- again (DROP and CREATE EXTENSION) applies it again. TRUNCATE does the same for every
 -- profile.
+-- It marks them as replication's apply would write them (session_replication_role =
+-- replica), so that the application's own triggers do not fire for bondhu's change,
+-- and tells bondhu's position trigger that this position is bondhu's own
+-- (bondhu.marking_applied; only a superuser's write honours it).
 CREATE FUNCTION bondhu.forget_profiles() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica SET bondhu.marking_applied = on AS $$
 DECLARE
     g bondhu.cursor := bondhu.global_cursor();
 BEGIN
@@ -488,12 +513,15 @@ CREATE FUNCTION bondhu.start_update_run() RETURNS bondhu.task_runs
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     run bondhu.task_runs;
+    snapshot bondhu.cursor;
 BEGIN
     PERFORM bondhu.require_superuser_owned_tables();
     run := bondhu.lock_run('personality_update');
     IF run.id IS NULL THEN
+        -- the snapshot first: it resolves the incarnation, which may start the state
+        snapshot := bondhu.current_cursor();
         INSERT INTO bondhu.task_runs (task_name, status, covered, snapshot)
-        VALUES ('personality_update', 'running', bondhu.global_cursor(), bondhu.current_cursor())
+        VALUES ('personality_update', 'running', bondhu.global_cursor(), snapshot)
         RETURNING * INTO run;
     END IF;
     RETURN run;
@@ -1067,6 +1095,7 @@ DECLARE
     installed boolean := bondhu.cron_installed();
     jobs jsonb := '[]';
     problems text[] := '{}';
+    scheduler_running boolean;
     job_problems text[];
     last_update bondhu.task_runs;
     last_success bondhu.task_runs;
@@ -1111,6 +1140,24 @@ BEGIN
         FROM bondhu.jobs() b LEFT JOIN bondhu.own_jobs() j ON j.id = b.id;
         problems := problems || coalesce(job_problems, '{}');
     END IF;
+    scheduler_running := cardinality(problems) = 0;
+    -- what exactly once rests on: bondhu's triggers, enabled ALWAYS, on tables that
+    -- superusers own
+    problems := problems || ARRAY(
+        SELECT format('bondhu''s trigger %s on %s is %s: insights may be lost or counted twice '
+                      '(a superuser: ALTER TABLE %s ENABLE ALWAYS TRIGGER %I)',
+                      d.name, d.relation, CASE WHEN t.oid IS NULL THEN 'missing' ELSE 'not enabled ALWAYS' END,
+                      d.relation, d.name)
+        FROM bondhu.data_triggers() d
+        LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = d.relation AND t.tgname = d.name
+        WHERE t.oid IS NULL OR t.tgenabled <> 'A');
+    problems := problems || ARRAY(
+        SELECT format('%s is owned by %s, which is not a superuser: bondhu refuses to run '
+                      '(a superuser: ALTER TABLE %s OWNER TO a superuser)', d.relation, r.rolname, d.relation)
+        FROM bondhu.data_tables() d
+        JOIN pg_catalog.pg_class c ON c.oid = d.relation
+        JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+        WHERE d.kind = 'TABLE' AND NOT r.rolsuper);
 
     IF update_schedule IS NOT NULL AND last_success.executed_at IS NOT NULL THEN
         missed_since := bondhu.cron_next_run(update_schedule, last_success.executed_at);
@@ -1122,7 +1169,7 @@ BEGIN
 
     RETURN jsonb_build_object(
         'status', status,
-        'scheduler_running', cardinality(problems) = 0,
+        'scheduler_running', scheduler_running,
         'problems', to_jsonb(problems),
         'timezone', 'GMT (pg_cron 1.4 evaluates schedules in GMT; for 2 AM local time, shift the hour by the UTC offset)',
         'scheduled_jobs', jobs,
@@ -1276,4 +1323,5 @@ REVOKE ALL ON FUNCTION bondhu.grant_privileges() FROM PUBLIC;
 
 
 SELECT bondhu.attach_data_tables();
+SELECT bondhu.resolve_incarnation();
 SELECT bondhu.grant_privileges();

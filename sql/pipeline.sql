@@ -390,12 +390,15 @@ CREATE FUNCTION bondhu.start_update_run() RETURNS bondhu.task_runs
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     run bondhu.task_runs;
+    snapshot bondhu.cursor;
 BEGIN
     PERFORM bondhu.require_superuser_owned_tables();
     run := bondhu.lock_run('personality_update');
     IF run.id IS NULL THEN
+        -- the snapshot first: it resolves the incarnation, which may start the state
+        snapshot := bondhu.current_cursor();
         INSERT INTO bondhu.task_runs (task_name, status, covered, snapshot)
-        VALUES ('personality_update', 'running', bondhu.global_cursor(), bondhu.current_cursor())
+        VALUES ('personality_update', 'running', bondhu.global_cursor(), snapshot)
         RETURNING * INTO run;
     END IF;
     RETURN run;

@@ -113,6 +113,7 @@ DECLARE
     installed boolean := bondhu.cron_installed();
     jobs jsonb := '[]';
     problems text[] := '{}';
+    scheduler_running boolean;
     job_problems text[];
     last_update bondhu.task_runs;
     last_success bondhu.task_runs;
@@ -157,6 +158,24 @@ BEGIN
         FROM bondhu.jobs() b LEFT JOIN bondhu.own_jobs() j ON j.id = b.id;
         problems := problems || coalesce(job_problems, '{}');
     END IF;
+    scheduler_running := cardinality(problems) = 0;
+    -- what exactly once rests on: bondhu's triggers, enabled ALWAYS, on tables that
+    -- superusers own
+    problems := problems || ARRAY(
+        SELECT format('bondhu''s trigger %s on %s is %s: insights may be lost or counted twice '
+                      '(a superuser: ALTER TABLE %s ENABLE ALWAYS TRIGGER %I)',
+                      d.name, d.relation, CASE WHEN t.oid IS NULL THEN 'missing' ELSE 'not enabled ALWAYS' END,
+                      d.relation, d.name)
+        FROM bondhu.data_triggers() d
+        LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = d.relation AND t.tgname = d.name
+        WHERE t.oid IS NULL OR t.tgenabled <> 'A');
+    problems := problems || ARRAY(
+        SELECT format('%s is owned by %s, which is not a superuser: bondhu refuses to run '
+                      '(a superuser: ALTER TABLE %s OWNER TO a superuser)', d.relation, r.rolname, d.relation)
+        FROM bondhu.data_tables() d
+        JOIN pg_catalog.pg_class c ON c.oid = d.relation
+        JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+        WHERE d.kind = 'TABLE' AND NOT r.rolsuper);
 
     IF update_schedule IS NOT NULL AND last_success.executed_at IS NOT NULL THEN
         missed_since := bondhu.cron_next_run(update_schedule, last_success.executed_at);
@@ -168,7 +187,7 @@ BEGIN
 
     RETURN jsonb_build_object(
         'status', status,
-        'scheduler_running', cardinality(problems) = 0,
+        'scheduler_running', scheduler_running,
         'problems', to_jsonb(problems),
         'timezone', 'GMT (pg_cron 1.4 evaluates schedules in GMT; for 2 AM local time, shift the hour by the UTC offset)',
         'scheduled_jobs', jobs,

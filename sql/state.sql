@@ -62,8 +62,7 @@ INSERT INTO bondhu.settings DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
 
 ------------------------------------------------------------------------------------
--- Pipeline state: the incarnation and the global cursor. Created on first use, so a
--- restored dump brings its own row instead of clashing with a fresh one.
+-- Pipeline state: the incarnation and the global cursor, one row.
 ------------------------------------------------------------------------------------
 CREATE TYPE bondhu.cursor AS (xmin_pos bigint, xmax_pos bigint, xip_pos bigint[]);
 
@@ -79,6 +78,23 @@ CREATE TABLE bondhu.pipeline_state (
 COMMENT ON TABLE bondhu.pipeline_state IS
     'Where the pipeline stands: every insight below this cursor is applied to every profile.';
 SELECT pg_catalog.pg_extension_config_dump('bondhu.pipeline_state', '');
+
+-- CREATE EXTENSION makes the row; pg_restore's COPY after it brings the dumped one,
+-- which replaces it (the dumped system_identifier then starts a new incarnation).
+CREATE FUNCTION bondhu.pipeline_state_keep_single_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM bondhu.pipeline_state) THEN
+        UPDATE bondhu.pipeline_state SET
+            incarnation = NEW.incarnation, system_identifier = NEW.system_identifier,
+            applied_xmin = NEW.applied_xmin, applied_xmax = NEW.applied_xmax,
+            applied_xip = NEW.applied_xip, advanced_at = NEW.advanced_at;
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER keep_single_row BEFORE INSERT ON bondhu.pipeline_state
+    FOR EACH ROW EXECUTE FUNCTION bondhu.pipeline_state_keep_single_row();
 
 -- The incarnation of this database's insight positions; starts a new one when the data
 -- is found in another cluster. cacheable is false when this call changed the state

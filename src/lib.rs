@@ -221,6 +221,23 @@ mod bondhu {
         }
     }
 
+    /// Is this write logical replication's apply (session_replication_role = replica),
+    /// and not bondhu marking insights applied (bondhu.forget_profiles sets
+    /// bondhu.marking_applied for its own writes, which it makes as replica so that the
+    /// application's triggers stay out of them)?
+    fn replicated_write() -> bool {
+        // SAFETY: reads a backend-local setting.
+        let replica = unsafe { pg_sys::SessionReplicationRole }
+            == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32;
+        // SAFETY: GetConfigOption returns NULL (missing_ok) or a string owned by the GUC
+        // machinery, valid until the setting changes; it is read at once.
+        let marking = unsafe {
+            let value = pg_sys::GetConfigOption(c"bondhu.marking_applied".as_ptr(), true, false);
+            !value.is_null() && std::ffi::CStr::from_ptr(value).to_bytes() == b"on"
+        };
+        replica && !marking
+    }
+
     /// BEFORE INSERT OR UPDATE FOR EACH ROW on both insight tables, enabled ALWAYS (it
     /// fires for logical replication's apply too). Argument: the document column.
     /// bondhu alone positions insights:
@@ -248,9 +265,7 @@ mod bondhu {
             .expect("a row-level INSERT or UPDATE trigger")
             .into_owned();
         let given = trigger_attribute(trigger, true, "ingest_pos");
-        // SAFETY: reads a backend-local setting.
-        let replica = unsafe { pg_sys::SessionReplicationRole }
-            == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32;
+        let replica = replicated_write();
         let position = if trigger.old().is_none() {
             if given.is_some() && !replica {
                 refuse_unless_superuser("ingest_pos");
