@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The main job: set up the machine, build and install bondhu, start a throwaway cluster
-# with pg_cron (target/demo-cluster, port 28815) and run the demo.
+# with pg_cron (target/demo-cluster, port 28815 or $DEMO_PORT) and run the demo.
 source "$(dirname "$0")/common.sh"
 CLUSTER_DIR=$ROOT/target/demo-cluster
-CLUSTER_PORT=28815
+CLUSTER_PORT=${DEMO_PORT:-28815}
 
 ensure_system
 install_extension --release

@@ -3,30 +3,53 @@
 # pg_cron suite, the upgrade fingerprints, the isolation specs, the model-based tester
 # and the reliability scenarios against a throwaway cluster with pg_cron
 # (target/test-cluster).
+#   --pg VERSION     on PostgreSQL 15 (the default), 16 or 18
+#   --all            on each of them in turn (PostgreSQL 17: see the README)
 #   --soak SECONDS   the model-based tester (tests/model) runs new random seeds for
 #                    SECONDS instead of its fixed seeds 1-20
-source "$(dirname "$0")/common.sh"
+usage="usage: scripts/test.sh [--pg 15|16|18 | --all] [--soak SECONDS]"
 model_args=(1-20)
+versions=()
 while [ $# -gt 0 ]; do
     case $1 in
-        --soak) model_args=(1-20 --soak "${2:?--soak needs a number of seconds}"); shift 2 ;;
-        *) echo "usage: scripts/test.sh [--soak SECONDS]" >&2; exit 2 ;;
+        --soak) model_args=(1-20 --soak "${2:?$usage}"); shift 2 ;;
+        --pg) versions=("${2:?$usage}"); shift 2 ;;
+        --all) versions=(15 16 18); shift ;;
+        *) echo "$usage" >&2; exit 2 ;;
     esac
 done
-CLUSTER_DIR=$ROOT/target/test-cluster
-CLUSTER_PORT=28816
-RESULTS=$ROOT/target/test-results
+if [ ${#versions[@]} -gt 1 ]; then
+    # each version in a run of its own; one closing line for all
+    total_passed=0 total_failed=0
+    for v in "${versions[@]}"; do
+        bash "$0" --pg "$v" ${model_args[1]:+--soak "${model_args[2]}"} | tee "/tmp/bondhu-test-pg$v.log"
+        line=$(tail -n 1 "/tmp/bondhu-test-pg$v.log")
+        total_passed=$((total_passed + $(sed -E 's/^([0-9]+) passed.*/\1/' <<<"$line")))
+        total_failed=$((total_failed + $(sed -E 's/.* ([0-9]+) failed$/\1/' <<<"$line")))
+    done
+    echo
+    echo "$total_passed passed, $total_failed failed"
+    [ "$total_failed" -eq 0 ]
+    exit
+fi
+export PG_VERSION=${versions[0]:-${PG_VERSION:-15}}
+source "$(dirname "$0")/common.sh"
+CLUSTER_DIR=$ROOT/target/test-cluster-pg$PG_VERSION
+CLUSTER_PORT=$((28816 + (PG_VERSION - 15) * 10))  # 28816, 28826, 28846: versions run side by side
+RESULTS=$ROOT/target/test-results-pg$PG_VERSION
 
 ensure_system
+PGXS_TEST=$(pgxs_test)
+log "testing on $("$PG_CONFIG" --version)"
 passed=0 failed=0
 record() { # name, exit status
     if [ "$2" -eq 0 ]; then passed=$((passed + 1)); echo "ok: $1"; else failed=$((failed + 1)); echo "FAILED: $1"; fi
 }
 
 log "Rust unit tests and #[pg_test]s"
-mkdir -p "$ROOT/target/pgrx-test-data" && chown postgres:postgres "$ROOT/target/pgrx-test-data"
+mkdir -p "$ROOT/target/pgrx-test-data-pg$PG_VERSION" && chown postgres:postgres "$ROOT/target/pgrx-test-data-pg$PG_VERSION"
 set +e
-(cd "$ROOT" && cargo pgrx test pg15 --runas postgres --pgdata "$ROOT/target/pgrx-test-data")
+(cd "$ROOT" && cargo pgrx test "pg$PG_VERSION" --runas postgres --pgdata "$ROOT/target/pgrx-test-data-pg$PG_VERSION")
 record "cargo pgrx test" $?
 set -e
 
@@ -38,7 +61,7 @@ start_cluster "$CLUSTER_DIR" "$CLUSTER_PORT" bondhu_cron
 cluster_psql -d postgres -c "CREATE DATABASE bondhu_cron"
 trap 'stop_cluster "$CLUSTER_DIR"' EXIT
 rm -rf "$RESULTS" && mkdir -p "$RESULTS" && chown postgres:postgres "$RESULTS"
-conn=(--host="$CLUSTER_DIR" --port="$CLUSTER_PORT" --user=postgres)
+conn=(--host="$CLUSTER_DIR" --port="$CLUSTER_PORT" --user=postgres --bindir="$PG_BIN")
 
 # Runs every test of tests/<suite> with pg_regress against database $2 (more options after).
 regress_suite() { # suite database [pg_regress options]
@@ -92,6 +115,12 @@ for t in $iso_tests; do
     [ $status -eq 0 ] || cat "$RESULTS/isolation-$t/output_iso/regression.diffs" "$RESULTS/isolation-$t/regression.diffs" 2>/dev/null | head -80
     record "isolation $t" $status
 done
+
+if [ "$PG_VERSION" = 15 ]; then
+    source "$ROOT/tests/fresh_clone/run.sh"
+else
+    source "$ROOT/tests/package/run.sh"
+fi
 
 log "model-based tester (tests/model): random programs of several sessions against an exact oracle"
 source "$ROOT/tests/model/run.sh" "${model_args[@]}"

@@ -1038,6 +1038,39 @@ BEGIN
     END LOOP;
 END $$;
 
+DROP FUNCTION bondhu.cron_next_run(text, timestamptz);
+
+-- The zone pg_cron evaluates schedules in: cron.timezone from pg_cron 1.5 on (which has
+-- the setting), GMT before.
+CREATE FUNCTION bondhu.cron_timezone() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('cron.timezone', true), ''), 'GMT')
+$$;
+
+
+-- The next time a cron schedule fires after a moment, when its fields are read as wall
+-- clock time in `zone`, as pg_cron does, daylight-saving changes included: a wall clock
+-- time that a change skips runs when the clock jumps; one that comes twice runs the
+-- first time. NULL when the schedule never fires.
+CREATE FUNCTION bondhu.cron_next_run(schedule text, after timestamptz, zone text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wall_clock timestamp := to_timestamp(bondhu.cron_next_run_epoch(
+        schedule, extract(epoch FROM (after AT TIME ZONE zone))::double precision)) AT TIME ZONE 'UTC';
+    moment timestamptz := wall_clock AT TIME ZONE zone;
+BEGIN
+    IF moment AT TIME ZONE zone <> wall_clock THEN
+        -- skipped: the first minute whose wall clock time is past it (changes are at most
+        -- a few hours)
+        RETURN (SELECT min(t) FROM generate_series(moment - interval '3 hours', moment, interval '1 minute') t
+                WHERE t AT TIME ZONE zone > wall_clock AND t > after);
+    END IF;
+    -- twice: Postgres reads it as the later time; the earlier one, if there is one
+    RETURN coalesce((SELECT min(t) FROM unnest(ARRAY[moment - interval '1 hour', moment - interval '30 minutes']) t
+                     WHERE t AT TIME ZONE zone = wall_clock AND t > after), moment);
+END $$;
+
+
 CREATE OR REPLACE FUNCTION bondhu.scheduled_jobs() RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(jsonb_agg(jsonb_build_object('id', j.id, 'jobname', j.jobname, 'schedule', j.schedule,
@@ -1066,7 +1099,7 @@ BEGIN
                                       CASE b.id WHEN 'personality_update' THEN update_schedule ELSE cleanup_schedule END,
                                       b.command, current_database(), 'bondhu_scheduler', true)
     FROM bondhu.jobs() b;
-    RETURN jsonb_build_object('scheduled', bondhu.scheduled_jobs(), 'timezone', 'GMT');
+    RETURN jsonb_build_object('scheduled', bondhu.scheduled_jobs(), 'timezone', bondhu.cron_timezone());
 END $$;
 
 
@@ -1104,6 +1137,7 @@ DECLARE
     missed_since timestamptz;
     status text;
     task text;
+    zone text := bondhu.cron_timezone();
 BEGIN
     SELECT * INTO STRICT cfg FROM bondhu.settings;
     -- Runs left 'running' by a session that moved on.
@@ -1125,9 +1159,9 @@ BEGIN
     ELSE
         SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'id', b.id, 'jobname', b.jobname, 'schedule', j.schedule,
-                   'trigger', CASE WHEN j.jobid IS NULL THEN NULL ELSE 'cron[' || j.schedule || '] GMT' END,
+                   'trigger', CASE WHEN j.jobid IS NULL THEN NULL ELSE 'cron[' || j.schedule || '] ' || zone END,
                    'active', coalesce(j.active, false),
-                   'next_run_time', CASE WHEN j.active THEN bondhu.cron_next_run(j.schedule, now()) END,
+                   'next_run_time', CASE WHEN j.active THEN bondhu.cron_next_run(j.schedule, now(), zone) END,
                    'last_run', (SELECT jsonb_build_object('status', d.status, 'start_time', d.start_time,
                                                           'end_time', d.end_time, 'message', d.return_message)
                                 FROM cron.job_run_details d WHERE d.jobid = j.jobid
@@ -1160,7 +1194,7 @@ BEGIN
         WHERE d.kind = 'TABLE' AND NOT r.rolsuper);
 
     IF update_schedule IS NOT NULL AND last_success.executed_at IS NOT NULL THEN
-        missed_since := bondhu.cron_next_run(update_schedule, last_success.executed_at);
+        missed_since := bondhu.cron_next_run(update_schedule, last_success.executed_at, zone);
     END IF;
     status := CASE
         WHEN cardinality(problems) > 0 OR last_update.status = 'failed' THEN 'unhealthy'
@@ -1171,7 +1205,7 @@ BEGIN
         'status', status,
         'scheduler_running', scheduler_running,
         'problems', to_jsonb(problems),
-        'timezone', 'GMT (pg_cron 1.4 evaluates schedules in GMT; for 2 AM local time, shift the hour by the UTC offset)',
+        'timezone', zone,
         'scheduled_jobs', jobs,
         'last_personality_update', CASE WHEN last_update.id IS NOT NULL THEN jsonb_build_object(
             'task_name', last_update.task_name, 'executed_at', last_update.executed_at,

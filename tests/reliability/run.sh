@@ -72,7 +72,7 @@ kill_during_update() { # db how statement [ready]
         [ "$(cluster_psql -d "$db" -Atc "$ready")" = t ] && break
         sleep 0.05
     done
-    if [ "$how" = terminate ]; then
+    if [ "$how" != immediate_shutdown ]; then  # terminate (update_all or the procedure)
         cluster_psql -d "$db" -c "SELECT pg_terminate_backend($pid)" >/dev/null
     else
         sudo -u postgres "$PG_BIN/pg_ctl" -D "$CLUSTER_DIR" -m immediate -w stop >/dev/null
@@ -137,8 +137,8 @@ invariant_holds "$line"
 record "batched run: every insight applied exactly once" $?
 
 log "dump of a database in use, restored into a new cluster"
-RESTORE_DIR=$ROOT/target/restore-cluster
-RESTORE_PORT=28818
+RESTORE_DIR=$ROOT/target/restore-cluster-pg$PG_VERSION
+RESTORE_PORT=$((CLUSTER_PORT + 2))
 stop_cluster "$RESTORE_DIR"; rm -rf "$RESTORE_DIR"
 # In the cron database, so that the dump carries bondhu's schedules too. Earlier suites
 # used it: start from nothing (DROP EXTENSION keeps the application's tables).

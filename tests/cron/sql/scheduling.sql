@@ -90,15 +90,16 @@ BEGIN
 END $$;
 GRANT USAGE ON SCHEMA cron TO app_scheduler;
 GRANT CREATE ON DATABASE bondhu_cron TO app_dba;
+GRANT CREATE ON SCHEMA public TO app_dba;
 SET ROLE app_scheduler;
 SELECT cron.schedule('bondhu_personality_update', '* * * * *', 'SELECT current_user') > 0 AS squatted;
 RESET ROLE;
 -- any DDL on other extensions, by a superuser or a non-superuser allowed to run it
-CREATE EXTENSION pg_trgm;
-DROP EXTENSION pg_trgm;
+CREATE EXTENSION pgtap;
+DROP EXTENSION pgtap;
 SET ROLE app_dba;
-CREATE EXTENSION pg_trgm;
-DROP EXTENSION pg_trgm;
+CREATE EXTENSION pgtap;
+DROP EXTENSION pgtap;
 RESET ROLE;
 SELECT bondhu_schedule() IS NOT NULL AS rescheduled;
 SELECT jobname, username, schedule, command FROM cron.job ORDER BY username, jobname;
@@ -107,13 +108,14 @@ SELECT jsonb_array_length(h -> 'scheduled_jobs') AS jobs_in_health,
 
 -- Dropping another extension keeps the jobs; dropping bondhu removes its own, and
 -- only its own.
-CREATE EXTENSION pg_trgm;
-DROP EXTENSION pg_trgm;
+CREATE EXTENSION pgtap;
+DROP EXTENSION pgtap;
 SELECT jobname, username, schedule, active FROM cron.job ORDER BY username, jobname;
 DROP EXTENSION bondhu;
 SELECT jobname, username, command FROM cron.job;
 DROP EXTENSION pg_cron;
 REVOKE CREATE ON DATABASE bondhu_cron FROM app_dba;
+REVOKE CREATE ON SCHEMA public FROM app_dba;
 -- what DROP EXTENSION keeps, gone too, for the next test
 DROP TABLE chat_personality_insights, entertainment_interactions, user_personality_profiles, personality_profile_history;
 DROP FUNCTION bondhu_uninstalled_insight(), bondhu_uninstalled_profile();

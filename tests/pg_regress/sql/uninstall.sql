@@ -43,8 +43,8 @@ SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_clas
 WHERE e.extname = 'bondhu' ORDER BY 1;
 \d chat_personality_insights
 -- dropping another extension leaves everything attached
-CREATE EXTENSION pg_trgm;
-DROP EXTENSION pg_trgm;
+CREATE EXTENSION pgtap;
+DROP EXTENSION pgtap;
 SELECT count(*) AS member_tables FROM bondhu.data_tables() WHERE bondhu.is_member(relation);
 SELECT count(*) AS config_tables FROM pg_extension e, unnest(e.extconfig) t WHERE e.extname = 'bondhu';
 
