@@ -48,13 +48,14 @@ fn incarnation() -> i64 {
     // Any role that may write an insight runs this (the position trigger), and needs
     // no privilege on bondhu's internals for it: the state is read as its owner.
     let owner = Spi::get_one::<pg_sys::Oid>(
-        "SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'bondhu.pipeline_state'::regclass",
+        "SELECT relowner FROM pg_catalog.pg_class WHERE oid = 'bondhu.pipeline_state'::pg_catalog.regclass",
     )
     .unwrap_or_else(|e| error!("bondhu: cannot find the pipeline state: {e}"))
     .expect("the pipeline state table has an owner");
     let (incarnation, cacheable, state) = as_role(owner, || {
         Spi::get_three::<i32, bool, pg_sys::Oid>(
-            "SELECT incarnation, cacheable, 'bondhu.pipeline_state'::regclass::oid FROM bondhu.resolve_incarnation()",
+            "SELECT incarnation, cacheable, 'bondhu.pipeline_state'::pg_catalog.regclass::pg_catalog.oid \
+             FROM bondhu.resolve_incarnation()",
         )
     })
     .unwrap_or_else(|e| error!("bondhu: cannot read the pipeline state: {e}"));

@@ -213,6 +213,30 @@ SELECT (SELECT ROW(applied_xmin, applied_xmax, applied_xip) FROM bondhu.pipeline
 SELECT bondhu_update_all() -> 'insights_processed' AS still_pending;
 SELECT openness(7) AS "52";
 
+-- A writer's first insight in a session makes bondhu read its state as the state's
+-- owner: nothing of the writer's (a pg_temp domain named like a type bondhu's query
+-- uses, whose CHECK calls the writer's function) runs with those privileges.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'edge_attacker') THEN CREATE ROLE edge_attacker LOGIN; END IF;
+END $$;
+SET client_min_messages = warning;
+GRANT bondhu_operator TO edge_attacker;
+RESET client_min_messages;
+\c - edge_attacker
+CREATE FUNCTION pg_temp.escalate() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        EXECUTE 'ALTER ROLE edge_attacker SUPERUSER';
+    END IF;
+    RETURN true;
+END $$;
+CREATE DOMAIN pg_temp.regclass AS pg_catalog.regclass CHECK (pg_temp.escalate());
+CREATE DOMAIN pg_temp.oid AS pg_catalog.oid CHECK (pg_temp.escalate());
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (uid(11), '{"openness": 1}');
+\c - postgres
+SELECT rolsuper AS attacker_is_superuser FROM pg_roles WHERE rolname = 'edge_attacker';
+
 -- 8. Applied insights edited or moved, profiles deleted: an insight whose document or
 -- user changes is a new insight (it counts for its user, again); a deleted profile
 -- starts again at 50 with what was pending, and what it had applied is never applied
