@@ -24,8 +24,13 @@ if [ ${#versions[@]} -gt 1 ]; then
     for v in "${versions[@]}"; do
         bash "$0" --pg "$v" ${model_args[1]:+--soak "${model_args[2]}"} | tee "/tmp/bondhu-test-pg$v.log"
         line=$(tail -n 1 "/tmp/bondhu-test-pg$v.log")
-        total_passed=$((total_passed + $(sed -E 's/^([0-9]+) passed.*/\1/' <<<"$line")))
-        total_failed=$((total_failed + $(sed -E 's/.* ([0-9]+) failed$/\1/' <<<"$line")))
+        if [[ $line =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+            total_passed=$((total_passed + BASH_REMATCH[1]))
+            total_failed=$((total_failed + BASH_REMATCH[2]))
+        else
+            echo "FAILED: PostgreSQL $v: the run ended before its closing line"
+            total_failed=$((total_failed + 1))
+        fi
     done
     echo
     echo "$total_passed passed, $total_failed failed"
