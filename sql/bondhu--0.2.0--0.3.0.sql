@@ -387,14 +387,15 @@ $$;
 -- as failed at once, before anything marks it so.
 CREATE OR REPLACE VIEW public.system_tasks AS
     SELECT t.id, t.task_name, t.executed_at,
-           CASE WHEN t.status = 'running' AND NOT bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
-                THEN 'failed' ELSE t.status END AS status,
+           CASE WHEN r.interrupted THEN 'failed' ELSE t.status END AS status,
            t.users_processed, t.successful_updates, t.failed_updates, t.records_processed,
-           CASE WHEN t.status = 'running' AND NOT bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
-                THEN 'interrupted: the session running it ended the run before it finished'
+           CASE WHEN r.interrupted THEN 'interrupted: the session running it ended the run before it finished'
                 ELSE t.error_message END AS error_message,
            t.metadata, t.duration_seconds
-    FROM bondhu.task_runs t;
+    FROM bondhu.task_runs t
+    CROSS JOIN LATERAL (SELECT t.status = 'running'
+                               AND NOT bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
+                               AS interrupted) r;
 
 
 ------------------------------------------------------------------------------------

@@ -79,14 +79,15 @@ $$;
 -- as failed at once, before anything marks it so.
 CREATE VIEW public.system_tasks AS
     SELECT t.id, t.task_name, t.executed_at,
-           CASE WHEN t.status = 'running' AND NOT bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
-                THEN 'failed' ELSE t.status END AS status,
+           CASE WHEN r.interrupted THEN 'failed' ELSE t.status END AS status,
            t.users_processed, t.successful_updates, t.failed_updates, t.records_processed,
-           CASE WHEN t.status = 'running' AND NOT bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
-                THEN 'interrupted: the session running it ended the run before it finished'
+           CASE WHEN r.interrupted THEN 'interrupted: the session running it ended the run before it finished'
                 ELSE t.error_message END AS error_message,
            t.metadata, t.duration_seconds
-    FROM bondhu.task_runs t;
+    FROM bondhu.task_runs t
+    CROSS JOIN LATERAL (SELECT t.status = 'running'
+                               AND NOT bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
+                               AS interrupted) r;
 COMMENT ON VIEW public.system_tasks IS 'Every personality_update and insights_cleanup run, scheduled or manual.';
 
 ------------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ CREATE VIEW bondhu.insights AS
     WHERE e.personality_insights IS NOT NULL AND e.personality_insights <> 'null'::jsonb;
 
 -- What one user's pending insights add up to, in one pass over them: two aggregates
--- that share their state (Postgres computes it once), written in Rust (src/lib.rs,
+-- that share their state (Postgres computes it once), written in Rust (src/aggregate.rs,
 -- the rule in src/insight.rs). Each takes the document, whether it is inside the
 -- window (fresh), and whether it came from chat. A stale insight is only counted; a
 -- fresh one counts or is rejected whole.

@@ -80,13 +80,17 @@ fn replicated_write() -> bool {
     // SAFETY: reads a backend-local setting.
     let replica = unsafe { pg_sys::SessionReplicationRole }
         == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32;
+    if !replica {
+        // every ordinary write: no setting to look up
+        return false;
+    }
     // SAFETY: GetConfigOption returns NULL (missing_ok) or a string owned by the GUC
     // machinery, valid until the setting changes; it is read at once.
     let marking = unsafe {
         let value = pg_sys::GetConfigOption(c"bondhu.marking_applied".as_ptr(), true, false);
         !value.is_null() && std::ffi::CStr::from_ptr(value).to_bytes() == b"on"
     };
-    replica && !marking
+    !marking
 }
 
 /// BEFORE INSERT OR UPDATE FOR EACH ROW on both insight tables, enabled ALWAYS (it
