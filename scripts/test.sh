@@ -86,7 +86,7 @@ set +e
 regress_suite pg_regress bondhu_regress
 
 log "server log: bondhu's messages carry no user id"
-grep -q 'may only update their own profile' "$CLUSTER_DIR/server.log"
+grep -q 'may only read or update their own profile' "$CLUSTER_DIR/server.log"
 record "the refusal reached the server log" $?
 ! grep -q '5ec00000-0000-4000-8000' "$CLUSTER_DIR/server.log"
 record "no user id of the security test in the server log" $?
@@ -131,6 +131,7 @@ log "model-based tester (tests/model): random programs of several sessions again
 source "$ROOT/tests/model/run.sh" "${model_args[@]}"
 
 source "$ROOT/tests/reliability/run.sh"
+source "$ROOT/tests/metrics/run.sh"
 set -e
 
 echo

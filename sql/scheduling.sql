@@ -26,12 +26,27 @@ END $$;
 COMMENT ON ROLE bondhu_scheduler IS
     'bondhu''s pg_cron jobs run as this role. It may run bondhu_run_update_all and bondhu_run_cleanup, nothing else.';
 
--- id in health output, pg_cron job name, command.
-CREATE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, command text)
+-- id in health output, pg_cron job name, its schedule until an operator sets one, and
+-- its command: `command` when the job's schedule is in pg_cron's zone, `zoned_command`
+-- otherwise (it runs the task only when the schedule is due in its own zone).
+CREATE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, default_schedule text, command text,
+                                             zoned_command text)
 LANGUAGE sql IMMUTABLE AS $$
-    VALUES ('personality_update', 'bondhu_personality_update', 'CALL public.bondhu_run_update_all()'),
-           ('insights_cleanup', 'bondhu_insights_cleanup', 'CALL public.bondhu_run_cleanup()')
+    VALUES ('personality_update', 'bondhu_personality_update', '0 2 * * *', 'CALL public.bondhu_run_update_all()',
+            'CALL bondhu.run_if_due(''personality_update'')'),
+           ('insights_cleanup', 'bondhu_insights_cleanup', '0 3 * * 0', 'CALL public.bondhu_run_cleanup()',
+            'CALL bondhu.run_if_due(''insights_cleanup'')')
 $$;
+
+-- The schedules operators set, each in its own zone; kept while the jobs are paused
+-- (bondhu_unschedule) and by pg_dump.
+CREATE TABLE bondhu.schedules (
+    id text PRIMARY KEY CONSTRAINT known_job CHECK (id IN ('personality_update', 'insights_cleanup')),
+    schedule text NOT NULL,
+    timezone text NOT NULL DEFAULT 'UTC',
+    paused_at timestamptz
+);
+SELECT pg_catalog.pg_extension_config_dump('bondhu.schedules', '');
 
 -- bondhu's jobs in cron.job (none without pg_cron).
 CREATE FUNCTION bondhu.own_jobs()
@@ -41,7 +56,7 @@ BEGIN
     IF bondhu.cron_installed() THEN
         RETURN QUERY
         SELECT j.jobid, b.id, j.jobname::text, j.schedule, j.command, j.active
-        FROM cron.job j JOIN bondhu.jobs() b ON b.jobname = j.jobname AND b.command = j.command
+        FROM cron.job j JOIN bondhu.jobs() b ON b.jobname = j.jobname AND j.command IN (b.command, b.zoned_command)
         WHERE j.username = 'bondhu_scheduler' AND j.database = current_database();
     END IF;
 END $$;
@@ -75,175 +90,169 @@ BEGIN
                      WHERE t AT TIME ZONE zone = wall_clock AND t > after), moment);
 END $$;
 
-CREATE FUNCTION bondhu.scheduled_jobs() RETURNS jsonb
+-- Do two zones show the same wall clock time for the next 400 days?
+CREATE FUNCTION bondhu.same_zone(a text, b text) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(jsonb_agg(jsonb_build_object('id', j.id, 'jobname', j.jobname, 'schedule', j.schedule,
-                                                 'command', j.command, 'active', j.active) ORDER BY j.id DESC),
-                    '[]'::jsonb)
-    FROM bondhu.own_jobs() j
+    SELECT a = b OR NOT EXISTS (
+        SELECT FROM generate_series(now(), now() + interval '400 days', interval '6 hours') t
+        WHERE t AT TIME ZONE a <> t AT TIME ZONE b)
 $$;
 
-CREATE FUNCTION public.bondhu_schedule(update_schedule text DEFAULT '0 2 * * *',
-                                       cleanup_schedule text DEFAULT '0 3 * * 0') RETURNS jsonb
+-- Is `schedule` read on a wall clock (a cron expression), not '@reboot' or 'N seconds'?
+CREATE FUNCTION bondhu.is_wall_clock(schedule text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT schedule !~* '^\s*(@reboot|\d+\s*seconds?)\s*$'
+$$;
+
+-- The schedule to give pg_cron for `schedule` read in `zone`: the same when pg_cron
+-- reads schedules in that zone; otherwise the minute and hour, in pg_cron's zone, of
+-- the schedule's next run after `after`, every day: the job then runs the task only
+-- when it is due (run_if_due), and moves itself to the following run's time. So a
+-- daylight-saving change in either zone is followed to the minute.
+CREATE FUNCTION bondhu.pg_cron_schedule(schedule text, zone text, after timestamptz) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN NOT bondhu.is_wall_clock(schedule) OR bondhu.same_zone(zone, bondhu.cron_timezone())
+                THEN schedule
+                ELSE to_char(n AT TIME ZONE bondhu.cron_timezone(), 'FMMI FMHH24') || ' * * *' END
+    FROM bondhu.cron_next_run(schedule, after, zone) n
+$$;
+
+-- Writes job `id`'s schedule (bondhu.schedules) into pg_cron as bondhu_scheduler's job:
+-- an existing job of that name and role is updated in place. Only a superuser may name
+-- another role (callers are SECURITY DEFINER, run as the extension's owner).
+CREATE FUNCTION bondhu.put_job(job_id text, after timestamptz) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT cron.schedule_in_database(b.jobname, bondhu.pg_cron_schedule(s.schedule, s.timezone, after),
+        CASE WHEN bondhu.pg_cron_schedule(s.schedule, s.timezone, after) = s.schedule
+             THEN b.command ELSE b.zoned_command END,
+        current_database(), 'bondhu_scheduler', true)
+    FROM bondhu.jobs() b JOIN bondhu.schedules s ON s.id = b.id
+    WHERE b.id = job_id
+$$;
+
+-- For a job in another zone than pg_cron's: is its schedule due now (a run time in the
+-- last five minutes: pg_cron may start a job late)? Moves the job to its next run time.
+CREATE FUNCTION bondhu.take_due_run(job_id text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s bondhu.schedules;
 BEGIN
-    PERFORM bondhu.cron_check('update_schedule', update_schedule);
-    PERFORM bondhu.cron_check('cleanup_schedule', cleanup_schedule);
+    SELECT * INTO s FROM bondhu.schedules t WHERE t.id = job_id AND t.paused_at IS NULL;
+    IF NOT FOUND OR NOT bondhu.cron_installed() THEN
+        RETURN false;
+    END IF;
+    PERFORM bondhu.put_job(job_id, now());
+    RETURN bondhu.cron_next_run(s.schedule, now() - interval '5 minutes', s.timezone) <= now();
+END $$;
+
+-- The command of a job in another zone than pg_cron's: runs the task when it is due.
+-- (No SET search_path: the task's procedure commits; every name is qualified.)
+CREATE PROCEDURE bondhu.run_if_due(job_id text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT bondhu.take_due_run(job_id) THEN
+        RETURN;
+    ELSIF job_id = 'personality_update' THEN
+        CALL public.bondhu_run_update_all();
+    ELSE
+        CALL public.bondhu_run_cleanup();
+    END IF;
+END $$;
+
+-- Each job that is scheduled or paused: its schedule and zone, what pg_cron has, and its
+-- next run time.
+CREATE FUNCTION bondhu.scheduled_jobs() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'id', b.id, 'jobname', b.jobname, 'schedule', s.schedule, 'timezone', s.timezone,
+               'trigger', 'cron[' || s.schedule || '] ' || s.timezone,
+               'paused', s.paused_at IS NOT NULL, 'pg_cron_schedule', j.schedule, 'command', j.command,
+               'active', coalesce(j.active, false),
+               'next_run_time', CASE WHEN j.active THEN bondhu.cron_next_run(s.schedule, now(), s.timezone) END,
+               'next_run_local_time', CASE WHEN j.active
+                   THEN bondhu.cron_next_run(s.schedule, now(), s.timezone) AT TIME ZONE s.timezone END)
+               ORDER BY b.id DESC), '[]'::jsonb)
+    FROM bondhu.jobs() b
+    LEFT JOIN bondhu.schedules s ON s.id = b.id
+    LEFT JOIN bondhu.own_jobs() j ON j.id = b.id
+    WHERE s.id IS NOT NULL OR j.id IS NOT NULL
+$$;
+
+-- Refuses, with 22023, a schedule that is not valid or never fires, and a zone that
+-- Postgres does not know.
+CREATE FUNCTION bondhu.check_schedule(argument text, schedule text, zone text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM bondhu.cron_check(argument, schedule);
+    BEGIN
+        PERFORM now() AT TIME ZONE zone;
+    EXCEPTION WHEN invalid_parameter_value OR feature_not_supported THEN
+        RAISE EXCEPTION 'bondhu_schedule: timezone "%" is not a time zone Postgres knows', zone
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use a name from pg_timezone_names, such as ''Asia/Dhaka'' or ''America/New_York''.';
+    END;
+    IF bondhu.is_wall_clock(schedule) AND bondhu.cron_next_run(schedule, now(), zone) IS NULL THEN
+        RAISE EXCEPTION 'bondhu_schedule: % "%" never fires', argument, schedule
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Its day of month does not occur in its months within the next five years.';
+    END IF;
+END $$;
+
+-- The schedules bondhu_schedule() is asked for: an argument, else what the job has, else
+-- its default; the zone likewise, else UTC.
+CREATE FUNCTION bondhu.wanted_schedules(update_schedule text, cleanup_schedule text, zone text)
+RETURNS TABLE (id text, schedule text, timezone text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT b.id,
+           coalesce(CASE b.id WHEN 'personality_update' THEN update_schedule ELSE cleanup_schedule END,
+                    s.schedule, b.default_schedule),
+           coalesce(zone, s.timezone, 'UTC')
+    FROM bondhu.jobs() b LEFT JOIN bondhu.schedules s ON s.id = b.id
+$$;
+
+-- (Re)schedules bondhu's jobs. An omitted or NULL argument keeps what the job has (at
+-- first: '0 2 * * *' and '0 3 * * 0' in UTC). Schedules are read in `timezone`, which
+-- pg_cron's own zone (cron.timezone, GMT on pg_cron 1.4) need not be. Resumes paused
+-- jobs. Changes nothing unless every argument is valid.
+CREATE FUNCTION public.bondhu_schedule(update_schedule text DEFAULT NULL, cleanup_schedule text DEFAULT NULL,
+                                       timezone text DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wanted record;
+BEGIN
+    FOR wanted IN SELECT * FROM bondhu.wanted_schedules(update_schedule, cleanup_schedule, bondhu_schedule.timezone) LOOP
+        PERFORM bondhu.check_schedule(CASE wanted.id WHEN 'personality_update' THEN 'update_schedule'
+                                                     ELSE 'cleanup_schedule' END,
+                                      wanted.schedule, wanted.timezone);
+    END LOOP;
     IF NOT bondhu.cron_installed() THEN
         RAISE EXCEPTION 'bondhu_schedule: pg_cron is not installed in this database'
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name to this database, '
                          'run CREATE EXTENSION pg_cron, then call bondhu_schedule() again.';
     END IF;
-    -- A job name and role that exist already are updated in place: calling this again
-    -- is harmless. Only a superuser may name another role (this function runs as the
-    -- extension's owner).
-    PERFORM cron.schedule_in_database(b.jobname,
-                                      CASE b.id WHEN 'personality_update' THEN update_schedule ELSE cleanup_schedule END,
-                                      b.command, current_database(), 'bondhu_scheduler', true)
-    FROM bondhu.jobs() b;
-    RETURN jsonb_build_object('scheduled', bondhu.scheduled_jobs(), 'timezone', bondhu.cron_timezone());
+    INSERT INTO bondhu.schedules AS s (id, schedule, timezone)
+    SELECT w.id, w.schedule, w.timezone
+    FROM bondhu.wanted_schedules(update_schedule, cleanup_schedule, bondhu_schedule.timezone) w
+    ON CONFLICT (id) DO UPDATE SET schedule = excluded.schedule, timezone = excluded.timezone, paused_at = NULL;
+    PERFORM bondhu.put_job(b.id, now()) FROM bondhu.jobs() b;
+    RETURN jsonb_build_object('scheduled', bondhu.scheduled_jobs(), 'pg_cron_timezone', bondhu.cron_timezone());
 END $$;
-COMMENT ON FUNCTION public.bondhu_schedule(text, text) IS
-    '(Re)schedules bondhu''s two pg_cron jobs. Schedules are in pg_cron''s zone: GMT up to pg_cron 1.4, cron.timezone from 1.5.';
+COMMENT ON FUNCTION public.bondhu_schedule(text, text, text) IS
+    '(Re)schedules bondhu''s two pg_cron jobs, each schedule read in timezone; NULL keeps what a job has.';
 
+-- Pauses bondhu's jobs: removes them from pg_cron and keeps their schedules, which
+-- bondhu_schedule() resumes. Health reads 'paused'.
 CREATE FUNCTION public.bondhu_unschedule() RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    removed jsonb;
+    removed jsonb := bondhu.scheduled_jobs();
 BEGIN
-    IF NOT bondhu.cron_installed() THEN
-        RETURN jsonb_build_object('unscheduled', '[]'::jsonb);
+    UPDATE bondhu.schedules SET paused_at = now() WHERE paused_at IS NULL;
+    IF bondhu.cron_installed() THEN
+        PERFORM cron.unschedule(j.jobid) FROM bondhu.own_jobs() j;
     END IF;
-    removed := bondhu.scheduled_jobs();
-    PERFORM cron.unschedule(j.jobid) FROM bondhu.own_jobs() j;
     RETURN jsonb_build_object('unscheduled', removed);
 END $$;
-COMMENT ON FUNCTION public.bondhu_unschedule() IS 'Removes bondhu''s pg_cron jobs.';
-
--- The seed's admin health response. Status rules:
---   unhealthy: the scheduler is not running, or the last personality update failed;
---   degraded:  a scheduled update was missed (none succeeded since the first time the
---              schedule fired after the last success, plus an hour), or the last
---              update completed with errors;
---   healthy:   otherwise.
-CREATE FUNCTION public.bondhu_system_health() RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cfg bondhu.settings;
-    preloaded boolean := 'pg_cron' = ANY (string_to_array(
-        replace(current_setting('shared_preload_libraries'), ' ', ''), ','));
-    launcher boolean := EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE backend_type = 'pg_cron launcher');
-    installed boolean := bondhu.cron_installed();
-    jobs jsonb := '[]';
-    problems text[] := '{}';
-    scheduler_running boolean;
-    job_problems text[];
-    last_update bondhu.task_runs;
-    last_success bondhu.task_runs;
-    last_cleanup bondhu.task_runs;
-    update_schedule text;
-    missed_since timestamptz;
-    status text;
-    task text;
-    zone text := bondhu.cron_timezone();
-BEGIN
-    SELECT * INTO STRICT cfg FROM bondhu.settings;
-    -- Runs left 'running' by a session that moved on.
-    FOREACH task IN ARRAY ARRAY['personality_update', 'insights_cleanup'] LOOP
-        PERFORM bondhu.mark_interrupted_runs(task);
-    END LOOP;
-    SELECT * INTO last_update FROM bondhu.task_runs t
-    WHERE t.task_name = 'personality_update' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
-    SELECT * INTO last_success FROM bondhu.task_runs t
-    WHERE t.task_name = 'personality_update' AND t.status IN ('completed', 'completed_with_errors')
-    ORDER BY t.executed_at DESC LIMIT 1;
-    SELECT * INTO last_cleanup FROM bondhu.task_runs t
-    WHERE t.task_name = 'insights_cleanup' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
-
-    IF NOT preloaded THEN problems := problems || 'pg_cron is not in shared_preload_libraries'::text; END IF;
-    IF preloaded AND NOT launcher THEN problems := problems || 'the pg_cron launcher is not running'::text; END IF;
-    IF NOT installed THEN
-        problems := problems || 'pg_cron is not installed in this database'::text;
-    ELSE
-        SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'id', b.id, 'jobname', b.jobname, 'schedule', j.schedule,
-                   'trigger', CASE WHEN j.jobid IS NULL THEN NULL ELSE 'cron[' || j.schedule || '] ' || zone END,
-                   'active', coalesce(j.active, false),
-                   'next_run_time', CASE WHEN j.active THEN bondhu.cron_next_run(j.schedule, now(), zone) END,
-                   'last_run', (SELECT jsonb_build_object('status', d.status, 'start_time', d.start_time,
-                                                          'end_time', d.end_time, 'message', d.return_message)
-                                FROM cron.job_run_details d WHERE d.jobid = j.jobid
-                                ORDER BY d.runid DESC LIMIT 1)) ORDER BY b.id DESC), '[]'),
-               max(j.schedule) FILTER (WHERE b.id = 'personality_update'),
-               array_agg(b.jobname || CASE WHEN j.jobid IS NULL THEN ' is not scheduled (call bondhu_schedule())'
-                                           ELSE ' is not active' END)
-                   FILTER (WHERE j.jobid IS NULL OR NOT j.active)
-        INTO jobs, update_schedule, job_problems
-        FROM bondhu.jobs() b LEFT JOIN bondhu.own_jobs() j ON j.id = b.id;
-        problems := problems || coalesce(job_problems, '{}');
-    END IF;
-    scheduler_running := cardinality(problems) = 0;
-    -- what exactly once rests on: bondhu's triggers, enabled ALWAYS, on tables that
-    -- superusers own
-    problems := problems || ARRAY(
-        SELECT format('bondhu''s trigger %s on %s is %s: insights may be lost or counted twice '
-                      '(a superuser: ALTER TABLE %s ENABLE ALWAYS TRIGGER %I)',
-                      d.name, d.relation, CASE WHEN t.oid IS NULL THEN 'missing' ELSE 'not enabled ALWAYS' END,
-                      d.relation, d.name)
-        FROM bondhu.data_triggers() d
-        LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = d.relation AND t.tgname = d.name
-        WHERE t.oid IS NULL OR t.tgenabled <> 'A');
-    problems := problems || ARRAY(
-        SELECT format('%s is owned by %s, which is not a superuser: bondhu refuses to run '
-                      '(a superuser: ALTER TABLE %s OWNER TO a superuser)', d.relation, r.rolname, d.relation)
-        FROM bondhu.data_tables() d
-        JOIN pg_catalog.pg_class c ON c.oid = d.relation
-        JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
-        WHERE d.kind = 'TABLE' AND NOT r.rolsuper);
-
-    IF update_schedule IS NOT NULL AND last_success.executed_at IS NOT NULL THEN
-        missed_since := bondhu.cron_next_run(update_schedule, last_success.executed_at, zone);
-    END IF;
-    status := CASE
-        WHEN cardinality(problems) > 0 OR last_update.status = 'failed' THEN 'unhealthy'
-        WHEN missed_since + interval '1 hour' < now() OR last_update.status = 'completed_with_errors' THEN 'degraded'
-        ELSE 'healthy' END;
-
-    RETURN jsonb_build_object(
-        'status', status,
-        'scheduler_running', scheduler_running,
-        'problems', to_jsonb(problems),
-        'timezone', zone,
-        'scheduled_jobs', jobs,
-        'last_personality_update', CASE WHEN last_update.id IS NOT NULL THEN jsonb_build_object(
-            'task_name', last_update.task_name, 'executed_at', last_update.executed_at,
-            'users_processed', last_update.users_processed,
-            'successful_updates', last_update.successful_updates,
-            'failed_updates', last_update.failed_updates, 'status', last_update.status,
-            'error_message', last_update.error_message) END,
-        'missed_run_since', CASE WHEN missed_since + interval '1 hour' < now() THEN missed_since END,
-        'last_cleanup', CASE WHEN last_cleanup.id IS NOT NULL THEN jsonb_build_object(
-            'task_name', last_cleanup.task_name, 'executed_at', last_cleanup.executed_at,
-            'records_processed', last_cleanup.records_processed, 'status', last_cleanup.status) END,
-        'active_users_count', (SELECT count(DISTINCT i.user_id) FROM bondhu.insights i
-                               WHERE i.observed_at > now() - cfg.active_user_window),
-        'pending_insights', (SELECT count(*)
-                             FROM bondhu.insights i
-                             CROSS JOIN bondhu.global_cursor() g
-                             LEFT JOIN public.user_personality_profiles p ON p.user_id = i.user_id
-                             WHERE i.ingest_pos >= g.xmin_pos
-                               AND NOT bondhu.position_applied(i.ingest_pos, g.xmin_pos, g.xmax_pos, g.xip_pos)
-                               AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin,
-                                                                        p.applied_xmax, p.applied_xip), false)));
-END $$;
-COMMENT ON FUNCTION public.bondhu_system_health() IS
-    'Scheduler state, jobs with next and last runs, the last update and cleanup, and an overall status.';
-
--- Schedule the jobs at install when pg_cron is there.
-DO $$
-BEGIN
-    IF bondhu.cron_installed() THEN
-        PERFORM public.bondhu_schedule();
-    END IF;
-END $$;
+COMMENT ON FUNCTION public.bondhu_unschedule() IS
+    'Pauses bondhu''s pg_cron jobs: removes them and keeps their schedules for bondhu_schedule() to resume.';

@@ -40,25 +40,25 @@ $$;
 
 -- Refuses, with 42501, a caller who is not the signed-in owner of the profile. The
 -- messages name no user: they reach the server log.
-CREATE FUNCTION bondhu.require_own_profile(target uuid) RETURNS void
+CREATE FUNCTION bondhu.require_own_profile(target uuid, function_name text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     subject text := bondhu.jwt_subject();
     subject_id uuid;
 BEGIN
     IF subject IS NULL THEN
-        RAISE EXCEPTION 'bondhu_update_personality: no signed-in user'
+        RAISE EXCEPTION '%: no signed-in user', function_name
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = 'request.jwt.claims has no sub claim.';
     END IF;
     BEGIN
         subject_id := subject::uuid;
     EXCEPTION WHEN invalid_text_representation THEN
-        RAISE EXCEPTION 'bondhu_update_personality: the signed-in user id is not a uuid'
+        RAISE EXCEPTION '%: the signed-in user id is not a uuid', function_name
             USING ERRCODE = 'insufficient_privilege';
     END;
     IF subject_id <> target THEN
-        RAISE EXCEPTION 'bondhu_update_personality: a user may only update their own profile'
+        RAISE EXCEPTION '%: a user may only read or update their own profile', function_name
             USING ERRCODE = 'insufficient_privilege';
     END IF;
 END $$;
@@ -70,7 +70,8 @@ CREATE TABLE bondhu.self_update_requests (
 );
 
 -- Refuses, with SQLSTATE PT429 (PostgREST answers HTTP 429), a self-service update
--- inside the interval, saying how long to wait; otherwise records this one. Called with
+-- inside the interval, saying how long to wait (in its DETAIL as JSON:
+-- {"retry_after_seconds", "retry_at"}); otherwise records this one. Called with
 -- the profile locked, so two concurrent requests are seen in turn.
 CREATE FUNCTION bondhu.admit_self_update(target uuid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -84,8 +85,10 @@ BEGIN
         wait_seconds := greatest(1, ceil(extract(epoch FROM last_request + min_interval - now())))::integer;
         RAISE EXCEPTION 'bondhu_update_personality: too many updates, try again in % seconds', wait_seconds
             USING ERRCODE = 'PT429',
-                  DETAIL = format('retry_after_seconds=%s', wait_seconds),
-                  HINT = 'A user may update their profile once per bondhu.settings.self_update_min_interval.';
+                  -- for clients: PostgREST passes it on as the error's "details"
+                  DETAIL = jsonb_build_object('retry_after_seconds', wait_seconds,
+                                              'retry_at', last_request + min_interval)::text,
+                  HINT = format('A user may update their own profile once every %s.', min_interval);
     END IF;
     INSERT INTO bondhu.self_update_requests AS r (user_id, requested_at) VALUES (target, now())
     ON CONFLICT (user_id) DO UPDATE SET requested_at = excluded.requested_at;
@@ -94,19 +97,26 @@ END $$;
 ------------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC, then granted deliberately, from one list.
 ------------------------------------------------------------------------------------
--- The public API, and who may call each: 'operators' (bondhu_operator, service_role),
+-- The public API (functions, procedures, and views as 'TABLE'), and who may call or read
+-- each: 'operators' (bondhu_operator, service_role),
 -- 'scheduler' too (bondhu_scheduler, the role of the pg_cron jobs), 'authenticated'
--- too (the function checks that the signed-in user is the profile's owner).
+-- too (the function checks that the signed-in user is the profile's owner), 'everyone'
+-- (a pure function of its argument).
 CREATE FUNCTION bondhu.public_api() RETURNS TABLE (kind text, signature text, callers text)
 LANGUAGE sql IMMUTABLE AS $$
     VALUES ('FUNCTION', 'public.bondhu_update_personality(uuid)', 'authenticated'),
+           ('FUNCTION', 'public.bondhu_profile(uuid)', 'authenticated'),
+           ('FUNCTION', 'public.bondhu_insight_problems(jsonb)', 'everyone'),
+           ('TABLE', 'public.bondhu_profiles', 'authenticated'),
+           ('TABLE', 'public.bondhu_profile_history', 'authenticated'),
            ('FUNCTION', 'public.bondhu_update_all()', 'operators'),
            ('PROCEDURE', 'public.bondhu_run_update_all(integer)', 'scheduler'),
            ('FUNCTION', 'public.bondhu_cleanup_insights(interval)', 'operators'),
            ('PROCEDURE', 'public.bondhu_run_cleanup(interval)', 'scheduler'),
-           ('FUNCTION', 'public.bondhu_schedule(text, text)', 'operators'),
+           ('FUNCTION', 'public.bondhu_schedule(text, text, text)', 'operators'),
            ('FUNCTION', 'public.bondhu_unschedule()', 'operators'),
-           ('FUNCTION', 'public.bondhu_system_health()', 'operators')
+           ('FUNCTION', 'public.bondhu_system_health()', 'operators'),
+           ('FUNCTION', 'public.bondhu_metrics()', 'operators')
 $$;
 
 -- Grants what the README's security table says, to the roles that exist now, and takes
@@ -119,6 +129,7 @@ CREATE FUNCTION bondhu.grant_privileges() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
 DECLARE
     api record;
+    privilege text;
     grantee text;
     operators text[] := ARRAY['bondhu_operator'];
     nobody text[] := ARRAY['PUBLIC'];
@@ -126,8 +137,9 @@ DECLARE
                             'public.user_personality_profiles, public.personality_profile_history';
     -- what a procedure's run calls as its caller (its steps are SECURITY DEFINER)
     run_steps constant text := 'bondhu.refuse_transaction_block(text, text), bondhu.in_transaction_block(), '
-        'bondhu.start_update_run(), bondhu.apply_update_batch(uuid, integer), bondhu.finish_update_run(uuid), '
-        'bondhu.start_cleanup_run(interval), bondhu.cleanup_slice(uuid, interval), bondhu.finish_cleanup_run(uuid)';
+        'bondhu.start_update_run(), bondhu.start_cleanup_run(interval), bondhu.run_step(uuid, text), '
+        'bondhu.finish_run(uuid), bondhu.run_outcome(bondhu.task_runs), bondhu.take_due_run(text)';
+    run_procedures constant text := 'bondhu.run_in_steps(bondhu.task_runs, text), bondhu.run_if_due(text)';
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
         GRANT bondhu_operator TO service_role;
@@ -138,7 +150,7 @@ BEGIN
 
     -- Nothing for anybody first.
     FOREACH grantee IN ARRAY nobody LOOP
-        EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA bondhu FROM %s', grantee);
+        EXECUTE format('REVOKE ALL ON ALL ROUTINES IN SCHEMA bondhu FROM %s', grantee);
         EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA bondhu FROM %s', grantee);
         EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA bondhu FROM %s', grantee);
         EXECUTE format('REVOKE ALL ON SCHEMA bondhu FROM %s', grantee);
@@ -151,16 +163,20 @@ BEGIN
 
     -- Then what each may do.
     FOR api IN SELECT * FROM bondhu.public_api() LOOP
-        EXECUTE format('GRANT EXECUTE ON %s %s TO %s', api.kind, api.signature, array_to_string(operators, ', '));
+        privilege := CASE api.kind WHEN 'TABLE' THEN 'SELECT' ELSE 'EXECUTE' END;
+        EXECUTE format('GRANT %s ON %s %s TO %s', privilege, api.kind, api.signature, array_to_string(operators, ', '));
         IF api.callers = 'scheduler' THEN
-            EXECUTE format('GRANT EXECUTE ON %s %s TO bondhu_scheduler', api.kind, api.signature);
+            EXECUTE format('GRANT %s ON %s %s TO bondhu_scheduler', privilege, api.kind, api.signature);
         ELSIF api.callers = 'authenticated' AND 'authenticated' = ANY (nobody) THEN
-            EXECUTE format('GRANT EXECUTE ON %s %s TO authenticated', api.kind, api.signature);
+            EXECUTE format('GRANT %s ON %s %s TO authenticated', privilege, api.kind, api.signature);
+        ELSIF api.callers = 'everyone' THEN
+            EXECUTE format('GRANT %s ON %s %s TO PUBLIC', privilege, api.kind, api.signature);
         END IF;
     END LOOP;
     FOREACH grantee IN ARRAY operators || 'bondhu_scheduler'::text LOOP
         EXECUTE format('GRANT USAGE ON SCHEMA bondhu TO %s', grantee);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', run_steps, grantee);
+        EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO %s', run_procedures, grantee);
         EXECUTE format('GRANT SELECT ON bondhu.settings TO %s', grantee);
     END LOOP;
     FOREACH grantee IN ARRAY operators LOOP

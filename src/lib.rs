@@ -19,44 +19,56 @@ mod row_triggers;
 
 ::pgrx::pg_module_magic!(name, version);
 
+// The install script: these files in this order (CONTRIBUTING.md).
 pgrx::extension_sql_file!(
-    "../sql/state.sql",
-    name = "state",
+    "../sql/settings.sql",
+    name = "settings",
     requires = [bondhu::ingest_position]
 );
+pgrx::extension_sql_file!("../sql/cursors.sql", name = "cursors", requires = ["settings"]);
 pgrx::extension_sql_file!(
-    "../sql/data.sql",
-    name = "data",
+    "../sql/data_tables.sql",
+    name = "data_tables",
     requires = [
-        "state",
+        "cursors",
         bondhu::position_insight,
         bondhu::guard_profile_cursor
     ]
 );
 pgrx::extension_sql_file!(
-    "../sql/pipeline.sql",
-    name = "pipeline",
+    "../sql/run_log.sql",
+    name = "run_log",
+    requires = ["data_tables", bondhu::in_transaction_block]
+);
+pgrx::extension_sql_file!(
+    "../sql/apply.sql",
+    name = "apply",
     requires = [
-        "data",
+        "run_log",
         bondhu::insight_totals_step,
         bondhu::insight_counts_final,
         bondhu::insight_sums_final
     ]
 );
+pgrx::extension_sql_file!("../sql/update.sql", name = "update", requires = ["apply"]);
+pgrx::extension_sql_file!("../sql/profiles.sql", name = "profiles", requires = ["update"]);
+pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["profiles"]);
 pgrx::extension_sql_file!(
     "../sql/scheduling.sql",
     name = "scheduling",
     requires = [
-        "pipeline",
+        "cleanup",
         bondhu::cron_next_run_epoch,
-        bondhu::cron_check,
-        bondhu::in_transaction_block
+        bondhu::cron_check
     ]
 );
+pgrx::extension_sql_file!("../sql/health.sql", name = "health", requires = ["scheduling"]);
+pgrx::extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["health"]);
+pgrx::extension_sql_file!("../sql/install.sql", name = "install", requires = ["metrics"]);
 pgrx::extension_sql_file!(
-    "../sql/uninstall.sql",
-    name = "uninstall",
-    requires = ["scheduling", bondhu::on_drop_extension]
+    "../sql/drop_extension.sql",
+    name = "drop_extension",
+    requires = ["install", bondhu::on_drop_extension]
 );
 pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
 
@@ -70,7 +82,7 @@ mod bondhu {
     use pgrx::trigger_support::PgTrigger;
     use pgrx::{AllocatedByPostgres, AllocatedByRust, AnyElement, AnyNumeric, Internal};
 
-    /// The ingest position of the current transaction (sql/state.sql, data.sql).
+    /// The ingest position of the current transaction (sql/cursors.sql, data_tables.sql).
     #[pg_extern(volatile, parallel_unsafe)]
     fn ingest_position() -> i64 {
         crate::incarnation::transaction_position()

@@ -31,14 +31,19 @@ SELECT count(*) AS jobs FROM cron.job;
 \set VERBOSITY default
 SELECT bondhu_schedule('0 25 * * *');
 SELECT bondhu_schedule('0 2 * * *', 'weekly');
-SELECT bondhu_schedule(NULL);
+-- NULL (or an omitted argument) keeps what the job has
+SELECT bondhu_schedule(NULL) -> 'scheduled' -> 0 ->> 'schedule' AS kept;
 \set VERBOSITY sqlstate
 SELECT bondhu_schedule('0 25 * * *');
 \set VERBOSITY default
 SELECT jobname, schedule FROM cron.job ORDER BY jobname;
 
--- Unscheduled: unhealthy, and says what to do.
+-- Unscheduled: paused, and says how to resume.
 SELECT jsonb_array_length(bondhu_unschedule() -> 'unscheduled') AS removed;
+SELECT h ->> 'status' AS status, h -> 'problems' AS problems FROM bondhu_system_health() h;
+SELECT bondhu_schedule() IS NOT NULL AS rescheduled;
+-- A job removed behind bondhu's back (not paused): unhealthy, and says what to do.
+SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = 'bondhu_insights_cleanup';
 SELECT h ->> 'status' AS status, h -> 'problems' AS problems FROM bondhu_system_health() h;
 SELECT bondhu_schedule() IS NOT NULL AS rescheduled;
 
@@ -79,7 +84,7 @@ WHERE j ->> 'id' = 'personality_update';
 -- The job ran as bondhu_scheduler, a role that is no superuser.
 SELECT DISTINCT t.run_by, r.rolsuper, r.rolcanlogin FROM bondhu.task_runs t JOIN pg_roles r ON r.rolname = t.run_by;
 SELECT bondhu_unschedule() IS NOT NULL AS stopped;
-SELECT bondhu_schedule() IS NOT NULL AS back_to_nightly;
+SELECT bondhu_schedule('0 2 * * *', '0 3 * * 0') IS NOT NULL AS back_to_nightly;
 
 -- A role that may use pg_cron names a job like bondhu's: it stays that role's job, with
 -- its command, and bondhu neither reports, changes, runs as another role, nor removes it.
@@ -117,5 +122,6 @@ DROP EXTENSION pg_cron;
 REVOKE CREATE ON DATABASE bondhu_cron FROM app_dba;
 REVOKE CREATE ON SCHEMA public FROM app_dba;
 -- what DROP EXTENSION keeps, gone too, for the next test
-DROP TABLE chat_personality_insights, entertainment_interactions, user_personality_profiles, personality_profile_history;
+DROP TABLE chat_personality_insights, entertainment_interactions, user_personality_profiles, personality_profile_history,
+    bondhu_kept_state;
 DROP FUNCTION bondhu_uninstalled_insight(), bondhu_uninstalled_profile();

@@ -15,6 +15,7 @@ SELECT jobname, username, schedule, active FROM cron.job ORDER BY 1;
 SELECT bondhu_update_all() ->> 'insights_processed' AS applied_after_upgrade;
 SELECT openness FROM user_personality_profiles;
 DROP EXTENSION bondhu;
-DROP TABLE chat_personality_insights, entertainment_interactions, user_personality_profiles, personality_profile_history;
+DROP TABLE chat_personality_insights, entertainment_interactions, user_personality_profiles, personality_profile_history,
+    bondhu_kept_state;
 DROP FUNCTION bondhu_uninstalled_insight(), bondhu_uninstalled_profile();
 DROP EXTENSION pg_cron;

@@ -24,7 +24,7 @@ SELECT bondhu_cleanup_insights('29 days');
 SELECT count(*) AS chat_rows FROM chat_personality_insights;
 SELECT count(*) AS runs FROM system_tasks;
 
-SELECT r - 'task_id' AS result FROM bondhu_cleanup_insights() r;
+SELECT r - 'task_id' - 'duration_seconds' AS result FROM bondhu_cleanup_insights() r;
 SELECT now() - "timestamp" > interval '90 days' AS old FROM chat_personality_insights ORDER BY "timestamp";
 SELECT now() - created_at > interval '90 days' AS old, personality_insights
 FROM entertainment_interactions ORDER BY created_at;
@@ -50,7 +50,9 @@ VALUES (:gina, now() - interval '200 days', '{"openness": 1}');
 CREATE FUNCTION keep_chat() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'chat insights are on legal hold'; END $$;
 CREATE TRIGGER keep_chat BEFORE DELETE ON chat_personality_insights FOR EACH ROW EXECUTE FUNCTION keep_chat();
+\set VERBOSITY terse
 SELECT r ->> 'status' AS status, r ->> 'error_message' AS error FROM bondhu_cleanup_insights() r;
+\set VERBOSITY default
 SELECT status, error_message, metadata ->> 'sqlstate' AS sqlstate FROM system_tasks
 WHERE task_name = 'insights_cleanup' ORDER BY executed_at DESC LIMIT 1;
 SELECT count(*) AS chat_rows_kept FROM chat_personality_insights WHERE "timestamp" < now() - interval '90 days';

@@ -197,14 +197,19 @@ CREATE TEMP TABLE cursor_before AS SELECT applied_xmin, applied_xmax, applied_xi
 GRANT SELECT ON cursor_before TO edge_writer;
 SET ROLE edge_writer;
 SELECT (bondhu.start_update_run()).id AS run_id \gset
-SELECT r ->> 'status' AS finished_early, r ->> 'error_message' AS why FROM bondhu.finish_update_run(:'run_id') r;
+\set VERBOSITY terse
+SELECT status AS finished_early, error_message AS why FROM bondhu.finish_run(:'run_id');
 \set VERBOSITY sqlstate
-SELECT bondhu.apply_update_batch(:'run_id', 1);
-SELECT bondhu.apply_update_batch(gen_random_uuid(), NULL);
-SELECT bondhu.finish_update_run(gen_random_uuid());
+SELECT bondhu.run_step(:'run_id', '1');
+SELECT bondhu.run_step(gen_random_uuid(), NULL);
+SELECT bondhu.finish_run(gen_random_uuid());
+-- the steps' own work is not the caller's to call, with a forged run or any other
+SELECT bondhu.apply_update_batch(NULL::bondhu.task_runs, NULL);
+SELECT bondhu.cleanup_slice(NULL::bondhu.task_runs, NULL);
 SELECT (bondhu.start_cleanup_run('90 days')).id AS cleanup_id \gset
-SELECT bondhu.cleanup_slice(:'cleanup_id', '-1 day');
-SELECT bondhu.cleanup_slice(:'cleanup_id', '1000 years') AS slices_left;
+SELECT bondhu.run_step(:'cleanup_id', '-1 day');
+SELECT bondhu.run_step(:'cleanup_id', 'soon');
+SELECT bondhu.run_step(:'cleanup_id', '1000 years') AS slices_left;
 \set VERBOSITY default
 RESET ROLE;
 SELECT (SELECT ROW(applied_xmin, applied_xmax, applied_xip) FROM bondhu.pipeline_state)

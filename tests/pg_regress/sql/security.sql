@@ -68,6 +68,10 @@ CREATE TEMP TABLE matrix (what text, stmt text, expected text[]);
 INSERT INTO matrix VALUES
  ('update own profile', format('SELECT bondhu_update_personality(%L)->>''insights_processed''', :self),
   '{42501,ok:0,42501,42501,ok:0,ok:0,ok:0}'),
+ ('live profile', format('SELECT bondhu_profile(%L) ? ''openness''', :self),
+  '{42501,ok:true,42501,42501,ok:true,ok:true,ok:true}'),
+ ('metrics', 'SELECT bondhu_metrics() ? ''backlog''',
+  '{42501,42501,42501,42501,ok:true,ok:true,ok:true}'),
  ('update_all', 'SELECT bondhu_update_all()->>''status''',
   '{42501,42501,42501,42501,ok:completed,ok:completed,ok:completed}'),
  ('cleanup', 'SELECT bondhu_cleanup_insights()->>''status''',
@@ -83,6 +87,10 @@ INSERT INTO matrix VALUES
  ('read profiles', 'SELECT string_agg(right(user_id::text, 4), ''|'' ORDER BY user_id) FROM user_personality_profiles',
   '{42501,ok:a001,ok:b002,ok:,ok:a001|b002,ok:a001|b002,ok:a001|b002}'),
  ('read history', 'SELECT count(*) FROM personality_profile_history',
+  '{42501,ok:1,ok:1,ok:0,ok:2,ok:2,ok:2}'),
+ ('read the profile view', 'SELECT string_agg(right(user_id::text, 4), ''|'' ORDER BY user_id) FROM bondhu_profiles',
+  '{42501,ok:a001,ok:b002,ok:,ok:a001|b002,ok:a001|b002,ok:a001|b002}'),
+ ('read the history view', 'SELECT count(*) FROM bondhu_profile_history',
   '{42501,ok:1,ok:1,ok:0,ok:2,ok:2,ok:2}'),
  ('read chat insights', 'SELECT string_agg(message_context, ''|'' ORDER BY message_context) FROM chat_personality_insights',
   '{42501,ok:private words,ok:other words,ok:,ok:other words|private words,ok:other words|private words,ok:other words|private words}'),
@@ -105,7 +113,7 @@ INSERT INTO matrix VALUES
  ('call an internal function', 'SELECT count(*) FROM bondhu.apply_pending(NULL, NULL, bondhu.current_cursor(), bondhu.current_cursor(), NULL, ''self_update'')',
   '{42501,42501,42501,42501,42501,42501,ok:0}');
 
-SELECT plan((SELECT count(*)::int FROM matrix) * 7 + 9);
+SELECT plan((SELECT count(*)::int FROM matrix) * 7 + 11);
 SELECT is(as_caller(c.role, c.sub, m.stmt),
           m.expected[array_position(ARRAY['anon','self','other','no_sub','service','ops','dba'], c.caller)],
           m.what || ' as ' || c.caller)
@@ -123,11 +131,21 @@ SELECT is(as_caller('authenticated', :self, 'SELECT bondhu_update_personality(''
 SELECT is(as_caller('authenticated', 'not-a-uuid', format('SELECT bondhu_update_personality(%L)::text', :self)),
           '42501', 'a sub that is not a uuid');
 
--- Rate limit: one self-service update per minute; operators are not limited.
+-- Rate limit: one self-service update per minute that finds something pending (one
+-- that finds nothing uses no slot); operators are not limited. (as_caller rolls back
+-- what it did: the earlier update is recorded here.)
 UPDATE bondhu.settings SET self_update_min_interval = DEFAULT;
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:self, '{"openness": 1}');
 SELECT is(as_caller('authenticated', :self,
-          format('SELECT bondhu_update_personality(%L)->>''insights_processed'' || bondhu_update_personality(%L)::text', :self, :self)),
-          'PT429', 'a second self-service update within a minute is refused with PT429');
+          format('SELECT (bondhu_update_personality(%L)->>''insights_processed'') || (bondhu_update_personality(%L)->>''insights_processed'')', :self, :self)),
+          'ok:10', 'a self-service update, then one that finds nothing pending (no slot used)');
+INSERT INTO bondhu.self_update_requests (user_id, requested_at) VALUES (:self, now())
+ON CONFLICT (user_id) DO UPDATE SET requested_at = now();
+SELECT is(as_caller('authenticated', :self, format('SELECT bondhu_update_personality(%L)::text', :self)),
+          'PT429', 'a second self-service update within a minute with something pending is refused with PT429');
+SELECT bondhu_update_personality(:self) ->> 'insights_processed' AS applied_by_an_operator;
+SELECT is(as_caller('authenticated', :self, format('SELECT bondhu_update_personality(%L)->>''insights_processed''', :self)),
+          'ok:0', 'within the minute, an update that finds nothing pending is not refused');
 SELECT is(as_caller('ops', NULL,
           format('SELECT bondhu_update_personality(%L)->>''insights_processed'' || (bondhu_update_personality(%L)->>''insights_processed'')', :self, :self)),
           'ok:00', 'operators are not rate limited');

@@ -15,6 +15,11 @@ DROP EXTENSION bondhu;
 SELECT (SELECT count(*) FROM chat_personality_insights) AS chat, (SELECT count(*) FROM entertainment_interactions) AS entertainment,
        (SELECT count(*) FROM user_personality_profiles) AS profiles, (SELECT count(*) FROM personality_profile_history) AS history;
 SELECT count(*) AS extension_objects_left FROM pg_extension WHERE extname = 'bondhu';
+-- the settings, schedules and run log wait in a table only its owner (a superuser) may
+-- read, for the next CREATE EXTENSION
+SELECT jsonb_array_length(runs) AS runs_kept, settings ? 'dampening' AS settings_kept,
+       (SELECT relacl FROM pg_class WHERE oid = 'bondhu_kept_state'::regclass) AS acl
+FROM bondhu_kept_state;
 -- the app keeps writing while bondhu is not installed; a trigger bondhu left behind
 -- (not a member) keeps what is new or changed pending and ignores written positions
 SELECT tgrelid::regclass AS "table", tgname, tgenabled FROM pg_trigger WHERE tgname LIKE 'bondhu%' ORDER BY 1;

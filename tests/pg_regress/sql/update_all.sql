@@ -21,9 +21,12 @@ END $$;
 CREATE TRIGGER refuse_user_7 BEFORE UPDATE ON user_personality_profiles
     FOR EACH ROW EXECUTE FUNCTION refuse_user_7();
 
+-- (terse: a run that does not complete logs a WARNING whose DETAIL names the run's id)
+\set VERBOSITY terse
 SELECT r - 'task_id' - 'duration_seconds' AS result FROM bondhu_update_all() r;
 SELECT task_name, status, users_processed, successful_updates, failed_updates, records_processed,
-       error_message, metadata -> 'failed_user_ids' AS failed_user_ids, duration_seconds >= 0 AS timed
+       error_message, metadata -> 'failed_user_ids' AS failed_user_ids, metadata -> 'errors' AS errors,
+       metadata ->> 'sqlstate' AS sqlstate, duration_seconds >= 0 AS timed
 FROM system_tasks ORDER BY executed_at;
 SELECT count(*) AS profiles, round(sum(openness)::numeric, 6) AS openness_sum, min(extraversion), max(extraversion)
 FROM user_personality_profiles WHERE openness <> 50;
@@ -63,9 +66,11 @@ SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{"openness
 FROM generate_series(1, 50) u;
 CREATE TRIGGER refuse_user_7 BEFORE UPDATE ON user_personality_profiles
     FOR EACH ROW EXECUTE FUNCTION refuse_user_7();
+-- A run that did not complete ends the CALL with an error after its row is committed,
+-- so that pg_cron records the job's run as failed.
 CALL bondhu_run_update_all(7);
 SELECT status, users_processed, successful_updates, failed_updates, records_processed,
-       metadata -> 'failed_user_ids' AS failed_user_ids
+       metadata -> 'failed_user_ids' AS failed_user_ids, metadata -> 'errors' AS errors
 FROM system_tasks ORDER BY executed_at DESC LIMIT 1;
 SELECT count(*) FILTER (WHERE openness = 50 + 0.3 * right(user_id::text, 12)::int + 0.1) AS users_with_new_insight
 FROM user_personality_profiles WHERE user_id <> '00000000-0000-0000-0000-0000000000ff';
@@ -78,6 +83,41 @@ WHERE user_id <> '00000000-0000-0000-0000-0000000000ff'
 \set VERBOSITY sqlstate
 CALL bondhu_run_update_all(0);
 CALL bondhu_run_update_all(NULL);
+\set VERBOSITY terse
+
+-- A systematic failure: every user fails with the same error (a broken trigger). The
+-- per-user fallback stops after 10 users; the run fails, with the error's SQLSTATE, and
+-- every insight stays pending.
+INSERT INTO chat_personality_insights (user_id, adjustments)
+SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{"neuroticism": 1}'
+FROM generate_series(1, 40) u;
+CREATE FUNCTION refuse_everyone() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'profiles are read-only' USING ERRCODE = '25006'; END $$;
+CREATE TRIGGER refuse_everyone BEFORE UPDATE ON user_personality_profiles
+    FOR EACH ROW EXECUTE FUNCTION refuse_everyone();
+SELECT r ->> 'status' AS status, r ->> 'sqlstate' AS sqlstate, r ->> 'error_message' AS error,
+       r -> 'users_processed' AS users, r -> 'failed_updates' AS failed FROM bondhu_update_all() r;
+SELECT metadata -> 'errors' AS errors, jsonb_array_length(metadata -> 'failed_user_ids') AS ids_kept
+FROM system_tasks ORDER BY executed_at DESC LIMIT 1;
+-- the same in batches of 3 users: stopped after 10 users too (not one batch at a time),
+-- and the CALL fails with the run's SQLSTATE
+\set VERBOSITY sqlstate
+CALL bondhu_run_update_all(3);
+\set VERBOSITY terse
+SELECT status, users_processed, failed_updates, error_message FROM system_tasks ORDER BY executed_at DESC LIMIT 1;
+-- fewer than 10 users, all failing: no user succeeded, so the run failed
+DROP TRIGGER refuse_everyone ON user_personality_profiles;
+SELECT r ->> 'status' AS status, r -> 'users_processed' AS users FROM bondhu_update_all() r;
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES
+    ('00000000-0000-0000-0000-000000000001', '{"neuroticism": 1}'),
+    ('00000000-0000-0000-0000-000000000002', '{"neuroticism": 1}');
+CREATE TRIGGER refuse_everyone BEFORE UPDATE ON user_personality_profiles
+    FOR EACH ROW EXECUTE FUNCTION refuse_everyone();
+SELECT r ->> 'status' AS status, r ->> 'error_message' AS error, r -> 'failed_updates' AS failed
+FROM bondhu_update_all() r;
+DROP TRIGGER refuse_everyone ON user_personality_profiles;
+SELECT r ->> 'status' AS status, r -> 'users_processed' AS users FROM bondhu_update_all() r;
+\set VERBOSITY default
 \set VERBOSITY default
 
 -- A run left 'running' by a session that died is marked failed by the next health check

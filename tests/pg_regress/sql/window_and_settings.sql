@@ -41,6 +41,14 @@ UPDATE bondhu.settings SET dampening = NULL;
 UPDATE bondhu.settings SET insight_window = '-1 day';
 UPDATE bondhu.settings SET insight_retention = '10 days';
 UPDATE bondhu.settings SET run_log_retention = '30 days';
+-- the two settings that depend on each other: the hint says which to change first
+\set VERBOSITY default
+UPDATE bondhu.settings SET insight_window = '120 days';
+UPDATE bondhu.settings SET insight_retention = '10 days';
+UPDATE bondhu.settings SET insight_window = '120 days', insight_retention = '120 days';
+SELECT insight_window, insight_retention FROM bondhu.settings;
+UPDATE bondhu.settings SET insight_window = DEFAULT, insight_retention = DEFAULT;
+\set VERBOSITY terse
 DELETE FROM bondhu.settings;
 INSERT INTO bondhu.settings (dampening) VALUES (0.2);  -- as pg_dump restores it: replaces the row
 SELECT count(*), min(dampening) FROM bondhu.settings;

@@ -1,4 +1,4 @@
--- bondhu: settings, and where the exactly-once pipeline stands.
+-- bondhu: where the exactly-once pipeline stands: insight positions and cursors.
 --
 -- Every insight row carries an *ingest position*: (incarnation << 48) | the id of the
 -- transaction that wrote it. A pipeline run takes a snapshot and turns it into a
@@ -10,56 +10,6 @@
 -- so nothing is lost and nothing is rewritten. The incarnation changes when the data
 -- moves to another cluster (dump and restore), where transaction ids start again: all
 -- positions of the old incarnation sort below the new one.
-
-------------------------------------------------------------------------------------
--- Settings: one row per database, validated by CHECK constraints.
-------------------------------------------------------------------------------------
-CREATE TABLE bondhu.settings (
-    dampening numeric NOT NULL DEFAULT 0.1
-        CONSTRAINT dampening_between_0_and_1 CHECK (dampening > 0 AND dampening <= 1),
-    insight_window interval NOT NULL DEFAULT '30 days'
-        CONSTRAINT insight_window_positive CHECK (insight_window > interval '0'),
-    active_user_window interval NOT NULL DEFAULT '7 days'
-        CONSTRAINT active_user_window_positive CHECK (active_user_window > interval '0'),
-    insight_retention interval NOT NULL DEFAULT '90 days'
-        CONSTRAINT insight_retention_covers_insight_window CHECK (insight_retention >= insight_window),
-    run_log_retention interval NOT NULL DEFAULT '90 days'
-        CONSTRAINT run_log_retention_at_least_90_days CHECK (run_log_retention >= interval '90 days'),
-    self_update_min_interval interval NOT NULL DEFAULT '60 seconds'
-        CONSTRAINT self_update_min_interval_not_negative CHECK (self_update_min_interval >= interval '0')
-);
-COMMENT ON TABLE bondhu.settings IS
-    'bondhu settings for this database (one row). Change with UPDATE bondhu.settings SET ...; reset a value with SET col = DEFAULT.';
-CREATE UNIQUE INDEX settings_single_row ON bondhu.settings ((true));
-
--- pg_dump restores this configuration table with COPY after CREATE EXTENSION has
--- already inserted the default row: an insert into the table overwrites that row.
-CREATE FUNCTION bondhu.settings_keep_single_row() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF EXISTS (SELECT FROM bondhu.settings) THEN
-            UPDATE bondhu.settings SET
-                dampening = NEW.dampening,
-                insight_window = NEW.insight_window,
-                active_user_window = NEW.active_user_window,
-                insight_retention = NEW.insight_retention,
-                run_log_retention = NEW.run_log_retention,
-                self_update_min_interval = NEW.self_update_min_interval;
-            RETURN NULL;
-        END IF;
-        RETURN NEW;
-    END IF;
-    RAISE EXCEPTION 'bondhu.settings must keep its one row'
-        USING ERRCODE = 'restrict_violation',
-              HINT = 'Reset a value with UPDATE bondhu.settings SET <column> = DEFAULT.';
-END $$;
-CREATE TRIGGER keep_single_row BEFORE INSERT OR DELETE ON bondhu.settings
-    FOR EACH ROW EXECUTE FUNCTION bondhu.settings_keep_single_row();
-CREATE TRIGGER keep_single_row_truncate BEFORE TRUNCATE ON bondhu.settings
-    FOR EACH STATEMENT EXECUTE FUNCTION bondhu.settings_keep_single_row();
-INSERT INTO bondhu.settings DEFAULT VALUES;
-SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
 
 ------------------------------------------------------------------------------------
 -- Pipeline state: the incarnation and the global cursor, one row.
@@ -173,4 +123,11 @@ RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         OR xmax_pos <= (outer_cursor).xmin_pos
         OR (xmin_pos = (outer_cursor).xmin_pos AND xmax_pos = (outer_cursor).xmax_pos
             AND xip_pos = (outer_cursor).xip_pos)
+$$;
+
+-- The global cursor, as last advanced.
+CREATE FUNCTION bondhu.global_cursor() RETURNS bondhu.cursor
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ROW(s.applied_xmin, s.applied_xmax, s.applied_xip)::bondhu.cursor
+    FROM bondhu.pipeline_state s
 $$;

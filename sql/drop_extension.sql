@@ -5,7 +5,8 @@
 -- any other extension, by any role, runs as if bondhu were not there. When bondhu is
 -- dropped, its pg_cron jobs go (recognized as bondhu's by name, owner, database and
 -- command: another role's job of the same name is not touched), and the application's
--- tables are detached (data.sql), so they stay with every row.
+-- tables are detached (data_tables.sql), so they stay with every row; the settings, the
+-- schedules and the run log are kept for the next CREATE EXTENSION (install.sql).
 
 CREATE FUNCTION bondhu.prepare_drop() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -13,6 +14,7 @@ BEGIN
     IF bondhu.cron_installed() THEN
         PERFORM cron.unschedule(j.jobid) FROM bondhu.own_jobs() j;
     END IF;
+    PERFORM bondhu.keep_state();
     PERFORM bondhu.detach_data_tables();
 END $$;
 

@@ -3,7 +3,7 @@
 -- They hold the application's data, so bondhu never deletes them: CREATE EXTENSION
 -- creates them when missing and adopts them when they exist (the Python pipeline's
 -- tables, or bondhu's own left behind by DROP EXTENSION), keeping every row; DROP
--- EXTENSION detaches them first (see uninstall.sql). While installed they are members
+-- EXTENSION detaches them first (see drop_extension.sql). While installed they are members
 -- of the extension with their data in pg_dump's output (configuration tables).
 --
 -- Rows that predate bondhu count as applied (the Python pipeline applied them):

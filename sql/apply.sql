@@ -1,0 +1,187 @@
+-- bondhu: insight documents, trait math, and applying a range of users' pending insights.
+
+------------------------------------------------------------------------------------
+-- Insight documents and trait math
+------------------------------------------------------------------------------------
+-- Every insight, from both sources, as one relation. An interaction whose
+-- personality_insights is SQL NULL or JSON null is not analysed yet: not an insight.
+CREATE VIEW bondhu.insights AS
+    SELECT c.user_id, 'chat'::text AS source, c.adjustments AS doc,
+           coalesce(c."timestamp", c.created_at) AS observed_at, c.ingest_pos
+    FROM public.chat_personality_insights c
+    UNION ALL
+    SELECT e.user_id, 'entertainment'::text, e.personality_insights,
+           e.created_at, e.ingest_pos
+    FROM public.entertainment_interactions e
+    WHERE e.personality_insights IS NOT NULL AND e.personality_insights <> 'null'::jsonb;
+
+-- What one user's pending insights add up to, in one pass over them: two aggregates
+-- that share their state (Postgres computes it once), written in Rust (src/aggregate.rs,
+-- the rule in src/insight.rs). Each takes the document, whether it is inside the
+-- window (fresh), and whether it came from chat. A stale insight is only counted; a
+-- fresh one counts or is rejected whole.
+--   insight_counts: {applied, from chat, from entertainment, rejected, stale, ignored keys}
+--   insight_sums:   the applied adjustments of each trait added up exactly, in the
+--                   order openness, conscientiousness, extraversion, agreeableness,
+--                   neuroticism (0 for a trait no insight adjusts)
+-- SSPACE, the state's size, lets the planner hash the users instead of sorting every
+-- insight.
+CREATE AGGREGATE bondhu.insight_counts(doc jsonb, fresh boolean, from_chat boolean) (
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    FINALFUNC = bondhu.insight_counts_final
+);
+CREATE AGGREGATE bondhu.insight_sums(doc jsonb, fresh boolean, from_chat boolean) (
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    FINALFUNC = bondhu.insight_sums_final
+);
+
+-- Why a document would not count in full, checked as the pipeline checks it: empty when
+-- it counts in full; otherwise each reason (not an object; a key that is not a trait,
+-- which is ignored; a trait that is not a number or over 100 in magnitude, which rejects
+-- the whole document). The verdict is the pipeline's own (insight_counts over the one
+-- document); the reasons name what to fix. For the app to call before writing, or in a
+-- CHECK constraint: CHECK (cardinality(bondhu_insight_problems(adjustments)) = 0).
+-- SECURITY DEFINER so that any writer may call it without rights on bondhu's internals.
+CREATE FUNCTION public.bondhu_insight_problems(doc jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN v.counts[4] = 0 AND v.counts[6] = 0 THEN '{}'::text[]
+        WHEN jsonb_typeof(doc) <> 'object' THEN ARRAY['not an object: the document is rejected']
+        ELSE coalesce(nullif(ARRAY(
+            SELECT CASE WHEN e.key <> ALL (v.traits) THEN format('unknown key "%s": ignored', e.key)
+                        WHEN jsonb_typeof(e.value) <> 'number'
+                        THEN format('"%s" is not a number: the document is rejected', e.key)
+                        ELSE format('"%s" is over 100 in magnitude: the document is rejected', e.key) END
+            FROM jsonb_each(doc) e
+            WHERE e.key <> ALL (v.traits) OR jsonb_typeof(e.value) <> 'number'
+               OR abs((e.value #>> '{}')::numeric) > 100
+            ORDER BY e.key), '{}'), ARRAY['rejected by the pipeline''s rule']) END
+    FROM (SELECT bondhu.insight_counts(doc, true, true) AS counts,
+                 ARRAY['openness', 'conscientiousness', 'extraversion', 'agreeableness', 'neuroticism'] AS traits) v
+$$;
+COMMENT ON FUNCTION public.bondhu_insight_problems(jsonb) IS
+    'Why an insight document would not count in full (empty when it does): for the app to check before writing, or in a CHECK constraint.';
+
+-- new = clamp(current + dampening * sum, 0, 100), in exact decimal arithmetic. A trait
+-- without a value (an adopted profile) starts at 50, like a missing profile.
+CREATE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
+RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total))::double precision
+$$;
+
+------------------------------------------------------------------------------------
+-- Applying pending insights
+------------------------------------------------------------------------------------
+-- The pending insights of the users from first_user to last_user, summed per user: those
+-- the cursor `snapshot` covers and neither the cursor `covered` (the global cursor a run
+-- started from) nor, for the users in `ahead` (whose profile a self-service update moved
+-- past `covered`), the profile's own cursor does. An insight observed before
+-- window_start is stale. One row per user with any: n, the counts {applied, from chat,
+-- from entertainment, rejected, stale, ignored keys}; d, the applied adjustments of each
+-- trait added up exactly. Only the users in `ahead` are joined with their profile, so
+-- that a batch of everyone else is aggregated without a join. Read by apply_pending and
+-- bondhu_profile(). (No SET clause: the planner inlines it into their statements.)
+CREATE FUNCTION bondhu.pending_sums(first_user uuid, last_user uuid, covered bondhu.cursor, snapshot bondhu.cursor,
+                                    ahead uuid[], window_start timestamptz)
+RETURNS TABLE (user_id uuid, n integer[], d numeric[])
+LANGUAGE sql STABLE AS $$
+    WITH pending AS (
+        SELECT i.user_id, i.source, i.doc, i.observed_at
+        FROM bondhu.insights i
+        WHERE bondhu.position_pending(i.ingest_pos, covered, snapshot)
+          AND i.user_id BETWEEN first_user AND last_user
+          AND i.user_id <> ALL (ahead)
+        UNION ALL
+        SELECT i.user_id, i.source, i.doc, i.observed_at
+        FROM bondhu.insights i
+        JOIN public.user_personality_profiles p ON p.user_id = i.user_id
+        WHERE bondhu.position_pending(i.ingest_pos, covered, snapshot)
+          AND i.user_id = ANY (ahead)
+          AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
+    )
+    SELECT pending.user_id,
+           bondhu.insight_counts(pending.doc, pending.observed_at >= window_start, pending.source = 'chat'),
+           bondhu.insight_sums(pending.doc, pending.observed_at >= window_start, pending.source = 'chat')
+    FROM pending
+    GROUP BY pending.user_id
+$$;
+
+-- Applies every insight that the cursor `snapshot` covers and neither the cursor
+-- `covered` (the global cursor a run started from) nor the profile's own cursor does,
+-- for the users from first_user to last_user (in key order; a range
+-- is cheaper to test per insight than a list). The caller holds the row locks of the
+-- profiles of the users in that range with pending insights, taken before `snapshot` was
+-- read. Returns one row per user that had pending insights (fresh, stale or rejected).
+-- Planned for each call: a generic plan cannot know whether it serves one user or a
+-- batch of all of them.
+CREATE FUNCTION bondhu.apply_pending(first_user uuid, last_user uuid, covered bondhu.cursor, snapshot bondhu.cursor,
+                                     run_id uuid, applied_by text)
+RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
+               entertainment_insights integer, rejected_insights integer, stale_insights integer,
+               ignored_keys integer, traits_before double precision[], traits_after double precision[])
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg bondhu.settings;
+    ahead uuid[];
+BEGIN
+    SELECT * INTO STRICT cfg FROM bondhu.settings;
+    -- Users whose profile a self-service update has moved past the global cursor: only
+    -- their insights are checked against the profile's own cursor, so that the others
+    -- are aggregated without a join.
+    ahead := ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
+                   WHERE p.user_id BETWEEN first_user AND last_user
+                     AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered));
+    RETURN QUERY
+    WITH sums AS (
+        SELECT * FROM bondhu.pending_sums(first_user, last_user, covered, snapshot, ahead, now() - cfg.insight_window)
+    ), totals AS (
+        -- the profile's values, read here: the caller holds its lock, so they are the
+        -- values the update replaces
+        SELECT s.user_id, s.n, s.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
+        FROM sums s
+        JOIN public.user_personality_profiles p ON p.user_id = s.user_id
+    ), updated AS (
+        UPDATE public.user_personality_profiles p SET
+            openness = bondhu.adjusted_trait(p.openness, t.d[1], cfg.dampening),
+            conscientiousness = bondhu.adjusted_trait(p.conscientiousness, t.d[2], cfg.dampening),
+            extraversion = bondhu.adjusted_trait(p.extraversion, t.d[3], cfg.dampening),
+            agreeableness = bondhu.adjusted_trait(p.agreeableness, t.d[4], cfg.dampening),
+            neuroticism = bondhu.adjusted_trait(p.neuroticism, t.d[5], cfg.dampening),
+            updated_at = CASE WHEN t.n[1] > 0 THEN now() ELSE p.updated_at END,
+            applied_xmin = (snapshot).xmin_pos,
+            applied_xmax = (snapshot).xmax_pos,
+            applied_xip = (snapshot).xip_pos
+        FROM totals t
+        WHERE p.user_id = t.user_id
+        RETURNING p.user_id, t.n[1] AS applied, t.n[2] AS chat, t.n[3] AS entertainment, t.n[4] AS rejected,
+                  t.n[5] AS stale, t.n[6] AS ignored,
+                  -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
+                  ARRAY[coalesce(t.openness, 50), coalesce(t.conscientiousness, 50), coalesce(t.extraversion, 50),
+                        coalesce(t.agreeableness, 50), coalesce(t.neuroticism, 50)] AS before,
+                  ARRAY[p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism] AS after
+    ), history AS (
+        INSERT INTO public.personality_profile_history
+            (user_id, applied_at, task_id, trigger, insights_processed,
+             openness_before, openness_after, conscientiousness_before, conscientiousness_after,
+             extraversion_before, extraversion_after, agreeableness_before, agreeableness_after,
+             neuroticism_before, neuroticism_after)
+        SELECT u.user_id, now(), run_id, applied_by, u.applied,
+               u.before[1], u.after[1], u.before[2], u.after[2], u.before[3], u.after[3],
+               u.before[4], u.after[4], u.before[5], u.after[5]
+        FROM updated u
+        WHERE u.applied > 0
+    )
+    SELECT u.user_id, u.applied, u.chat, u.entertainment, u.rejected, u.stale, u.ignored, u.before, u.after
+    FROM updated u;
+END $$;
+
+-- {"openness": {"before", "after", "change"}, ...} for two trait arrays.
+CREATE FUNCTION bondhu.trait_changes(before double precision[], after double precision[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_object_agg(t.name, jsonb_build_object(
+               'before', before[t.i], 'after', after[t.i],
+               'change', after[t.i]::numeric - before[t.i]::numeric))
+    FROM unnest(ARRAY['openness', 'conscientiousness', 'extraversion', 'agreeableness', 'neuroticism'])
+         WITH ORDINALITY AS t(name, i)
+$$;
+

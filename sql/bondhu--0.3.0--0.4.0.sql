@@ -1,0 +1,1436 @@
+-- bondhu 0.3.0 -> 0.4.0: one run lifecycle for update and cleanup runs; failed runs
+-- reach pg_cron and the log; schedules in the operator's zone; health that says what to
+-- do; a reinstall keeps settings, schedules and the run log. A delta: only what changed
+-- (CHANGELOG.md). The routines were drafted by scripts/upgrade_delta.py (CONTRIBUTING.md);
+-- scripts/test.sh checks that 0.3.0 plus this script has the same catalog fingerprint as
+-- a fresh 0.4.0 install.
+\echo Use "ALTER EXTENSION bondhu UPDATE TO '0.4.0'" to load this file. \quit
+
+-- Routines whose arguments or result changed, or that are gone.
+DROP FUNCTION bondhu.require_own_profile(target uuid);
+DROP FUNCTION public.bondhu_schedule(update_schedule text, cleanup_schedule text);
+DROP FUNCTION bondhu.jobs();
+DROP FUNCTION bondhu.cleanup_slice(run_id uuid, slice_length interval);
+DROP FUNCTION bondhu.apply_update_batch(run_id uuid, batch_size integer);
+DROP FUNCTION bondhu.apply_pending(p_first uuid, p_last uuid, p_global bondhu.cursor, p_new bondhu.cursor, p_task_id uuid, p_trigger text);
+DROP FUNCTION bondhu.own_run(run_id uuid, task text);
+DROP FUNCTION bondhu.cleanup_summary(run bondhu.task_runs);
+DROP FUNCTION bondhu.finish_cleanup_run(run_id uuid);
+DROP FUNCTION bondhu.finish_update_run(run_id uuid);
+
+-- The schedules operators set, each in its own zone (scheduling.sql).
+CREATE TABLE bondhu.schedules (
+    id text PRIMARY KEY CONSTRAINT known_job CHECK (id IN ('personality_update', 'insights_cleanup')),
+    schedule text NOT NULL,
+    timezone text NOT NULL DEFAULT 'UTC',
+    paused_at timestamptz
+);
+SELECT pg_catalog.pg_extension_config_dump('bondhu.schedules', '');
+
+
+-- The one CHECK that ties two settings together fails with a hint saying which to
+-- change first (a CHECK constraint cannot carry one); the others say enough themselves.
+CREATE FUNCTION bondhu.settings_explain_checks() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.insight_retention < NEW.insight_window THEN
+        RAISE EXCEPTION 'bondhu.settings: insight_retention (%) must be at least insight_window (%)',
+            NEW.insight_retention, NEW.insight_window
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'insight_retention_covers_insight_window',
+                  DETAIL = 'Cleanup would delete insights that are not applied yet.',
+                  HINT = CASE WHEN NEW.insight_window IS DISTINCT FROM OLD.insight_window
+                              THEN 'To lengthen insight_window, raise insight_retention first, or both in one UPDATE.'
+                              ELSE 'To shorten insight_retention, shorten insight_window first, or both in one UPDATE.' END;
+    END IF;
+    RETURN NEW;
+END $$;
+
+-- Starts a run of `task`: logs it as 'running', with its run lock held, and returns it;
+-- or, while another run of the task is alive, logs and returns a 'skipped' run.
+CREATE FUNCTION bondhu.start_run(task text) RETURNS bondhu.task_runs
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    run bondhu.task_runs;
+BEGIN
+    PERFORM bondhu.require_superuser_owned_tables();
+    run := bondhu.lock_run(task);
+    IF run.id IS NULL THEN
+        INSERT INTO bondhu.task_runs (task_name, status) VALUES (task, 'running')
+        RETURNING * INTO run;
+    END IF;
+    RETURN run;
+END $$;
+
+-- The run `run_id`, if it is an unfinished run of this session, with its task's run
+-- lock held for this transaction; otherwise 55000. A step given another session's run,
+-- a finished one, or a made-up id does nothing.
+CREATE FUNCTION bondhu.own_run(run_id uuid) RETURNS bondhu.task_runs
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    run bondhu.task_runs;
+BEGIN
+    SELECT * INTO run FROM bondhu.task_runs t
+    WHERE t.id = run_id AND t.status IN ('running', 'failed') AND t.finished_at IS NULL
+      AND t.backend_pid = pg_backend_pid() AND t.backend_start = bondhu.backend_start();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'bondhu: % is not an unfinished run of this session', run_id
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    PERFORM pg_advisory_xact_lock(bondhu.lock_key(run.task_name));
+    -- read again under the lock (in a procedure's run, a step's lock is new)
+    SELECT * INTO STRICT run FROM bondhu.task_runs t WHERE t.id = run_id;
+    RETURN run;
+END $$;
+
+-- Does the next step of the run `run_id`: the next `step` users of an update run (a
+-- positive integer), the next `step` of time of a cleanup run (a positive interval),
+-- all that is left when step is NULL. Returns whether steps are left. A step that fails
+-- is rolled back and fails the run (logged with its SQLSTATE); so does a cancel (or
+-- statement_timeout) of a procedure's run, while a single-transaction run is cancelled
+-- whole.
+CREATE FUNCTION bondhu.run_step(run_id uuid, step text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    run bondhu.task_runs := bondhu.own_run(run_id);
+    batch_size integer;
+    slice_length interval;
+    error_state text;
+    error_text text;
+BEGIN
+    IF run.task_name = 'personality_update' THEN
+        batch_size := step::integer;
+    ELSE
+        slice_length := step::interval;
+    END IF;
+    IF batch_size < 1 OR slice_length <= interval '0' THEN
+        RAISE EXCEPTION 'bondhu: a step must be a positive number of users or a positive interval, got %', step
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF run.status <> 'running' THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        IF run.task_name = 'personality_update' THEN
+            RETURN bondhu.apply_update_batch(run, batch_size);
+        END IF;
+        RETURN bondhu.cleanup_slice(run, slice_length);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        IF step IS NULL AND SQLSTATE = '57014' THEN
+            RAISE;
+        END IF;
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_text = MESSAGE_TEXT;
+        PERFORM bondhu.fail_run(run_id, error_state, error_text);
+        RETURN false;
+    END;
+END $$;
+
+-- a + b, for a run's counts: a number in b is added to a's (missing: 0), an object is
+-- added key by key, an array is appended, anything else replaces a's.
+CREATE FUNCTION bondhu.add_counts(a jsonb, b jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a || coalesce(jsonb_object_agg(e.key, CASE jsonb_typeof(e.value)
+               WHEN 'number' THEN to_jsonb(coalesce((a ->> e.key)::numeric, 0) + (e.value #>> '{}')::numeric)
+               WHEN 'object' THEN bondhu.add_counts(coalesce(a -> e.key, '{}'), e.value)
+               WHEN 'array' THEN coalesce(a -> e.key, '[]') || e.value
+               ELSE e.value END), '{}')
+    FROM jsonb_each(b) e
+$$;
+
+-- Adds a step's counts to its run's row, the one place that writes them: 'users',
+-- 'succeeded', 'failed' and 'records' go to their columns, the rest into the metadata
+-- (add_counts). The first error a step reports ('error': {sqlstate, message}) becomes
+-- the run's error message and SQLSTATE. Moves the run's position: the last user done,
+-- or where the next slice starts.
+CREATE FUNCTION bondhu.record_step(run_id uuid, counts jsonb, all_done boolean,
+                                   resume_after uuid DEFAULT NULL, resume_from timestamptz DEFAULT NULL)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE bondhu.task_runs t SET
+        users_processed = t.users_processed + coalesce((counts ->> 'users')::integer, 0),
+        successful_updates = t.successful_updates + coalesce((counts ->> 'succeeded')::integer, 0),
+        failed_updates = t.failed_updates + coalesce((counts ->> 'failed')::integer, 0),
+        records_processed = t.records_processed + coalesce((counts ->> 'records')::bigint, 0),
+        error_message = coalesce(t.error_message, counts #>> '{error,message}'),
+        metadata = bondhu.add_counts(t.metadata, counts - ARRAY['users', 'succeeded', 'failed', 'records', 'error'])
+            || CASE WHEN counts ? 'error' AND NOT t.metadata ? 'sqlstate'
+                    THEN jsonb_build_object('sqlstate', counts #> '{error,sqlstate}') ELSE '{}' END,
+        resume_after = coalesce(record_step.resume_after, t.resume_after),
+        resume_from = coalesce(record_step.resume_from, t.resume_from),
+        all_done = record_step.all_done
+    WHERE t.id = run_id
+$$;
+
+-- Fails the run `run_id` with an error (its SQLSTATE goes into the metadata).
+CREATE FUNCTION bondhu.fail_run(run_id uuid, error_state text, error_text text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE bondhu.task_runs t SET status = 'failed', error_message = error_text,
+        metadata = t.metadata || jsonb_build_object('sqlstate', error_state)
+    WHERE t.id = run_id
+$$;
+
+-- Closes the run `run_id` of this session and returns it. Its status: 'failed' when it
+-- failed, was not done (a step is left), or every user it tried failed;
+-- 'completed_with_errors' when some users failed; otherwise 'completed'. Then the
+-- task's own ending: a completed update run has applied every insight its snapshot
+-- covers, so the global cursor moves to it (otherwise it stays, and the next run retries
+-- exactly what is pending); a cleanup run prunes the run log. A run that did not
+-- complete logs one WARNING naming the run (its error is in system_tasks).
+CREATE FUNCTION bondhu.finish_run(run_id uuid) RETURNS bondhu.task_runs
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    run bondhu.task_runs := bondhu.own_run(run_id);
+    log_pruned bigint;
+BEGIN
+    IF run.task_name = 'insights_cleanup' THEN
+        DELETE FROM bondhu.task_runs t
+        WHERE t.executed_at < now() - (SELECT s.run_log_retention FROM bondhu.settings s) AND t.id <> run_id;
+        GET DIAGNOSTICS log_pruned = ROW_COUNT;
+    END IF;
+    UPDATE bondhu.task_runs t SET
+        status = CASE WHEN t.status = 'failed' OR NOT t.all_done
+                           OR (t.failed_updates > 0 AND t.successful_updates = 0) THEN 'failed'
+                      WHEN t.failed_updates > 0 THEN 'completed_with_errors' ELSE 'completed' END,
+        error_message = CASE WHEN t.status = 'failed' THEN t.error_message
+                             WHEN NOT t.all_done THEN 'finished before every step was done'
+                             WHEN t.failed_updates > 0 AND t.successful_updates = 0
+                             THEN 'every user failed: ' || t.error_message
+                             ELSE t.error_message END,
+        finished_at = clock_timestamp(),
+        duration_seconds = round(extract(epoch FROM clock_timestamp() - t.executed_at)::numeric, 3),
+        metadata = t.metadata || CASE WHEN log_pruned IS NULL THEN '{}'
+                                       ELSE jsonb_build_object('run_log_rows_pruned', log_pruned) END
+    WHERE t.id = run_id
+    RETURNING * INTO run;
+    IF run.status = 'completed' AND run.task_name = 'personality_update' THEN
+        UPDATE bondhu.pipeline_state SET
+            applied_xmin = (run.snapshot).xmin_pos, applied_xmax = (run.snapshot).xmax_pos,
+            applied_xip = (run.snapshot).xip_pos, advanced_at = now();
+    ELSIF run.status <> 'completed' THEN
+        -- the run's id and SQLSTATE only: an error message can quote a row
+        RAISE WARNING '%', bondhu.run_outcome(run)
+            USING DETAIL = format('Run %s, SQLSTATE %s; its error is in system_tasks.',
+                                  run.id, coalesce(run.metadata ->> 'sqlstate', 'unknown'));
+    END IF;
+    RETURN run;
+END $$;
+
+-- How a run that did not complete ended, in words for a WARNING or an error.
+CREATE FUNCTION bondhu.run_outcome(run bondhu.task_runs) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('bondhu: a %s run %s', CASE run.task_name WHEN 'personality_update' THEN 'personality update'
+                                                            ELSE 'cleanup' END,
+                  CASE run.status WHEN 'completed_with_errors' THEN 'completed with errors' ELSE run.status END)
+$$;
+
+-- A run as its function returns it: what every run has, and its task's own counts.
+CREATE OR REPLACE FUNCTION bondhu.run_summary(run bondhu.task_runs) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'task_id', run.id, 'status', run.status,
+        'duration_seconds', coalesce(run.duration_seconds, 0),
+        'error_message', run.error_message, 'sqlstate', run.metadata -> 'sqlstate')
+        || CASE run.task_name
+           WHEN 'personality_update' THEN jsonb_build_object(
+               'users_processed', run.users_processed, 'successful_updates', run.successful_updates,
+               'failed_updates', run.failed_updates,
+               'insights_processed', coalesce((run.metadata ->> 'insights_processed')::bigint, 0),
+               'rejected_insights', coalesce((run.metadata ->> 'rejected_insights')::bigint, 0),
+               'stale_insights', coalesce((run.metadata ->> 'stale_insights')::bigint, 0))
+           ELSE jsonb_build_object(
+               'records_processed', run.records_processed,
+               'chat_insights_deleted', coalesce((run.metadata ->> 'chat_insights_deleted')::bigint, 0),
+               'entertainment_insights_cleared', coalesce((run.metadata ->> 'entertainment_insights_cleared')::bigint, 0))
+           END
+$$;
+
+-- A run in one transaction: the task's function. A skipped run is returned as it is.
+CREATE FUNCTION bondhu.run_at_once(run bondhu.task_runs) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF run.status = 'running' THEN
+        PERFORM bondhu.run_step(run.id, NULL);
+        run := bondhu.finish_run(run.id);
+    END IF;
+    RETURN bondhu.run_summary(run);
+END $$;
+
+-- A run in many transactions: the task's procedure, for pg_cron and large databases.
+-- Commits after every step, so that the run's progress shows in system_tasks while it
+-- runs, memory stays bounded and no transaction holds back vacuum for the whole run.
+-- A run that did not complete ends the CALL with an error after its row is committed:
+-- pg_cron records the job's run as failed, and a manual CALL says so. The error carries
+-- the run's SQLSTATE (P0001 when it has none).
+-- (No SET search_path: a procedure with one cannot commit; every name is qualified.)
+CREATE PROCEDURE bondhu.run_in_steps(run bondhu.task_runs, step text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF run.status <> 'running' THEN
+        RETURN;
+    END IF;
+    COMMIT;
+    WHILE bondhu.run_step(run.id, step) LOOP
+        COMMIT;
+    END LOOP;
+    COMMIT;
+    run := bondhu.finish_run(run.id);
+    COMMIT;
+    IF run.status <> 'completed' THEN
+        RAISE EXCEPTION '%', bondhu.run_outcome(run)
+            USING ERRCODE = coalesce(run.metadata ->> 'sqlstate', 'P0001'),
+                  DETAIL = format('Run %s; its row is committed.', run.id),
+                  HINT = format('SELECT * FROM system_tasks WHERE id = %L', run.id);
+    END IF;
+END $$;
+
+-- Why a document would not count in full, checked as the pipeline checks it: empty when
+-- it counts in full; otherwise each reason (not an object; a key that is not a trait,
+-- which is ignored; a trait that is not a number or over 100 in magnitude, which rejects
+-- the whole document). The verdict is the pipeline's own (insight_counts over the one
+-- document); the reasons name what to fix. For the app to call before writing, or in a
+-- CHECK constraint: CHECK (cardinality(bondhu_insight_problems(adjustments)) = 0).
+-- SECURITY DEFINER so that any writer may call it without rights on bondhu's internals.
+CREATE FUNCTION public.bondhu_insight_problems(doc jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN v.counts[4] = 0 AND v.counts[6] = 0 THEN '{}'::text[]
+        WHEN jsonb_typeof(doc) <> 'object' THEN ARRAY['not an object: the document is rejected']
+        ELSE coalesce(nullif(ARRAY(
+            SELECT CASE WHEN e.key <> ALL (v.traits) THEN format('unknown key "%s": ignored', e.key)
+                        WHEN jsonb_typeof(e.value) <> 'number'
+                        THEN format('"%s" is not a number: the document is rejected', e.key)
+                        ELSE format('"%s" is over 100 in magnitude: the document is rejected', e.key) END
+            FROM jsonb_each(doc) e
+            WHERE e.key <> ALL (v.traits) OR jsonb_typeof(e.value) <> 'number'
+               OR abs((e.value #>> '{}')::numeric) > 100
+            ORDER BY e.key), '{}'), ARRAY['rejected by the pipeline''s rule']) END
+    FROM (SELECT bondhu.insight_counts(doc, true, true) AS counts,
+                 ARRAY['openness', 'conscientiousness', 'extraversion', 'agreeableness', 'neuroticism'] AS traits) v
+$$;
+
+COMMENT ON FUNCTION public.bondhu_insight_problems(jsonb) IS
+    'Why an insight document would not count in full (empty when it does): for the app to check before writing, or in a CHECK constraint.';
+
+------------------------------------------------------------------------------------
+-- Applying pending insights
+------------------------------------------------------------------------------------
+-- The pending insights of the users from first_user to last_user, summed per user: those
+-- the cursor `snapshot` covers and neither the cursor `covered` (the global cursor a run
+-- started from) nor, for the users in `ahead` (whose profile a self-service update moved
+-- past `covered`), the profile's own cursor does. An insight observed before
+-- window_start is stale. One row per user with any: n, the counts {applied, from chat,
+-- from entertainment, rejected, stale, ignored keys}; d, the applied adjustments of each
+-- trait added up exactly. Only the users in `ahead` are joined with their profile, so
+-- that a batch of everyone else is aggregated without a join. Read by apply_pending and
+-- bondhu_profile(). (No SET clause: the planner inlines it into their statements.)
+CREATE FUNCTION bondhu.pending_sums(first_user uuid, last_user uuid, covered bondhu.cursor, snapshot bondhu.cursor,
+                                    ahead uuid[], window_start timestamptz)
+RETURNS TABLE (user_id uuid, n integer[], d numeric[])
+LANGUAGE sql STABLE AS $$
+    WITH pending AS (
+        SELECT i.user_id, i.source, i.doc, i.observed_at
+        FROM bondhu.insights i
+        WHERE bondhu.position_pending(i.ingest_pos, covered, snapshot)
+          AND i.user_id BETWEEN first_user AND last_user
+          AND i.user_id <> ALL (ahead)
+        UNION ALL
+        SELECT i.user_id, i.source, i.doc, i.observed_at
+        FROM bondhu.insights i
+        JOIN public.user_personality_profiles p ON p.user_id = i.user_id
+        WHERE bondhu.position_pending(i.ingest_pos, covered, snapshot)
+          AND i.user_id = ANY (ahead)
+          AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
+    )
+    SELECT pending.user_id,
+           bondhu.insight_counts(pending.doc, pending.observed_at >= window_start, pending.source = 'chat'),
+           bondhu.insight_sums(pending.doc, pending.observed_at >= window_start, pending.source = 'chat')
+    FROM pending
+    GROUP BY pending.user_id
+$$;
+
+-- Applies every insight that the cursor `snapshot` covers and neither the cursor
+-- `covered` (the global cursor a run started from) nor the profile's own cursor does,
+-- for the users from first_user to last_user (in key order; a range
+-- is cheaper to test per insight than a list). The caller holds the row locks of the
+-- profiles of the users in that range with pending insights, taken before `snapshot` was
+-- read. Returns one row per user that had pending insights (fresh, stale or rejected).
+-- Planned for each call: a generic plan cannot know whether it serves one user or a
+-- batch of all of them.
+CREATE FUNCTION bondhu.apply_pending(first_user uuid, last_user uuid, covered bondhu.cursor, snapshot bondhu.cursor,
+                                     run_id uuid, applied_by text)
+RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
+               entertainment_insights integer, rejected_insights integer, stale_insights integer,
+               ignored_keys integer, traits_before double precision[], traits_after double precision[])
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg bondhu.settings;
+    ahead uuid[];
+BEGIN
+    SELECT * INTO STRICT cfg FROM bondhu.settings;
+    -- Users whose profile a self-service update has moved past the global cursor: only
+    -- their insights are checked against the profile's own cursor, so that the others
+    -- are aggregated without a join.
+    ahead := ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
+                   WHERE p.user_id BETWEEN first_user AND last_user
+                     AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered));
+    RETURN QUERY
+    WITH sums AS (
+        SELECT * FROM bondhu.pending_sums(first_user, last_user, covered, snapshot, ahead, now() - cfg.insight_window)
+    ), totals AS (
+        -- the profile's values, read here: the caller holds its lock, so they are the
+        -- values the update replaces
+        SELECT s.user_id, s.n, s.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
+        FROM sums s
+        JOIN public.user_personality_profiles p ON p.user_id = s.user_id
+    ), updated AS (
+        UPDATE public.user_personality_profiles p SET
+            openness = bondhu.adjusted_trait(p.openness, t.d[1], cfg.dampening),
+            conscientiousness = bondhu.adjusted_trait(p.conscientiousness, t.d[2], cfg.dampening),
+            extraversion = bondhu.adjusted_trait(p.extraversion, t.d[3], cfg.dampening),
+            agreeableness = bondhu.adjusted_trait(p.agreeableness, t.d[4], cfg.dampening),
+            neuroticism = bondhu.adjusted_trait(p.neuroticism, t.d[5], cfg.dampening),
+            updated_at = CASE WHEN t.n[1] > 0 THEN now() ELSE p.updated_at END,
+            applied_xmin = (snapshot).xmin_pos,
+            applied_xmax = (snapshot).xmax_pos,
+            applied_xip = (snapshot).xip_pos
+        FROM totals t
+        WHERE p.user_id = t.user_id
+        RETURNING p.user_id, t.n[1] AS applied, t.n[2] AS chat, t.n[3] AS entertainment, t.n[4] AS rejected,
+                  t.n[5] AS stale, t.n[6] AS ignored,
+                  -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
+                  ARRAY[coalesce(t.openness, 50), coalesce(t.conscientiousness, 50), coalesce(t.extraversion, 50),
+                        coalesce(t.agreeableness, 50), coalesce(t.neuroticism, 50)] AS before,
+                  ARRAY[p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism] AS after
+    ), history AS (
+        INSERT INTO public.personality_profile_history
+            (user_id, applied_at, task_id, trigger, insights_processed,
+             openness_before, openness_after, conscientiousness_before, conscientiousness_after,
+             extraversion_before, extraversion_after, agreeableness_before, agreeableness_after,
+             neuroticism_before, neuroticism_after)
+        SELECT u.user_id, now(), run_id, applied_by, u.applied,
+               u.before[1], u.after[1], u.before[2], u.after[2], u.before[3], u.after[3],
+               u.before[4], u.after[4], u.before[5], u.after[5]
+        FROM updated u
+        WHERE u.applied > 0
+    )
+    SELECT u.user_id, u.applied, u.chat, u.entertainment, u.rejected, u.stale, u.ignored, u.before, u.after
+    FROM updated u;
+END $$;
+
+-- bondhu: personality updates: self-service (one user) and runs (every user).
+
+------------------------------------------------------------------------------------
+-- Public API
+------------------------------------------------------------------------------------
+-- The self-service update of bondhu_update_personality (below).
+CREATE OR REPLACE FUNCTION bondhu.update_personality(target uuid) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    operator boolean;
+    snapshot bondhu.cursor;
+    profile public.user_personality_profiles;
+    applied record;
+    traits double precision[];
+BEGIN
+    IF target IS NULL THEN
+        RAISE EXCEPTION 'bondhu_update_personality: user_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
+    PERFORM bondhu.require_superuser_owned_tables();
+    operator := bondhu.caller_is_operator();
+    IF NOT operator THEN
+        PERFORM bondhu.require_own_profile(target, 'bondhu_update_personality');
+    END IF;
+
+    INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
+    ON CONFLICT (user_id) DO NOTHING;
+    SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
+    -- Taken after the lock: covers whatever the previous holder of the lock applied.
+    snapshot := bondhu.current_cursor();
+    -- The rate limit counts what costs: a call that finds nothing pending uses no slot.
+    IF NOT operator AND EXISTS (SELECT FROM bondhu.pending_sums(target, target, bondhu.global_cursor(), snapshot,
+                                                                ARRAY[target], '-infinity')) THEN
+        PERFORM bondhu.admit_self_update(target);
+    END IF;
+    SELECT * INTO applied
+    FROM bondhu.apply_pending(target, target, bondhu.global_cursor(), snapshot, NULL, 'self_update');
+    traits := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
+                    coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
+                    coalesce(profile.neuroticism, 50)];
+    RETURN jsonb_build_object(
+        'user_id', target,
+        'insights_processed', coalesce(applied.insights_processed, 0),
+        'chat_insights', coalesce(applied.chat_insights, 0),
+        'entertainment_insights', coalesce(applied.entertainment_insights, 0),
+        'rejected_insights', coalesce(applied.rejected_insights, 0),
+        'stale_insights', coalesce(applied.stale_insights, 0),
+        'ignored_keys', coalesce(applied.ignored_keys, 0),
+        'trait_changes', bondhu.trait_changes(traits, coalesce(applied.traits_after, traits)),
+        'updated_at', CASE WHEN applied.insights_processed > 0 THEN now() ELSE profile.updated_at END);
+END $$;
+
+------------------------------------------------------------------------------------
+-- Update runs: every user with pending insights (the life of a run: run_log.sql)
+------------------------------------------------------------------------------------
+-- Starts an update run (or logs a skipped one): the global cursor it starts from, the
+-- snapshot it applies up to, and the settings it applies with go into its row.
+CREATE OR REPLACE FUNCTION bondhu.start_update_run() RETURNS bondhu.task_runs
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    run bondhu.task_runs := bondhu.start_run('personality_update');
+    run_snapshot bondhu.cursor;
+BEGIN
+    IF run.status = 'running' THEN
+        -- the snapshot first: it resolves the incarnation, which may start the state
+        run_snapshot := bondhu.current_cursor();
+        UPDATE bondhu.task_runs t SET covered = bondhu.global_cursor(), snapshot = run_snapshot,
+            metadata = (SELECT jsonb_build_object('settings', jsonb_build_object(
+                            'dampening', s.dampening,
+                            'insight_window_seconds', extract(epoch FROM s.insight_window)::bigint))
+                        FROM bondhu.settings s)
+        WHERE t.id = run.id
+        RETURNING * INTO run;
+    END IF;
+    RETURN run;
+END $$;
+
+-- The next batch_size users after the run's last one, in key order, with insights
+-- pending in the run (all of them when batch_size is NULL).
+CREATE FUNCTION bondhu.next_users(run bondhu.task_runs, batch_size integer) RETURNS uuid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN batch_size IS NULL THEN
+        -- all of them: one pass over the pending insights
+        ARRAY(SELECT DISTINCT i.user_id
+              FROM bondhu.insights i
+              WHERE (run.resume_after IS NULL OR i.user_id > run.resume_after)
+                AND bondhu.position_pending(i.ingest_pos, run.covered, run.snapshot)
+              ORDER BY i.user_id)
+    ELSE
+        -- batch_size of them: one step along the <table>_user_pos indexes per user (a
+        -- skip scan), so that a batch reads only its own users' insights
+        ARRAY(WITH RECURSIVE next_user(user_id, n) AS (
+                  SELECT bondhu.next_pending_user(run.resume_after, run.covered, run.snapshot), 1
+                  UNION ALL
+                  SELECT bondhu.next_pending_user(u.user_id, run.covered, run.snapshot), u.n + 1
+                  FROM next_user u
+                  WHERE u.user_id IS NOT NULL AND u.n < batch_size)
+              SELECT u.user_id FROM next_user u WHERE u.user_id IS NOT NULL ORDER BY u.n)
+    END
+$$;
+
+-- Applies the run's pending insights of the users from first_user to last_user, and
+-- returns what it did as a run's counts (record_step).
+CREATE FUNCTION bondhu.apply_counts(run bondhu.task_runs, first_user uuid, last_user uuid) RETURNS jsonb
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('users', count(*), 'succeeded', count(*),
+                              'records', coalesce(sum(a.insights_processed), 0),
+                              'insights_processed', coalesce(sum(a.insights_processed), 0),
+                              'rejected_insights', coalesce(sum(a.rejected_insights), 0),
+                              'stale_insights', coalesce(sum(a.stale_insights), 0),
+                              'ignored_keys', coalesce(sum(a.ignored_keys), 0))
+    FROM bondhu.apply_pending(first_user, last_user, run.covered, run.snapshot, run.id, 'update_all') a
+$$;
+
+-- Applies the batch's users one by one, once the batch's set-based statement failed: a
+-- user that fails keeps their insights pending and is counted, with their error's
+-- SQLSTATE and message ('errors': the number of users per distinct error, at most 20
+-- errors; 'failed_user_ids': the run's first 100). Ten users failing with the same
+-- error, in a row or before any user succeeded, is a systematic failure (a broken
+-- trigger or constraint, a missing privilege, a full disk): it fails the run, and the
+-- rest stay pending.
+CREATE FUNCTION bondhu.apply_one_by_one(run bondhu.task_runs, batch uuid[]) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    counts jsonb := '{}';
+    one_user uuid;
+    error_state text;
+    error_text text;
+    error_key text;
+    last_error_key text;
+    in_a_row integer := 0;
+    error_kinds integer := (SELECT count(*) FROM jsonb_object_keys(coalesce(run.metadata -> 'errors', '{}')));
+BEGIN
+    FOREACH one_user IN ARRAY batch LOOP
+        BEGIN
+            counts := bondhu.add_counts(counts, bondhu.apply_counts(run, one_user, one_user));
+            in_a_row := 0;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_text = MESSAGE_TEXT;
+            error_key := error_state || ': ' || error_text;
+            IF NOT (coalesce(run.metadata -> 'errors', '{}') || coalesce(counts -> 'errors', '{}')) ? error_key THEN
+                error_kinds := error_kinds + 1;
+                IF error_kinds > 20 THEN
+                    error_key := 'other errors';
+                END IF;
+            END IF;
+            in_a_row := CASE WHEN error_key = last_error_key THEN in_a_row + 1 ELSE 1 END;
+            last_error_key := error_key;
+            counts := bondhu.add_counts(counts, jsonb_build_object(
+                'users', 1, 'failed', 1, 'errors', jsonb_build_object(error_key, 1),
+                'failed_user_ids', CASE WHEN run.failed_updates + coalesce((counts ->> 'failed')::integer, 0) < 100
+                                        THEN jsonb_build_array(one_user) ELSE '[]' END));
+            IF NOT counts ? 'error' THEN
+                counts := counts || jsonb_build_object('error', jsonb_build_object('sqlstate', error_state, 'message', error_text));
+            END IF;
+            IF in_a_row = 10
+               OR (run.successful_updates + coalesce((counts ->> 'succeeded')::integer, 0) = 0
+                   AND coalesce((run.metadata #>> ARRAY['errors', error_key])::integer, 0)
+                       + (counts #>> ARRAY['errors', error_key])::integer >= 10) THEN
+                RETURN counts || jsonb_build_object('systematic_failure', jsonb_build_object(
+                    'sqlstate', error_state,
+                    'message', format('systematic failure: 10 users failed with the same error: %s', error_text)));
+            END IF;
+        END;
+    END LOOP;
+    RETURN counts;
+END $$;
+
+-- An update run's step: applies the pending insights of the run's next batch_size users
+-- in key order (all of them when batch_size is NULL) and adds the counts to the run's
+-- row. Returns whether users may be left. When the batch's set-based statement fails,
+-- its users are redone one by one (apply_one_by_one).
+CREATE FUNCTION bondhu.apply_update_batch(run bondhu.task_runs, batch_size integer) RETURNS boolean
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    batch uuid[] := bondhu.next_users(run, batch_size);
+    counts jsonb;
+BEGIN
+    IF cardinality(batch) = 0 THEN
+        PERFORM bondhu.record_step(run.id, '{}', true);
+        RETURN false;
+    END IF;
+    INSERT INTO public.user_personality_profiles (user_id)
+    SELECT unnest(batch) ON CONFLICT (user_id) DO NOTHING;
+    -- Lock in key order (no deadlock with another locker of several profiles); a
+    -- self-service update holding one of them is waited for, then seen.
+    PERFORM FROM public.user_personality_profiles p
+    WHERE p.user_id = ANY (batch) ORDER BY p.user_id FOR UPDATE OF p;
+    BEGIN
+        counts := bondhu.apply_counts(run, batch[1], batch[cardinality(batch)]);
+    EXCEPTION WHEN OTHERS THEN
+        counts := bondhu.apply_one_by_one(run, batch);
+    END;
+    PERFORM bondhu.record_step(run.id, counts - 'systematic_failure', batch_size IS NULL, resume_after => batch[cardinality(batch)]);
+    IF counts ? 'systematic_failure' THEN
+        PERFORM bondhu.fail_run(run.id, counts #>> '{systematic_failure,sqlstate}',
+                                counts #>> '{systematic_failure,message}');
+        RETURN false;
+    END IF;
+    RETURN batch_size IS NOT NULL;
+END $$;
+
+-- Updates every user with pending insights, in one transaction. Never overlaps another
+-- run: a call while one runs returns status 'skipped'. Each call leaves one row in
+-- system_tasks; a run that did not complete also logs a WARNING.
+CREATE OR REPLACE FUNCTION public.bondhu_update_all() RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT bondhu.run_at_once(bondhu.start_update_run())
+$$;
+
+-- The same, committing after every batch of users: for pg_cron and large databases. A
+-- self-service update waits for one batch at most. A run that did not complete ends
+-- the CALL with an error (after its row is committed), so pg_cron records a failure.
+CREATE OR REPLACE PROCEDURE public.bondhu_run_update_all(batch_size integer DEFAULT 1000)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'bondhu_run_update_all: batch_size must be a positive number of users'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM bondhu.refuse_transaction_block('bondhu_run_update_all', 'SELECT bondhu_update_all()');
+    CALL bondhu.run_in_steps(bondhu.start_update_run(), batch_size::text);
+END $$;
+
+-- bondhu: what the app's frontend reads: the live profile, and the profile and its
+-- history without bondhu's internal columns.
+
+-- Whose profile a self-service update has moved past the global cursor, as `ahead` of
+-- pending_sums: [user] or none.
+CREATE FUNCTION bondhu.ahead_of(target uuid, covered bondhu.cursor) RETURNS uuid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
+                 WHERE p.user_id = target
+                   AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered))
+$$;
+
+-- The profile as it will be after the user's next update: the stored traits plus what
+-- the pending insights add, by the rule and the exact arithmetic of an update, as of
+-- now. Writes nothing and is not rate limited. Callers as bondhu_update_personality: a
+-- signed-in user for their own id, operators for anyone.
+CREATE FUNCTION public.bondhu_profile(user_id uuid) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target uuid := bondhu_profile.user_id;
+    operator boolean := bondhu.caller_is_operator();
+    cfg bondhu.settings;
+    profile public.user_personality_profiles;
+    covered bondhu.cursor;
+    snapshot bondhu.cursor;
+    pending record;
+    stored double precision[];
+    live double precision[];
+    last_request timestamptz;
+BEGIN
+    IF target IS NULL THEN
+        RAISE EXCEPTION 'bondhu_profile: user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF NOT operator THEN
+        PERFORM bondhu.require_own_profile(target, 'bondhu_profile');
+    END IF;
+    SELECT * INTO STRICT cfg FROM bondhu.settings;
+    SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;
+    snapshot := bondhu.current_cursor();
+    covered := bondhu.global_cursor();
+    SELECT * INTO pending
+    FROM bondhu.pending_sums(target, target, covered, snapshot, bondhu.ahead_of(target, covered),
+                             now() - cfg.insight_window);
+    stored := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
+                    coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
+                    coalesce(profile.neuroticism, 50)];
+    live := ARRAY(SELECT bondhu.adjusted_trait(stored[i], coalesce(pending.d[i], 0), cfg.dampening)
+                  FROM generate_series(1, 5) i ORDER BY i);
+    SELECT r.requested_at INTO last_request FROM bondhu.self_update_requests r WHERE r.user_id = target;
+    RETURN jsonb_build_object(
+        'user_id', target,
+        'openness', live[1], 'conscientiousness', live[2], 'extraversion', live[3],
+        'agreeableness', live[4], 'neuroticism', live[5],
+        'pending_insights', coalesce(pending.n[1], 0),
+        'rejected_insights', coalesce(pending.n[4], 0),
+        'stored', jsonb_build_object('openness', stored[1], 'conscientiousness', stored[2],
+                                     'extraversion', stored[3], 'agreeableness', stored[4],
+                                     'neuroticism', stored[5], 'updated_at', profile.updated_at),
+        'as_of', now(),
+        'next_update_at', CASE WHEN operator OR last_request IS NULL THEN now()
+                               ELSE greatest(now(), last_request + cfg.self_update_min_interval) END);
+END $$;
+
+COMMENT ON FUNCTION public.bondhu_profile(uuid) IS
+    'The live profile: stored traits plus what pending insights will add, as the next update would write them. Writes nothing.';
+
+-- The profile and its history as the app reads them: without bondhu's cursor columns.
+-- security_invoker: row level security applies as on the tables (a signed-in user sees
+-- their own rows).
+CREATE VIEW public.bondhu_profiles WITH (security_invoker = true) AS
+    SELECT p.user_id, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism,
+           p.created_at, p.updated_at
+    FROM public.user_personality_profiles p;
+
+COMMENT ON VIEW public.bondhu_profiles IS 'Each user''s stored Big Five profile (0 to 100).';
+
+CREATE VIEW public.bondhu_profile_history WITH (security_invoker = true) AS
+    SELECT h.user_id, h.applied_at, h.openness_after AS openness, h.conscientiousness_after AS conscientiousness,
+           h.extraversion_after AS extraversion, h.agreeableness_after AS agreeableness,
+           h.neuroticism_after AS neuroticism, h.insights_processed, h.trigger AS applied_by
+    FROM public.personality_profile_history h;
+
+COMMENT ON VIEW public.bondhu_profile_history IS
+    'Each update of a profile: the traits after it, how many insights it applied, and by what (update_all, self_update).';
+
+-- bondhu: cleanup runs: insights older than the retention go (the life of a run:
+-- run_log.sql). Chat insights are deleted; on entertainment interactions the insight is
+-- cleared (the interaction belongs to the entertainment feature).
+
+-- Starts a cleanup run (or logs a skipped one): its cutoff, and where its first slice
+-- starts, go into its row. Refuses, changing nothing, any older_than that could delete
+-- insights not applied yet.
+CREATE OR REPLACE FUNCTION bondhu.start_cleanup_run(older_than interval) RETURNS bondhu.task_runs
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
+    run_cutoff timestamptz := now() - older_than;
+    run bondhu.task_runs;
+BEGIN
+    IF older_than IS NULL THEN
+        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    ELSIF run_cutoff >= now() THEN
+        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must be a positive interval, got %', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    -- compared as moments, not intervals: '30 days' is shorter than '1 month' after a
+    -- 31-day month, although interval comparison counts a month as 30 days
+    ELSIF run_cutoff > now() - window_length THEN
+        RAISE EXCEPTION 'bondhu_cleanup_insights: older_than (%) is shorter than the insight window (%)', older_than, window_length
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Insights inside the window may not be applied yet; deleting them would lose them.',
+                  HINT = 'Use an interval of at least bondhu.settings.insight_window.';
+    END IF;
+    run := bondhu.start_run('insights_cleanup');
+    IF run.status = 'running' THEN
+        UPDATE bondhu.task_runs t SET
+            cutoff = run_cutoff,
+            resume_from = least(
+                (SELECT min(c."timestamp") FROM public.chat_personality_insights c WHERE c."timestamp" < run_cutoff),
+                (SELECT min(e.created_at) FROM public.entertainment_interactions e
+                 WHERE e.created_at < run_cutoff AND e.personality_insights IS NOT NULL)),
+            metadata = jsonb_build_object('older_than', older_than, 'cutoff', run_cutoff,
+                                          'chat_insights_deleted', 0, 'entertainment_insights_cleared', 0)
+        WHERE t.id = run.id
+        RETURNING * INTO run;
+    END IF;
+    RETURN run;
+END $$;
+
+-- A cleanup run's step: removes the run's next slice_length of insights before its
+-- cutoff, oldest first (found by BRIN indexes; all of them when slice_length is NULL),
+-- and adds the counts to the run's row. Returns whether slices are left.
+CREATE FUNCTION bondhu.cleanup_slice(run bondhu.task_runs, slice_length interval) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- NULL: since ever
+    from_time timestamptz := CASE WHEN slice_length IS NOT NULL THEN run.resume_from END;
+    to_time timestamptz := least(from_time + slice_length, run.cutoff);
+    chat_deleted bigint;
+    entertainment_cleared bigint;
+BEGIN
+    IF slice_length IS NOT NULL AND (run.resume_from IS NULL OR run.resume_from >= run.cutoff) THEN
+        PERFORM bondhu.record_step(run.id, '{}', true);
+        RETURN false;
+    END IF;
+    DELETE FROM public.chat_personality_insights c
+    WHERE c."timestamp" < to_time AND (from_time IS NULL OR c."timestamp" >= from_time);
+    GET DIAGNOSTICS chat_deleted = ROW_COUNT;
+    UPDATE public.entertainment_interactions e SET personality_insights = NULL
+    WHERE e.created_at < to_time AND (from_time IS NULL OR e.created_at >= from_time)
+      AND e.personality_insights IS NOT NULL;
+    GET DIAGNOSTICS entertainment_cleared = ROW_COUNT;
+    PERFORM bondhu.record_step(run.id,
+        jsonb_build_object('records', chat_deleted + entertainment_cleared,
+                           'chat_insights_deleted', chat_deleted,
+                           'entertainment_insights_cleared', entertainment_cleared),
+        to_time >= run.cutoff, resume_from => to_time);
+    RETURN to_time < run.cutoff;
+END $$;
+
+-- Cleans up insights older than older_than (at least the insight window), in one
+-- transaction. Never overlaps another cleanup: a call while one runs returns status
+-- 'skipped'.
+CREATE OR REPLACE FUNCTION public.bondhu_cleanup_insights(older_than interval DEFAULT '90 days') RETURNS jsonb
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT bondhu.run_at_once(bondhu.start_cleanup_run(older_than))
+$$;
+
+-- The same with the insight_retention setting, committing after every slice_length of
+-- insights (oldest first): for pg_cron and large tables, so that no transaction holds
+-- back vacuum for the whole run. A run that did not complete ends the CALL with an
+-- error (after its row is committed), so pg_cron records a failure.
+CREATE OR REPLACE PROCEDURE public.bondhu_run_cleanup(slice_length interval DEFAULT '1 day')
+LANGUAGE plpgsql AS $$
+DECLARE
+    retention interval := (SELECT s.insight_retention FROM bondhu.settings s);
+BEGIN
+    IF slice_length IS NULL OR slice_length <= interval '0' THEN
+        RAISE EXCEPTION 'bondhu_run_cleanup: slice_length must be a positive interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM bondhu.refuse_transaction_block('bondhu_run_cleanup', 'SELECT bondhu_cleanup_insights()');
+    CALL bondhu.run_in_steps(bondhu.start_cleanup_run(retention), slice_length::text);
+END $$;
+
+-- id in health output, pg_cron job name, its schedule until an operator sets one, and
+-- its command: `command` when the job's schedule is in pg_cron's zone, `zoned_command`
+-- otherwise (it runs the task only when the schedule is due in its own zone).
+CREATE FUNCTION bondhu.jobs() RETURNS TABLE (id text, jobname text, default_schedule text, command text,
+                                             zoned_command text)
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES ('personality_update', 'bondhu_personality_update', '0 2 * * *', 'CALL public.bondhu_run_update_all()',
+            'CALL bondhu.run_if_due(''personality_update'')'),
+           ('insights_cleanup', 'bondhu_insights_cleanup', '0 3 * * 0', 'CALL public.bondhu_run_cleanup()',
+            'CALL bondhu.run_if_due(''insights_cleanup'')')
+$$;
+
+-- bondhu's jobs in cron.job (none without pg_cron).
+CREATE OR REPLACE FUNCTION bondhu.own_jobs()
+RETURNS TABLE (jobid bigint, id text, jobname text, schedule text, command text, active boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF bondhu.cron_installed() THEN
+        RETURN QUERY
+        SELECT j.jobid, b.id, j.jobname::text, j.schedule, j.command, j.active
+        FROM cron.job j JOIN bondhu.jobs() b ON b.jobname = j.jobname AND j.command IN (b.command, b.zoned_command)
+        WHERE j.username = 'bondhu_scheduler' AND j.database = current_database();
+    END IF;
+END $$;
+
+-- Do two zones show the same wall clock time for the next 400 days?
+CREATE FUNCTION bondhu.same_zone(a text, b text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a = b OR NOT EXISTS (
+        SELECT FROM generate_series(now(), now() + interval '400 days', interval '6 hours') t
+        WHERE t AT TIME ZONE a <> t AT TIME ZONE b)
+$$;
+
+-- Is `schedule` read on a wall clock (a cron expression), not '@reboot' or 'N seconds'?
+CREATE FUNCTION bondhu.is_wall_clock(schedule text) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT schedule !~* '^\s*(@reboot|\d+\s*seconds?)\s*$'
+$$;
+
+-- The schedule to give pg_cron for `schedule` read in `zone`: the same when pg_cron
+-- reads schedules in that zone; otherwise the minute and hour, in pg_cron's zone, of
+-- the schedule's next run after `after`, every day: the job then runs the task only
+-- when it is due (run_if_due), and moves itself to the following run's time. So a
+-- daylight-saving change in either zone is followed to the minute.
+CREATE FUNCTION bondhu.pg_cron_schedule(schedule text, zone text, after timestamptz) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN NOT bondhu.is_wall_clock(schedule) OR bondhu.same_zone(zone, bondhu.cron_timezone())
+                THEN schedule
+                ELSE to_char(n AT TIME ZONE bondhu.cron_timezone(), 'FMMI FMHH24') || ' * * *' END
+    FROM bondhu.cron_next_run(schedule, after, zone) n
+$$;
+
+-- Writes job `id`'s schedule (bondhu.schedules) into pg_cron as bondhu_scheduler's job:
+-- an existing job of that name and role is updated in place. Only a superuser may name
+-- another role (callers are SECURITY DEFINER, run as the extension's owner).
+CREATE FUNCTION bondhu.put_job(job_id text, after timestamptz) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT cron.schedule_in_database(b.jobname, bondhu.pg_cron_schedule(s.schedule, s.timezone, after),
+        CASE WHEN bondhu.pg_cron_schedule(s.schedule, s.timezone, after) = s.schedule
+             THEN b.command ELSE b.zoned_command END,
+        current_database(), 'bondhu_scheduler', true)
+    FROM bondhu.jobs() b JOIN bondhu.schedules s ON s.id = b.id
+    WHERE b.id = job_id
+$$;
+
+-- For a job in another zone than pg_cron's: is its schedule due now (a run time in the
+-- last five minutes: pg_cron may start a job late)? Moves the job to its next run time.
+CREATE FUNCTION bondhu.take_due_run(job_id text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s bondhu.schedules;
+BEGIN
+    SELECT * INTO s FROM bondhu.schedules t WHERE t.id = job_id AND t.paused_at IS NULL;
+    IF NOT FOUND OR NOT bondhu.cron_installed() THEN
+        RETURN false;
+    END IF;
+    PERFORM bondhu.put_job(job_id, now());
+    RETURN bondhu.cron_next_run(s.schedule, now() - interval '5 minutes', s.timezone) <= now();
+END $$;
+
+-- The command of a job in another zone than pg_cron's: runs the task when it is due.
+-- (No SET search_path: the task's procedure commits; every name is qualified.)
+CREATE PROCEDURE bondhu.run_if_due(job_id text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT bondhu.take_due_run(job_id) THEN
+        RETURN;
+    ELSIF job_id = 'personality_update' THEN
+        CALL public.bondhu_run_update_all();
+    ELSE
+        CALL public.bondhu_run_cleanup();
+    END IF;
+END $$;
+
+-- Each job that is scheduled or paused: its schedule and zone, what pg_cron has, and its
+-- next run time.
+CREATE OR REPLACE FUNCTION bondhu.scheduled_jobs() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'id', b.id, 'jobname', b.jobname, 'schedule', s.schedule, 'timezone', s.timezone,
+               'trigger', 'cron[' || s.schedule || '] ' || s.timezone,
+               'paused', s.paused_at IS NOT NULL, 'pg_cron_schedule', j.schedule, 'command', j.command,
+               'active', coalesce(j.active, false),
+               'next_run_time', CASE WHEN j.active THEN bondhu.cron_next_run(s.schedule, now(), s.timezone) END,
+               'next_run_local_time', CASE WHEN j.active
+                   THEN bondhu.cron_next_run(s.schedule, now(), s.timezone) AT TIME ZONE s.timezone END)
+               ORDER BY b.id DESC), '[]'::jsonb)
+    FROM bondhu.jobs() b
+    LEFT JOIN bondhu.schedules s ON s.id = b.id
+    LEFT JOIN bondhu.own_jobs() j ON j.id = b.id
+    WHERE s.id IS NOT NULL OR j.id IS NOT NULL
+$$;
+
+-- Refuses, with 22023, a schedule that is not valid or never fires, and a zone that
+-- Postgres does not know.
+CREATE FUNCTION bondhu.check_schedule(argument text, schedule text, zone text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM bondhu.cron_check(argument, schedule);
+    BEGIN
+        PERFORM now() AT TIME ZONE zone;
+    EXCEPTION WHEN invalid_parameter_value OR feature_not_supported THEN
+        RAISE EXCEPTION 'bondhu_schedule: timezone "%" is not a time zone Postgres knows', zone
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use a name from pg_timezone_names, such as ''Asia/Dhaka'' or ''America/New_York''.';
+    END;
+    IF bondhu.is_wall_clock(schedule) AND bondhu.cron_next_run(schedule, now(), zone) IS NULL THEN
+        RAISE EXCEPTION 'bondhu_schedule: % "%" never fires', argument, schedule
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Its day of month does not occur in its months within the next five years.';
+    END IF;
+END $$;
+
+-- The schedules bondhu_schedule() is asked for: an argument, else what the job has, else
+-- its default; the zone likewise, else UTC.
+CREATE FUNCTION bondhu.wanted_schedules(update_schedule text, cleanup_schedule text, zone text)
+RETURNS TABLE (id text, schedule text, timezone text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT b.id,
+           coalesce(CASE b.id WHEN 'personality_update' THEN update_schedule ELSE cleanup_schedule END,
+                    s.schedule, b.default_schedule),
+           coalesce(zone, s.timezone, 'UTC')
+    FROM bondhu.jobs() b LEFT JOIN bondhu.schedules s ON s.id = b.id
+$$;
+
+-- (Re)schedules bondhu's jobs. An omitted or NULL argument keeps what the job has (at
+-- first: '0 2 * * *' and '0 3 * * 0' in UTC). Schedules are read in `timezone`, which
+-- pg_cron's own zone (cron.timezone, GMT on pg_cron 1.4) need not be. Resumes paused
+-- jobs. Changes nothing unless every argument is valid.
+CREATE FUNCTION public.bondhu_schedule(update_schedule text DEFAULT NULL, cleanup_schedule text DEFAULT NULL,
+                                       timezone text DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wanted record;
+BEGIN
+    FOR wanted IN SELECT * FROM bondhu.wanted_schedules(update_schedule, cleanup_schedule, bondhu_schedule.timezone) LOOP
+        PERFORM bondhu.check_schedule(CASE wanted.id WHEN 'personality_update' THEN 'update_schedule'
+                                                     ELSE 'cleanup_schedule' END,
+                                      wanted.schedule, wanted.timezone);
+    END LOOP;
+    IF NOT bondhu.cron_installed() THEN
+        RAISE EXCEPTION 'bondhu_schedule: pg_cron is not installed in this database'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name to this database, '
+                         'run CREATE EXTENSION pg_cron, then call bondhu_schedule() again.';
+    END IF;
+    INSERT INTO bondhu.schedules AS s (id, schedule, timezone)
+    SELECT w.id, w.schedule, w.timezone
+    FROM bondhu.wanted_schedules(update_schedule, cleanup_schedule, bondhu_schedule.timezone) w
+    ON CONFLICT (id) DO UPDATE SET schedule = excluded.schedule, timezone = excluded.timezone, paused_at = NULL;
+    PERFORM bondhu.put_job(b.id, now()) FROM bondhu.jobs() b;
+    RETURN jsonb_build_object('scheduled', bondhu.scheduled_jobs(), 'pg_cron_timezone', bondhu.cron_timezone());
+END $$;
+
+COMMENT ON FUNCTION public.bondhu_schedule(text, text, text) IS
+    '(Re)schedules bondhu''s two pg_cron jobs, each schedule read in timezone; NULL keeps what a job has.';
+
+-- Pauses bondhu's jobs: removes them from pg_cron and keeps their schedules, which
+-- bondhu_schedule() resumes. Health reads 'paused'.
+CREATE OR REPLACE FUNCTION public.bondhu_unschedule() RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    removed jsonb := bondhu.scheduled_jobs();
+BEGIN
+    UPDATE bondhu.schedules SET paused_at = now() WHERE paused_at IS NULL;
+    IF bondhu.cron_installed() THEN
+        PERFORM cron.unschedule(j.jobid) FROM bondhu.own_jobs() j;
+    END IF;
+    RETURN jsonb_build_object('unscheduled', removed);
+END $$;
+
+COMMENT ON FUNCTION public.bondhu_unschedule() IS
+    'Pauses bondhu''s pg_cron jobs: removes them and keeps their schedules for bondhu_schedule() to resume.';
+
+-- bondhu: health, for operators and monitoring.
+
+-- The seed's admin health response. Status rules:
+-- `problems` has one line for every reason, each with what to do.
+CREATE OR REPLACE FUNCTION public.bondhu_system_health() RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg bondhu.settings;
+    preloaded boolean := 'pg_cron' = ANY (string_to_array(
+        replace(current_setting('shared_preload_libraries'), ' ', ''), ','));
+    launcher boolean := EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE backend_type = 'pg_cron launcher');
+    installed boolean := bondhu.cron_installed();
+    cron_database text := current_setting('cron.database_name', true);
+    paused boolean := EXISTS (SELECT FROM bondhu.schedules s WHERE s.paused_at IS NOT NULL);
+    jobs jsonb := bondhu.scheduled_jobs();
+    problems text[] := '{}';
+    warnings text[] := '{}';
+    scheduler_running boolean;
+    last_update bondhu.task_runs;
+    last_success bondhu.task_runs;
+    last_cleanup bondhu.task_runs;
+    update_job bondhu.schedules;
+    missed_since timestamptz;
+    status text;
+    task text;
+BEGIN
+    SELECT * INTO STRICT cfg FROM bondhu.settings;
+    -- Runs left 'running' by a session that moved on.
+    FOREACH task IN ARRAY ARRAY['personality_update', 'insights_cleanup'] LOOP
+        PERFORM bondhu.mark_interrupted_runs(task);
+    END LOOP;
+    SELECT * INTO last_update FROM bondhu.task_runs t
+    WHERE t.task_name = 'personality_update' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
+    SELECT * INTO last_success FROM bondhu.task_runs t
+    WHERE t.task_name = 'personality_update' AND t.status IN ('completed', 'completed_with_errors')
+    ORDER BY t.executed_at DESC LIMIT 1;
+    SELECT * INTO last_cleanup FROM bondhu.task_runs t
+    WHERE t.task_name = 'insights_cleanup' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
+    SELECT * INTO update_job FROM bondhu.schedules s WHERE s.id = 'personality_update' AND s.paused_at IS NULL;
+
+    IF NOT preloaded THEN
+        problems := problems || 'pg_cron is not in shared_preload_libraries: add it and restart the server'::text;
+    ELSIF NOT launcher THEN
+        problems := problems || 'the pg_cron launcher is not running: check the server log for pg_cron''s errors, and restart the server'::text;
+    END IF;
+    IF NOT installed THEN
+        problems := problems || 'pg_cron is not installed in this database: CREATE EXTENSION pg_cron here (cron.database_name must name this database), then SELECT bondhu_schedule()'::text;
+    ELSE
+        IF cron_database IS DISTINCT FROM current_database() THEN
+            problems := problems || format('cron.database_name is %s, not this database (%s): pg_cron runs no job of this database; set cron.database_name = %L and restart the server',
+                                           coalesce(cron_database, 'not set'), current_database(), current_database());
+        END IF;
+        jobs := (SELECT coalesce(jsonb_agg(j || jsonb_build_object('last_run',
+                     (SELECT jsonb_build_object('status', d.status, 'start_time', d.start_time,
+                                                'end_time', d.end_time, 'message', d.return_message)
+                      FROM cron.job_run_details d JOIN bondhu.own_jobs() o ON o.jobid = d.jobid
+                      WHERE o.id = j ->> 'id' ORDER BY d.runid DESC LIMIT 1))), '[]')
+                 FROM jsonb_array_elements(jobs) j);
+        IF NOT paused THEN
+            problems := problems || ARRAY(
+                SELECT format('the job %s is %s: SELECT bondhu_schedule()', b.jobname,
+                              CASE WHEN j.jobid IS NULL THEN 'not scheduled' ELSE 'not active' END)
+                FROM bondhu.jobs() b LEFT JOIN bondhu.own_jobs() j ON j.id = b.id
+                WHERE j.jobid IS NULL OR NOT j.active);
+        END IF;
+    END IF;
+    scheduler_running := cardinality(problems) = 0;
+    -- what exactly once rests on: bondhu's triggers, enabled ALWAYS, on tables that
+    -- superusers own
+    problems := problems || ARRAY(
+        SELECT format('bondhu''s trigger %s on %s is %s: insights may be lost or counted twice '
+                      '(a superuser: ALTER TABLE %s ENABLE ALWAYS TRIGGER %I)',
+                      d.name, d.relation, CASE WHEN t.oid IS NULL THEN 'missing' ELSE 'not enabled ALWAYS' END,
+                      d.relation, d.name)
+        FROM bondhu.data_triggers() d
+        LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = d.relation AND t.tgname = d.name
+        WHERE t.oid IS NULL OR t.tgenabled <> 'A');
+    problems := problems || ARRAY(
+        SELECT format('%s is owned by %s, which is not a superuser: bondhu refuses to run '
+                      '(a superuser: ALTER TABLE %s OWNER TO a superuser)', d.relation, r.rolname, d.relation)
+        FROM bondhu.data_tables() d
+        JOIN pg_catalog.pg_class c ON c.oid = d.relation
+        JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+        WHERE d.kind = 'TABLE' AND NOT r.rolsuper);
+
+    IF last_update.status = 'failed' THEN
+        problems := problems || format('the last personality update (%s) failed with SQLSTATE %s: see system_tasks for its error; fix the cause, then CALL bondhu_run_update_all() (the next run retries every pending insight)',
+                                       last_update.id, coalesce(last_update.metadata ->> 'sqlstate', 'unknown'));
+    END IF;
+    IF update_job.id IS NOT NULL AND last_success.executed_at IS NOT NULL AND scheduler_running THEN
+        missed_since := bondhu.cron_next_run(update_job.schedule, last_success.executed_at, update_job.timezone);
+        IF missed_since + interval '1 hour' >= now() THEN
+            missed_since := NULL;
+        END IF;
+    END IF;
+    IF missed_since IS NOT NULL THEN
+        warnings := warnings || format('no personality update has succeeded since its run due at %s: see cron.job_run_details for the job bondhu_personality_update',
+                                       missed_since);
+    END IF;
+    IF last_update.status = 'completed_with_errors' THEN
+        warnings := warnings || format('the last personality update (%s) completed with %s failed users: see metadata -> ''errors'' in system_tasks; their insights stay pending for the next run',
+                                       last_update.id, last_update.failed_updates);
+    END IF;
+    IF last_cleanup.status = 'failed' THEN
+        warnings := warnings || format('the last cleanup (%s) failed with SQLSTATE %s: see system_tasks for its error, then CALL bondhu_run_cleanup()',
+                                       last_cleanup.id, coalesce(last_cleanup.metadata ->> 'sqlstate', 'unknown'));
+    END IF;
+    IF paused THEN
+        warnings := warnings || 'bondhu''s jobs are paused by bondhu_unschedule(): SELECT bondhu_schedule() resumes them'::text;
+    END IF;
+    status := CASE
+        WHEN cardinality(problems) > 0 THEN 'unhealthy'
+        WHEN missed_since IS NOT NULL OR last_update.status = 'completed_with_errors'
+             OR last_cleanup.status = 'failed' THEN 'degraded'
+        WHEN paused THEN 'paused'
+        ELSE 'healthy' END;
+
+    RETURN jsonb_build_object(
+        'status', status,
+        'scheduler_running', scheduler_running,
+        'problems', to_jsonb(problems || warnings),
+        'pg_cron_timezone', bondhu.cron_timezone(),
+        'scheduled_jobs', jobs,
+        'last_personality_update', CASE WHEN last_update.id IS NOT NULL THEN jsonb_build_object(
+            'task_name', last_update.task_name, 'executed_at', last_update.executed_at,
+            'users_processed', last_update.users_processed,
+            'successful_updates', last_update.successful_updates,
+            'failed_updates', last_update.failed_updates, 'status', last_update.status,
+            'error_message', last_update.error_message) END,
+        'missed_run_since', missed_since,
+        'last_cleanup', CASE WHEN last_cleanup.id IS NOT NULL THEN jsonb_build_object(
+            'task_name', last_cleanup.task_name, 'executed_at', last_cleanup.executed_at,
+            'records_processed', last_cleanup.records_processed, 'status', last_cleanup.status) END,
+        'active_users_count', (SELECT count(DISTINCT i.user_id) FROM bondhu.insights i
+                               WHERE i.observed_at > now() - cfg.active_user_window),
+        'pending_insights', (SELECT b.pending_insights FROM bondhu.backlog() b));
+END $$;
+
+-- bondhu: metrics for monitoring, in the spirit of pgmq.metrics() and TimescaleDB's
+-- job_stats; examples/postgres_exporter.yml turns them into Prometheus metrics.
+
+-- What is pending: insights no cursor covers yet (the global cursor, or their
+-- profile's), the users they belong to, and the oldest one's age. Insights the global
+-- cursor covers are skipped by the BRIN index on ingest_pos, so this reads only what
+-- came since the last completed run.
+CREATE FUNCTION bondhu.backlog(OUT pending_insights bigint, OUT users_with_pending_insights bigint,
+                               OUT oldest_pending_insight_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*), count(DISTINCT i.user_id), min(i.observed_at)
+    FROM bondhu.insights i
+    CROSS JOIN bondhu.global_cursor() g
+    LEFT JOIN public.user_personality_profiles p ON p.user_id = i.user_id
+    WHERE i.ingest_pos >= g.xmin_pos
+      AND NOT bondhu.position_applied(i.ingest_pos, g.xmin_pos, g.xmax_pos, g.xip_pos)
+      AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
+$$;
+
+-- Per task, over the run log (run_log_retention, 90 days by default): runs by status,
+-- the last success and its age, and the last run's duration and counts.
+CREATE FUNCTION bondhu.task_metrics(task text) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'runs', count(*) FILTER (WHERE t.status <> 'running'),
+        'failed_runs', count(*) FILTER (WHERE t.status = 'failed'),
+        'runs_with_errors', count(*) FILTER (WHERE t.status = 'completed_with_errors'),
+        'skipped_runs', count(*) FILTER (WHERE t.status = 'skipped'),
+        'running', count(*) FILTER (WHERE t.status = 'running'),
+        'last_success_at', max(t.executed_at) FILTER (WHERE t.status IN ('completed', 'completed_with_errors')),
+        'seconds_since_last_success', round(extract(epoch FROM now() - max(t.executed_at)
+            FILTER (WHERE t.status IN ('completed', 'completed_with_errors'))))::bigint,
+        'last_run', (SELECT jsonb_build_object(
+                         'task_id', l.id, 'status', l.status, 'started_at', l.executed_at,
+                         'duration_seconds', l.duration_seconds, 'users_processed', l.users_processed,
+                         'failed_updates', l.failed_updates, 'records_processed', l.records_processed,
+                         'sqlstate', l.metadata -> 'sqlstate')
+                     FROM public.system_tasks l
+                     WHERE l.task_name = task AND l.status NOT IN ('skipped', 'running')
+                     ORDER BY l.executed_at DESC LIMIT 1))
+    FROM public.system_tasks t
+    WHERE t.task_name = task
+$$;
+
+-- Everything a monitoring system scrapes, as one document. Cheap enough to call every
+-- few seconds: the backlog reads only what came since the last completed run.
+CREATE FUNCTION public.bondhu_metrics() RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'as_of', now(),
+        'tasks', jsonb_build_object('personality_update', bondhu.task_metrics('personality_update'),
+                                    'insights_cleanup', bondhu.task_metrics('insights_cleanup')),
+        'backlog', jsonb_build_object(
+            'pending_insights', b.pending_insights,
+            'users_with_pending_insights', b.users_with_pending_insights,
+            'oldest_pending_insight_age_seconds',
+                round(extract(epoch FROM now() - b.oldest_pending_insight_at))::bigint),
+        'last_24h', (SELECT jsonb_build_object(
+                         'insights_processed', coalesce(sum((t.metadata ->> 'insights_processed')::bigint), 0),
+                         'rejected_insights', coalesce(sum((t.metadata ->> 'rejected_insights')::bigint), 0),
+                         'stale_insights', coalesce(sum((t.metadata ->> 'stale_insights')::bigint), 0),
+                         'ignored_keys', coalesce(sum((t.metadata ->> 'ignored_keys')::bigint), 0),
+                         'failed_updates', coalesce(sum(t.failed_updates), 0))
+                     FROM bondhu.task_runs t
+                     WHERE t.task_name = 'personality_update' AND t.executed_at > now() - interval '24 hours'))
+    FROM bondhu.backlog() b
+$$;
+
+COMMENT ON FUNCTION public.bondhu_metrics() IS
+    'Runs, failures and last success per task, the backlog of pending insights, and the last 24 hours'' rejected and stale insights.';
+
+-- bondhu: what CREATE EXTENSION does last, and what a reinstall keeps.
+--
+-- DROP EXTENSION keeps the application's tables (drop_extension.sql) and, in the table
+-- public.bondhu_kept_state, what operators set and what ran: the settings, the job
+-- schedules and the run log. CREATE EXTENSION brings them back, and drops that table.
+
+-- Called by DROP EXTENSION (prepare_drop): keeps the settings, the schedules and the
+-- run log in public.bondhu_kept_state, readable by superusers only.
+CREATE FUNCTION bondhu.keep_state() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    grantee text;
+BEGIN
+    DROP TABLE IF EXISTS public.bondhu_kept_state;
+    CREATE TABLE public.bondhu_kept_state AS
+    SELECT (SELECT to_jsonb(s) FROM bondhu.settings s) AS settings,
+           (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') FROM bondhu.schedules s) AS schedules,
+           (SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM bondhu.task_runs t) AS runs;
+    -- nobody's but superusers': default privileges (Supabase's give anon and
+    -- authenticated everything new in public) are taken back
+    FOR grantee IN SELECT DISTINCT a.grantee::regrole::text
+                   FROM pg_catalog.pg_class c, aclexplode(c.relacl) a
+                   WHERE c.oid = 'public.bondhu_kept_state'::regclass AND a.grantee <> c.relowner AND a.grantee <> 0 LOOP
+        EXECUTE format('REVOKE ALL ON public.bondhu_kept_state FROM %s', grantee);
+    END LOOP;
+    REVOKE ALL ON public.bondhu_kept_state FROM PUBLIC;
+    COMMENT ON TABLE public.bondhu_kept_state IS
+        'bondhu''s settings, job schedules and run log, kept by DROP EXTENSION bondhu for the next CREATE EXTENSION bondhu.';
+END $$;
+
+-- bondhu: DROP EXTENSION loses nothing and leaves nothing behind.
+--
+-- An event trigger at the start of DROP EXTENSION reads the command (in Rust:
+-- bondhu.on_drop_extension) and acts only when it names bondhu; a DROP EXTENSION of
+-- any other extension, by any role, runs as if bondhu were not there. When bondhu is
+-- dropped, its pg_cron jobs go (recognized as bondhu's by name, owner, database and
+-- command: another role's job of the same name is not touched), and the application's
+-- tables are detached (data_tables.sql), so they stay with every row; the settings, the
+-- schedules and the run log are kept for the next CREATE EXTENSION (install.sql).
+
+CREATE OR REPLACE FUNCTION bondhu.prepare_drop() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF bondhu.cron_installed() THEN
+        PERFORM cron.unschedule(j.jobid) FROM bondhu.own_jobs() j;
+    END IF;
+    PERFORM bondhu.keep_state();
+    PERFORM bondhu.detach_data_tables();
+END $$;
+
+-- Refuses, with 42501, a caller who is not the signed-in owner of the profile. The
+-- messages name no user: they reach the server log.
+CREATE FUNCTION bondhu.require_own_profile(target uuid, function_name text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    subject text := bondhu.jwt_subject();
+    subject_id uuid;
+BEGIN
+    IF subject IS NULL THEN
+        RAISE EXCEPTION '%: no signed-in user', function_name
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'request.jwt.claims has no sub claim.';
+    END IF;
+    BEGIN
+        subject_id := subject::uuid;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION '%: the signed-in user id is not a uuid', function_name
+            USING ERRCODE = 'insufficient_privilege';
+    END;
+    IF subject_id <> target THEN
+        RAISE EXCEPTION '%: a user may only read or update their own profile', function_name
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END $$;
+
+-- Refuses, with SQLSTATE PT429 (PostgREST answers HTTP 429), a self-service update
+-- inside the interval, saying how long to wait (in its DETAIL as JSON:
+-- {"retry_after_seconds", "retry_at"}); otherwise records this one. Called with
+-- the profile locked, so two concurrent requests are seen in turn.
+CREATE OR REPLACE FUNCTION bondhu.admit_self_update(target uuid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    min_interval interval := (SELECT s.self_update_min_interval FROM bondhu.settings s);
+    last_request timestamptz;
+    wait_seconds integer;
+BEGIN
+    SELECT r.requested_at INTO last_request FROM bondhu.self_update_requests r WHERE r.user_id = target;
+    IF last_request > now() - min_interval THEN
+        wait_seconds := greatest(1, ceil(extract(epoch FROM last_request + min_interval - now())))::integer;
+        RAISE EXCEPTION 'bondhu_update_personality: too many updates, try again in % seconds', wait_seconds
+            USING ERRCODE = 'PT429',
+                  -- for clients: PostgREST passes it on as the error's "details"
+                  DETAIL = jsonb_build_object('retry_after_seconds', wait_seconds,
+                                              'retry_at', last_request + min_interval)::text,
+                  HINT = format('A user may update their own profile once every %s.', min_interval);
+    END IF;
+    INSERT INTO bondhu.self_update_requests AS r (user_id, requested_at) VALUES (target, now())
+    ON CONFLICT (user_id) DO UPDATE SET requested_at = excluded.requested_at;
+END $$;
+
+------------------------------------------------------------------------------------
+-- Privileges: nothing for PUBLIC, then granted deliberately, from one list.
+------------------------------------------------------------------------------------
+-- The public API (functions, procedures, and views as 'TABLE'), and who may call or read
+-- each: 'operators' (bondhu_operator, service_role),
+-- 'scheduler' too (bondhu_scheduler, the role of the pg_cron jobs), 'authenticated'
+-- too (the function checks that the signed-in user is the profile's owner), 'everyone'
+-- (a pure function of its argument).
+CREATE OR REPLACE FUNCTION bondhu.public_api() RETURNS TABLE (kind text, signature text, callers text)
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES ('FUNCTION', 'public.bondhu_update_personality(uuid)', 'authenticated'),
+           ('FUNCTION', 'public.bondhu_profile(uuid)', 'authenticated'),
+           ('FUNCTION', 'public.bondhu_insight_problems(jsonb)', 'everyone'),
+           ('TABLE', 'public.bondhu_profiles', 'authenticated'),
+           ('TABLE', 'public.bondhu_profile_history', 'authenticated'),
+           ('FUNCTION', 'public.bondhu_update_all()', 'operators'),
+           ('PROCEDURE', 'public.bondhu_run_update_all(integer)', 'scheduler'),
+           ('FUNCTION', 'public.bondhu_cleanup_insights(interval)', 'operators'),
+           ('PROCEDURE', 'public.bondhu_run_cleanup(interval)', 'scheduler'),
+           ('FUNCTION', 'public.bondhu_schedule(text, text, text)', 'operators'),
+           ('FUNCTION', 'public.bondhu_unschedule()', 'operators'),
+           ('FUNCTION', 'public.bondhu_system_health()', 'operators'),
+           ('FUNCTION', 'public.bondhu_metrics()', 'operators')
+$$;
+
+-- Grants what the README's security table says, to the roles that exist now, and takes
+-- back what Supabase's default privileges give anon and authenticated on new objects.
+-- Run by CREATE EXTENSION and every upgrade; a superuser runs it again after creating
+-- anon, authenticated or service_role later: SELECT bondhu.grant_privileges();
+-- service_role is NOINHERIT on Supabase, so it gets the operators' privileges
+-- directly, not through its membership in bondhu_operator.
+CREATE OR REPLACE FUNCTION bondhu.grant_privileges() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    api record;
+    privilege text;
+    grantee text;
+    operators text[] := ARRAY['bondhu_operator'];
+    nobody text[] := ARRAY['PUBLIC'];
+    tables constant text := 'public.chat_personality_insights, public.entertainment_interactions, '
+                            'public.user_personality_profiles, public.personality_profile_history';
+    -- what a procedure's run calls as its caller (its steps are SECURITY DEFINER)
+    run_steps constant text := 'bondhu.refuse_transaction_block(text, text), bondhu.in_transaction_block(), '
+        'bondhu.start_update_run(), bondhu.start_cleanup_run(interval), bondhu.run_step(uuid, text), '
+        'bondhu.finish_run(uuid), bondhu.run_outcome(bondhu.task_runs), bondhu.take_due_run(text)';
+    run_procedures constant text := 'bondhu.run_in_steps(bondhu.task_runs, text), bondhu.run_if_due(text)';
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT bondhu_operator TO service_role;
+        operators := operators || 'service_role'::text;
+    END IF;
+    nobody := nobody || ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r
+                              WHERE r.rolname IN ('anon', 'authenticated'));
+
+    -- Nothing for anybody first.
+    FOREACH grantee IN ARRAY nobody LOOP
+        EXECUTE format('REVOKE ALL ON ALL ROUTINES IN SCHEMA bondhu FROM %s', grantee);
+        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA bondhu FROM %s', grantee);
+        EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA bondhu FROM %s', grantee);
+        EXECUTE format('REVOKE ALL ON SCHEMA bondhu FROM %s', grantee);
+        EXECUTE format('REVOKE ALL ON %s, public.system_tasks FROM %s', tables, grantee);
+        EXECUTE format('REVOKE ALL ON SEQUENCE public.personality_profile_history_id_seq FROM %s', grantee);
+        FOR api IN SELECT * FROM bondhu.public_api() LOOP
+            EXECUTE format('REVOKE ALL ON %s %s FROM %s', api.kind, api.signature, grantee);
+        END LOOP;
+    END LOOP;
+
+    -- Then what each may do.
+    FOR api IN SELECT * FROM bondhu.public_api() LOOP
+        privilege := CASE api.kind WHEN 'TABLE' THEN 'SELECT' ELSE 'EXECUTE' END;
+        EXECUTE format('GRANT %s ON %s %s TO %s', privilege, api.kind, api.signature, array_to_string(operators, ', '));
+        IF api.callers = 'scheduler' THEN
+            EXECUTE format('GRANT %s ON %s %s TO bondhu_scheduler', privilege, api.kind, api.signature);
+        ELSIF api.callers = 'authenticated' AND 'authenticated' = ANY (nobody) THEN
+            EXECUTE format('GRANT %s ON %s %s TO authenticated', privilege, api.kind, api.signature);
+        ELSIF api.callers = 'everyone' THEN
+            EXECUTE format('GRANT %s ON %s %s TO PUBLIC', privilege, api.kind, api.signature);
+        END IF;
+    END LOOP;
+    FOREACH grantee IN ARRAY operators || 'bondhu_scheduler'::text LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA bondhu TO %s', grantee);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', run_steps, grantee);
+        EXECUTE format('GRANT EXECUTE ON PROCEDURE %s TO %s', run_procedures, grantee);
+        EXECUTE format('GRANT SELECT ON bondhu.settings TO %s', grantee);
+    END LOOP;
+    FOREACH grantee IN ARRAY operators LOOP
+        -- history ids are bondhu's to assign (Supabase's default privileges give them away)
+        EXECUTE format('REVOKE ALL ON SEQUENCE public.personality_profile_history_id_seq FROM %s', grantee);
+        EXECUTE format('GRANT UPDATE ON bondhu.settings TO %s', grantee);
+        EXECUTE format('GRANT SELECT ON public.system_tasks, bondhu.pipeline_state, bondhu.task_runs TO %s', grantee);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION bondhu.run_is_alive(integer, timestamptz, timestamptz) TO %s', grantee);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s', tables, grantee);
+    END LOOP;
+    IF 'authenticated' = ANY (nobody) THEN
+        EXECUTE format('GRANT SELECT ON %s TO authenticated', tables);
+    END IF;
+END $$;
+
+-- A hint on which of two dependent settings to change first (settings.sql).
+CREATE TRIGGER explain_checks BEFORE UPDATE ON bondhu.settings
+    FOR EACH ROW EXECUTE FUNCTION bondhu.settings_explain_checks();
+
+-- 0.3.0's jobs keep their schedules, read in pg_cron's zone as before.
+INSERT INTO bondhu.schedules (id, schedule, timezone)
+SELECT j.id, j.schedule, bondhu.cron_timezone() FROM bondhu.own_jobs() j
+ON CONFLICT (id) DO NOTHING;
+
+SELECT bondhu.grant_privileges();

@@ -1,0 +1,70 @@
+-- bondhu: its settings, one row per database.
+
+------------------------------------------------------------------------------------
+-- Settings: one row per database, validated by CHECK constraints.
+------------------------------------------------------------------------------------
+CREATE TABLE bondhu.settings (
+    dampening numeric NOT NULL DEFAULT 0.1
+        CONSTRAINT dampening_between_0_and_1 CHECK (dampening > 0 AND dampening <= 1),
+    insight_window interval NOT NULL DEFAULT '30 days'
+        CONSTRAINT insight_window_positive CHECK (insight_window > interval '0'),
+    active_user_window interval NOT NULL DEFAULT '7 days'
+        CONSTRAINT active_user_window_positive CHECK (active_user_window > interval '0'),
+    insight_retention interval NOT NULL DEFAULT '90 days'
+        CONSTRAINT insight_retention_covers_insight_window CHECK (insight_retention >= insight_window),
+    run_log_retention interval NOT NULL DEFAULT '90 days'
+        CONSTRAINT run_log_retention_at_least_90_days CHECK (run_log_retention >= interval '90 days'),
+    self_update_min_interval interval NOT NULL DEFAULT '60 seconds'
+        CONSTRAINT self_update_min_interval_not_negative CHECK (self_update_min_interval >= interval '0')
+);
+COMMENT ON TABLE bondhu.settings IS
+    'bondhu settings for this database (one row). Change with UPDATE bondhu.settings SET ...; reset a value with SET col = DEFAULT.';
+CREATE UNIQUE INDEX settings_single_row ON bondhu.settings ((true));
+
+-- pg_dump restores this configuration table with COPY after CREATE EXTENSION has
+-- already inserted the default row: an insert into the table overwrites that row.
+CREATE FUNCTION bondhu.settings_keep_single_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF EXISTS (SELECT FROM bondhu.settings) THEN
+            UPDATE bondhu.settings SET
+                dampening = NEW.dampening,
+                insight_window = NEW.insight_window,
+                active_user_window = NEW.active_user_window,
+                insight_retention = NEW.insight_retention,
+                run_log_retention = NEW.run_log_retention,
+                self_update_min_interval = NEW.self_update_min_interval;
+            RETURN NULL;
+        END IF;
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'bondhu.settings must keep its one row'
+        USING ERRCODE = 'restrict_violation',
+              HINT = 'Reset a value with UPDATE bondhu.settings SET <column> = DEFAULT.';
+END $$;
+CREATE TRIGGER keep_single_row BEFORE INSERT OR DELETE ON bondhu.settings
+    FOR EACH ROW EXECUTE FUNCTION bondhu.settings_keep_single_row();
+CREATE TRIGGER keep_single_row_truncate BEFORE TRUNCATE ON bondhu.settings
+    FOR EACH STATEMENT EXECUTE FUNCTION bondhu.settings_keep_single_row();
+-- The one CHECK that ties two settings together fails with a hint saying which to
+-- change first (a CHECK constraint cannot carry one); the others say enough themselves.
+CREATE FUNCTION bondhu.settings_explain_checks() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.insight_retention < NEW.insight_window THEN
+        RAISE EXCEPTION 'bondhu.settings: insight_retention (%) must be at least insight_window (%)',
+            NEW.insight_retention, NEW.insight_window
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'insight_retention_covers_insight_window',
+                  DETAIL = 'Cleanup would delete insights that are not applied yet.',
+                  HINT = CASE WHEN NEW.insight_window IS DISTINCT FROM OLD.insight_window
+                              THEN 'To lengthen insight_window, raise insight_retention first, or both in one UPDATE.'
+                              ELSE 'To shorten insight_retention, shorten insight_window first, or both in one UPDATE.' END;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER explain_checks BEFORE UPDATE ON bondhu.settings
+    FOR EACH ROW EXECUTE FUNCTION bondhu.settings_explain_checks();
+INSERT INTO bondhu.settings DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
+
