@@ -51,6 +51,13 @@ record() { # name, exit status
     if [ "$2" -eq 0 ]; then passed=$((passed + 1)); echo "ok: $1"; else failed=$((failed + 1)); echo "FAILED: $1"; fi
 }
 
+log "clippy: every unsafe block has its SAFETY note, every unsafe fn its Safety section (Cargo.toml [lints])"
+set +e
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+(cd "$ROOT" && cargo clippy --no-default-features --features "pg$PG_VERSION" --all-targets)
+record "clippy" $?
+set -e
+
 log "Rust unit tests and #[pg_test]s"
 mkdir -p "$ROOT/target/pgrx-test-data-pg$PG_VERSION" && chown postgres:postgres "$ROOT/target/pgrx-test-data-pg$PG_VERSION"
 set +e
