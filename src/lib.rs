@@ -15,6 +15,8 @@ mod drop_extension;
 mod incarnation;
 pub mod insight;
 mod jsonb;
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
 pub mod position;
 mod row_triggers;
 
@@ -180,15 +182,14 @@ mod bondhu {
     }
 }
 
+/// What `cargo pgrx test` asks of the crate for the #[pg_test]s (src/pg_tests.rs):
+/// they need no setting and no set-up (bondhu works without pg_cron).
 #[cfg(test)]
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![
-            "shared_preload_libraries='pg_cron'",
-            "cron.database_name='pgrx_tests'",
-        ]
+        vec![]
     }
 }
