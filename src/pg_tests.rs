@@ -31,11 +31,15 @@ mod tests {
             let unit = 10i128.pow(24 - decimals);
             let steps = (i128::from(whole) * ONE / unit) as u128;
             let magnitude = (u128::from(self.next()) << 64 | u128::from(self.next())) % (steps + 1);
-            let value = magnitude as i128 * unit;
+            self.signed(magnitude as i128 * unit)
+        }
+
+        /// `magnitude`, negated half of the time.
+        fn signed(&mut self, magnitude: i128) -> i128 {
             if self.below(2) == 0 {
-                -value
+                -magnitude
             } else {
-                value
+                magnitude
             }
         }
     }
@@ -52,56 +56,40 @@ mod tests {
 
     fn generate(rng: &mut Rng) -> Insight {
         let (fresh, from_chat) = (rng.below(8) != 0, rng.below(2) == 0);
-        match rng.below(12) {
-            0 => {
-                return Insight {
-                    json: "[1, 2]".into(),
-                    values: None,
-                    keys: 0,
-                    fresh,
-                    from_chat,
-                }
-            }
-            1 => {
-                return Insight {
-                    json: "7".into(),
-                    values: None,
-                    keys: 0,
-                    fresh,
-                    from_chat,
-                }
-            }
-            _ => {}
+        let not_an_object = match rng.below(12) {
+            0 => Some("[1, 2]"),
+            1 => Some("7"),
+            _ => None,
+        };
+        if let Some(json) = not_an_object {
+            return Insight {
+                json: json.into(),
+                values: None,
+                keys: 0,
+                fresh,
+                from_chat,
+            };
         }
         let mut members = Vec::new();
         let values = TRAITS.map(|key| {
-            let (text, value) = match rng.below(20) {
+            let number = match rng.below(20) {
                 0..=7 => return Value::Absent,
-                8 => ("\"high\"".to_string(), Value::NotANumber),
+                8 => None,
+                // over the limit, by as little as 10^-24
                 9 => {
-                    // over the limit, by as little as 10^-24
                     let over = i128::from(MAX_MAGNITUDE) * ONE + 1 + rng.number(50).abs();
-                    let over = if rng.below(2) == 0 { -over } else { over };
-                    (
-                        decimal::to_decimal_string(over),
-                        Value::Number(Fixed::Exact(over)),
-                    )
+                    Some(rng.signed(over))
                 }
-                10 => {
-                    let limit = i128::from(MAX_MAGNITUDE) * ONE;
-                    let limit = if rng.below(2) == 0 { -limit } else { limit };
-                    (
-                        decimal::to_decimal_string(limit),
-                        Value::Number(Fixed::Exact(limit)),
-                    )
-                }
-                _ => {
-                    let n = rng.number(MAX_MAGNITUDE as u64 - 1);
-                    (
-                        decimal::to_decimal_string(n),
-                        Value::Number(Fixed::Exact(n)),
-                    )
-                }
+                // at the limit
+                10 => Some(rng.signed(i128::from(MAX_MAGNITUDE) * ONE)),
+                _ => Some(rng.number(MAX_MAGNITUDE as u64 - 1)),
+            };
+            let (text, value) = match number {
+                Some(n) => (
+                    decimal::to_decimal_string(n),
+                    Value::Number(Fixed::Exact(n)),
+                ),
+                None => ("\"high\"".to_string(), Value::NotANumber),
             };
             members.push(format!("\"{key}\": {text}"));
             value
