@@ -126,8 +126,14 @@ fi
 if runs unit; then
     log "Rust unit tests and #[pg_test]s"
     mkdir -p "$ROOT/target/pgrx-test-data-pg$PG_VERSION" && chown postgres:postgres "$ROOT/target/pgrx-test-data-pg$PG_VERSION"
-    (cd "$ROOT" && cargo pgrx test "pg$PG_VERSION" --runas postgres --pgdata "$ROOT/target/pgrx-test-data-pg$PG_VERSION")
-    record "cargo pgrx test" $?
+    (cd "$ROOT" && cargo pgrx test "pg$PG_VERSION" --runas postgres --pgdata "$ROOT/target/pgrx-test-data-pg$PG_VERSION") 2>&1 |
+        tee "$ROOT/target/cargo-pgrx-test-pg$PG_VERSION.log"
+    record "cargo pgrx test" "${PIPESTATUS[0]}"
+    # the #[pg_test]s need a Postgres of their own: each one of them ran, none was left out
+    pg_tests=$(grep -cE '^\s*#\[pg_test\]' "$ROOT/src/pg_tests.rs")
+    [ "$pg_tests" -gt 0 ] &&
+        [ "$(grep -cE '^test pg_tests::.* \.\.\. ok$' "$ROOT/target/cargo-pgrx-test-pg$PG_VERSION.log")" = "$pg_tests" ]
+    record "#[pg_test]s: all $pg_tests of src/pg_tests.rs ran and passed" $?
 fi
 
 if needs_cluster; then
