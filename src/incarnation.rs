@@ -1,5 +1,6 @@
 //! The incarnation of this database's insight positions, cached per backend, and the
 //! position of the current transaction (see src/position.rs and sql/state.sql).
+use crate::backend;
 use crate::position;
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -13,32 +14,14 @@ thread_local! {
 
 /// Forgets the incarnation when the pipeline state table changes or goes (DROP
 /// EXTENSION in any backend): a pooled connection must not keep writing positions of
-/// an incarnation the state no longer has.
-unsafe extern "C-unwind" fn forget_incarnation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+/// an incarnation the state no longer has. A relcache callback (safe: it only touches
+/// this backend's cache).
+extern "C-unwind" fn forget_incarnation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     if let Some((_, state)) = INCARNATION.get() {
         if relid == pg_sys::InvalidOid || relid == state {
             INCARNATION.set(None);
         }
     }
-}
-
-/// Runs f as role `owner`, as a SECURITY DEFINER function would. An error inside
-/// is fine: aborting the (sub)transaction restores the caller's role.
-fn as_role<T>(owner: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    let (mut caller, mut context) = (pg_sys::InvalidOid, 0);
-    // SAFETY: reads and sets this backend's current user, as fmgr_security_definer
-    // does; both pointers are to locals.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut caller, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    let result = f();
-    // SAFETY: restores what was read above.
-    unsafe { pg_sys::SetUserIdAndSecContext(caller, context) };
-    result
 }
 
 fn incarnation() -> i64 {
@@ -52,7 +35,7 @@ fn incarnation() -> i64 {
     )
     .unwrap_or_else(|e| error!("bondhu: cannot find the pipeline state: {e}"))
     .expect("the pipeline state table has an owner");
-    let (incarnation, cacheable, state) = as_role(owner, || {
+    let (incarnation, cacheable, state) = backend::as_role(owner, || {
         Spi::get_three::<i32, bool, pg_sys::Oid>(
             "SELECT incarnation, cacheable, 'bondhu.pipeline_state'::pg_catalog.regclass::pg_catalog.oid \
              FROM bondhu.resolve_incarnation()",
@@ -62,13 +45,7 @@ fn incarnation() -> i64 {
     let incarnation = i64::from(incarnation.expect("resolve_incarnation returns a row"));
     if let (Some(true), Some(state)) = (cacheable, state) {
         if !FORGET_REGISTERED.get() {
-            // SAFETY: registers a callback that only touches this backend's cache.
-            unsafe {
-                pg_sys::CacheRegisterRelcacheCallback(
-                    Some(forget_incarnation),
-                    pg_sys::Datum::from(0usize),
-                )
-            };
+            backend::on_relcache_invalidation(forget_incarnation);
             FORGET_REGISTERED.set(true);
         }
         INCARNATION.set(Some((incarnation, state)));
@@ -79,9 +56,7 @@ fn incarnation() -> i64 {
 /// The ingest position of the current transaction. Assigns the transaction an id if it
 /// has none yet.
 pub fn transaction_position() -> i64 {
-    // SAFETY: reads (or assigns) this transaction's id; no pointers.
-    let xid = unsafe { pg_sys::GetTopFullTransactionId() }.value;
-    match position::position(incarnation(), xid) {
+    match position::position(incarnation(), backend::top_transaction_id()) {
         Ok(position) => position,
         Err(e) => {
             ereport!(

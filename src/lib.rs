@@ -8,12 +8,15 @@
 use pgrx::prelude::*;
 
 mod aggregate;
+mod backend;
 pub mod cron;
 pub mod decimal;
 mod drop_extension;
 mod incarnation;
 pub mod insight;
 mod jsonb;
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
 pub mod position;
 mod row_triggers;
 
@@ -111,7 +114,8 @@ mod bondhu {
         LANGUAGE c AS 'MODULE_PATHNAME', 'on_drop_extension_wrapper';
     "#)]
     fn on_drop_extension(fcinfo: pg_sys::FunctionCallInfo) {
-        if crate::drop_extension::drops_bondhu(fcinfo) {
+        // SAFETY: fcinfo is this call's, as pgrx passes it.
+        if unsafe { crate::drop_extension::drops_bondhu(fcinfo) } {
             Spi::run("SELECT bondhu.prepare_drop()")
                 .unwrap_or_else(|e| error!("bondhu: cannot prepare DROP EXTENSION: {e}"));
         }
@@ -121,9 +125,16 @@ mod bondhu {
     /// commits cannot run there.
     #[pg_extern(volatile, parallel_unsafe)]
     fn in_transaction_block() -> bool {
-        // SAFETY: reads the transaction state; no pointers.
-        unsafe { pg_sys::IsTransactionBlock() }
+        crate::backend::in_transaction_block()
     }
+
+    // The aggregate's state (src/aggregate.rs). Postgres gives insight_totals_step
+    // and the two final functions below the state insight_totals_step returned
+    // before for the group (none at first): they are the functions of the aggregates
+    // bondhu.insight_counts and bondhu.insight_sums (sql/pipeline.sql, STYPE
+    // internal). Only a superuser may create another aggregate with an internal
+    // state, and SQL cannot make an internal value (Postgres's rule for the type: a
+    // function that returns one must take one).
 
     /// One insight into a user's totals (src/aggregate.rs).
     #[pg_extern(immutable, parallel_safe)]
@@ -134,20 +145,24 @@ mod bondhu {
         from_chat: Option<bool>,
         fcinfo: pg_sys::FunctionCallInfo,
     ) -> Internal {
-        crate::aggregate::step(state, doc, fresh, from_chat, fcinfo)
+        // SAFETY: fcinfo is this call's, as pgrx passes it; the state is the
+        // aggregate's (see above).
+        unsafe { crate::aggregate::step(state, doc, fresh, from_chat, fcinfo) }
     }
 
     /// bondhu.insight_counts: {applied, from chat, from entertainment, rejected, stale,
     /// ignored keys}.
     #[pg_extern(immutable, parallel_safe)]
     fn insight_counts_final(state: Internal) -> Option<Vec<i32>> {
-        crate::aggregate::counts(state)
+        // SAFETY: the state is the aggregate's (see above insight_totals_step).
+        unsafe { crate::aggregate::counts(state) }
     }
 
     /// bondhu.insight_sums: each trait's adjustments added up, exactly.
     #[pg_extern(immutable, parallel_safe)]
     fn insight_sums_final(state: Internal) -> Option<Vec<AnyNumeric>> {
-        crate::aggregate::sums(state)
+        // SAFETY: the state is the aggregate's (see above insight_totals_step).
+        unsafe { crate::aggregate::sums(state) }
     }
 
     /// Refuses an invalid cron schedule given as argument `argument`, with 22023.
@@ -179,15 +194,14 @@ mod bondhu {
     }
 }
 
+/// What `cargo pgrx test` asks of the crate for the #[pg_test]s (src/pg_tests.rs):
+/// they need no setting and no set-up (bondhu works without pg_cron).
 #[cfg(test)]
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![
-            "shared_preload_libraries='pg_cron'",
-            "cron.database_name='pgrx_tests'",
-        ]
+        vec![]
     }
 }

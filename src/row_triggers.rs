@@ -1,18 +1,20 @@
 //! The row triggers that keep positions bondhu's alone (sql/data.sql creates them):
 //! bondhu.position_insight on both insight tables, bondhu.guard_profile_cursor on the
 //! profiles.
+use crate::backend;
 use crate::incarnation::transaction_position;
 use pgrx::fcinfo::direct_function_call_as_datum;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::trigger_support::PgTrigger;
 use pgrx::{AllocatedByPostgres, AllocatedByRust};
+use std::marker::PhantomData;
+use std::num::NonZeroUsize;
 
 /// Refuses, with 42501, a write that sets a value bondhu alone assigns, unless the
 /// writer is a superuser (pg_restore brings positions and cursors along in a dump).
 fn refuse_unless_superuser(column: &str) {
-    // SAFETY: superuser() reads the current user's catalog entry; no pointers.
-    if !unsafe { pg_sys::superuser() } {
+    if !backend::is_superuser() {
         pgrx::pg_sys::panic::ErrorReport::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("bondhu: {column} is assigned by bondhu and cannot be written"),
@@ -23,53 +25,160 @@ fn refuse_unless_superuser(column: &str) {
     }
 }
 
-/// The value of attribute `name` of the trigger's old or new row, not copied.
-fn trigger_attribute(trigger: &PgTrigger<'_>, new: bool, name: &str) -> Option<pg_sys::Datum> {
-    let data = trigger.trigger_data();
-    let tuple = if new && !data.tg_newtuple.is_null() {
-        data.tg_newtuple
-    } else {
-        data.tg_trigtuple
-    };
-    // SAFETY: the trigger data is Postgres's for this call; the relation and its
-    // tuples live until the trigger returns.
-    unsafe {
-        let tupdesc = (*data.tg_relation).rd_att;
-        let number = pg_sys::SPI_fnumber(tupdesc, std::ffi::CString::new(name).ok()?.as_ptr());
-        if number <= 0 {
+/// What bondhu needs to know of a column of the trigger's table.
+#[derive(Clone, Copy)]
+struct Column {
+    number: NonZeroUsize,
+    type_oid: pg_sys::Oid,
+    by_value: bool,
+    /// the type's length: -1 for a varlena, -2 for a C string
+    length: i16,
+}
+
+/// A column's value in one of the trigger's rows, as stored (not copied).
+#[derive(Clone, Copy)]
+struct Stored<'a> {
+    datum: pg_sys::Datum,
+    column: Column,
+    /// the row it is read from, live until the trigger returns
+    row: PhantomData<&'a pg_sys::TriggerData>,
+}
+
+impl Stored<'_> {
+    /// Do two values hold the same value, by the equality of their column's type?
+    /// jsonb's equality: the same document written differently is equal; every other
+    /// type bondhu compares (uuid, bigint, bigint[]) is equal when its bytes are.
+    /// Values of different types are not the same.
+    fn same(self, other: Stored<'_>) -> bool {
+        let column = self.column;
+        if column.type_oid != other.column.type_oid || column.length != other.column.length {
+            return false;
+        }
+        if column.type_oid == pg_sys::JSONBOID {
+            // SAFETY: both are jsonb datums of live rows (their column's type), which
+            // jsonb_eq compares.
+            let same = unsafe {
+                direct_function_call_as_datum(
+                    pg_sys::jsonb_eq,
+                    &[Some(self.datum), Some(other.datum)],
+                )
+            };
+            return same.is_some_and(|d| d.value() != 0);
+        }
+        if column.by_value {
+            return self.datum == other.datum;
+        }
+        if column.length > 0 {
+            // SAFETY: a fixed-length type passed by reference: both datums point at
+            // `length` bytes in a live row.
+            return unsafe {
+                std::slice::from_raw_parts(self.datum.cast_mut_ptr::<u8>(), column.length as usize)
+                    == std::slice::from_raw_parts(
+                        other.datum.cast_mut_ptr::<u8>(),
+                        column.length as usize,
+                    )
+            };
+        }
+        if column.length == -1 {
+            // SAFETY: both are varlena datums of live rows; detoasting copies them into
+            // memory that lives until the end of the call.
+            return unsafe {
+                let a = pg_sys::pg_detoast_datum_packed(self.datum.cast_mut_ptr());
+                let b = pg_sys::pg_detoast_datum_packed(other.datum.cast_mut_ptr());
+                let (a_len, b_len) = (
+                    pgrx::varlena::varsize_any_exhdr(a),
+                    pgrx::varlena::varsize_any_exhdr(b),
+                );
+                a_len == b_len
+                    && std::slice::from_raw_parts(pgrx::varlena::vardata_any(a).cast::<u8>(), a_len)
+                        == std::slice::from_raw_parts(
+                            pgrx::varlena::vardata_any(b).cast::<u8>(),
+                            b_len,
+                        )
+            };
+        }
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "bondhu: cannot compare values of this column's type"
+        );
+    }
+}
+
+/// The trigger's old and new rows, read in place.
+struct Rows<'a> {
+    trigger: &'a PgTrigger<'a>,
+}
+
+impl<'a> Rows<'a> {
+    fn of(trigger: &'a PgTrigger<'a>) -> Self {
+        Rows { trigger }
+    }
+
+    /// The column called `name`; 42703 when the table has none.
+    fn column(&self, name: &str) -> Column {
+        let relation = self.trigger.relation().expect("a trigger's relation");
+        let found = relation
+            .tuple_desc()
+            .iter()
+            .enumerate()
+            .find(|(_, a)| !a.attisdropped && name_is(&a.attname, name))
+            .map(|(i, a)| Column {
+                number: NonZeroUsize::new(i + 1).expect("numbered from 1"),
+                type_oid: a.atttypid,
+                by_value: a.attbyval,
+                length: a.attlen,
+            });
+        let Some(column) = found else {
             ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
                 format!("bondhu: the table has no column {name}")
             );
+        };
+        column
+    }
+
+    /// The value of column `name` in the new row (for an INSERT the row inserted) or
+    /// the old one, not copied; None when it is NULL.
+    fn get(&self, new: bool, name: &str) -> Option<Stored<'a>> {
+        let column = self.column(name);
+        let data = self.trigger.trigger_data();
+        let tuple = if new && !data.tg_newtuple.is_null() {
+            data.tg_newtuple
+        } else {
+            data.tg_trigtuple
+        };
+        let relation = self.trigger.relation().expect("a trigger's relation");
+        // SAFETY: pgrx made the PgTrigger from this call's TriggerData: the tuple is a
+        // row of its relation, rd_att that relation's descriptor, and both live until
+        // the trigger returns; column.number is a column of that descriptor.
+        let datum = unsafe { pgrx::heap_getattr_raw(tuple, column.number, relation.rd_att) }?;
+        Some(Stored {
+            datum,
+            column,
+            row: PhantomData,
+        })
+    }
+
+    /// Did column `name` change between the old and the new row, by the equality of
+    /// its type (Stored::same)?
+    fn changed(&self, name: &str) -> bool {
+        match (self.get(false, name), self.get(true, name)) {
+            (None, None) => false,
+            (Some(old), Some(new)) => !old.same(new),
+            _ => true,
         }
-        pgrx::heap_getattr_raw(
-            tuple,
-            std::num::NonZeroUsize::new(number as usize)?,
-            tupdesc,
-        )
     }
 }
 
-/// Did attribute `name` change between the trigger's old and new row, by the
-/// equality of its type (jsonb: the same document written differently is equal)?
-fn attribute_changed(
-    trigger: &PgTrigger<'_>,
-    name: &str,
-    equal: unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum,
-) -> bool {
-    match (
-        trigger_attribute(trigger, false, name),
-        trigger_attribute(trigger, true, name),
-    ) {
-        (None, None) => false,
-        (Some(old), Some(new)) => {
-            // SAFETY: both are datums of the column's type, which `equal` compares.
-            let same = unsafe { direct_function_call_as_datum(equal, &[Some(old), Some(new)]) };
-            !same.is_some_and(|d| d.value() != 0)
-        }
-        _ => true,
-    }
+/// Is a catalog name (NUL-padded) `wanted`?
+fn name_is(name: &pg_sys::NameData, wanted: &str) -> bool {
+    name.data
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .eq(wanted.bytes())
 }
 
 /// Is this write logical replication's apply (session_replication_role = replica),
@@ -77,20 +186,8 @@ fn attribute_changed(
 /// bondhu.marking_applied for its own writes, which it makes as replica so that the
 /// application's triggers stay out of them)?
 fn replicated_write() -> bool {
-    // SAFETY: reads a backend-local setting.
-    let replica = unsafe { pg_sys::SessionReplicationRole }
-        == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32;
-    if !replica {
-        // every ordinary write: no setting to look up
-        return false;
-    }
-    // SAFETY: GetConfigOption returns NULL (missing_ok) or a string owned by the GUC
-    // machinery, valid until the setting changes; it is read at once.
-    let marking = unsafe {
-        let value = pg_sys::GetConfigOption(c"bondhu.marking_applied".as_ptr(), true, false);
-        !value.is_null() && std::ffi::CStr::from_ptr(value).to_bytes() == b"on"
-    };
-    !marking
+    // an ordinary write looks up no setting
+    backend::replica_role() && !backend::setting_is_on(c"bondhu.marking_applied")
 }
 
 /// BEFORE INSERT OR UPDATE FOR EACH ROW on both insight tables, enabled ALWAYS (it
@@ -116,7 +213,8 @@ pub fn position_insight<'a>(
         .new()
         .expect("a row-level INSERT or UPDATE trigger")
         .into_owned();
-    let given = trigger_attribute(trigger, true, "ingest_pos");
+    let rows = Rows::of(trigger);
+    let given = rows.get(true, "ingest_pos").map(|v| v.datum);
     let replica = replicated_write();
     let position = if trigger.old().is_none() {
         if given.is_some() && !replica {
@@ -126,13 +224,11 @@ pub fn position_insight<'a>(
             None
         }
     } else {
-        let stored = trigger_attribute(trigger, false, "ingest_pos");
+        let stored = rows.get(false, "ingest_pos").map(|v| v.datum);
         if given != stored && !replica {
             refuse_unless_superuser("ingest_pos");
             given
-        } else if attribute_changed(trigger, "user_id", pg_sys::uuid_eq)
-            || attribute_changed(trigger, &document, pg_sys::jsonb_eq)
-        {
+        } else if rows.changed("user_id") || rows.changed(&document) {
             None
         } else {
             stored
@@ -146,23 +242,6 @@ pub fn position_insight<'a>(
     Ok(Some(row))
 }
 
-/// Do two varlena datums hold the same bytes? (The same value written twice does.)
-fn varlena_bytes_equal(a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
-    // SAFETY: both are varlena datums of a live tuple; detoasting copies them into
-    // memory that lives until the end of the call.
-    unsafe {
-        let a = pg_sys::pg_detoast_datum_packed(a.cast_mut_ptr());
-        let b = pg_sys::pg_detoast_datum_packed(b.cast_mut_ptr());
-        let (a_len, b_len) = (
-            pgrx::varlena::varsize_any_exhdr(a),
-            pgrx::varlena::varsize_any_exhdr(b),
-        );
-        a_len == b_len
-            && std::slice::from_raw_parts(pgrx::varlena::vardata_any(a).cast::<u8>(), a_len)
-                == std::slice::from_raw_parts(pgrx::varlena::vardata_any(b).cast::<u8>(), b_len)
-    }
-}
-
 /// BEFORE INSERT OR UPDATE FOR EACH ROW on the profiles, enabled ALWAYS: a profile's
 /// cursor (applied_xmin, applied_xmax, applied_xip) is written by bondhu alone (its
 /// functions run as the extension's owner), and a profile keeps its user; anyone
@@ -170,29 +249,14 @@ fn varlena_bytes_equal(a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
 pub fn guard_profile_cursor<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::datum::TryFromDatumError> {
-    // SAFETY: superuser() reads the current user's catalog entry; no pointers.
-    if !unsafe { pg_sys::superuser() } {
-        for (column, by_value) in [
-            ("applied_xmin", true),
-            ("applied_xmax", true),
-            ("applied_xip", false),
-        ] {
-            let new = trigger_attribute(trigger, true, column);
-            let old = trigger
-                .old()
-                .map(|_| trigger_attribute(trigger, false, column));
-            let changed = match (old, new) {
-                (None, new) => new.is_some(),
-                (Some(None), None) => false,
-                // SAFETY: both are datums of the column's type, of that length.
-                (Some(Some(old)), Some(new)) => {
-                    if by_value {
-                        old != new
-                    } else {
-                        !varlena_bytes_equal(old, new)
-                    }
-                }
-                _ => true,
+    if !backend::is_superuser() {
+        let rows = Rows::of(trigger);
+        let update = trigger.old().is_some();
+        for column in ["applied_xmin", "applied_xmax", "applied_xip"] {
+            let changed = if update {
+                rows.changed(column)
+            } else {
+                rows.get(true, column).is_some()
             };
             if changed {
                 refuse_unless_superuser(column);
@@ -200,7 +264,7 @@ pub fn guard_profile_cursor<'a>(
         }
         // the cursor belongs to its user: moved to another, it would cover insights
         // of that user never applied
-        if trigger.old().is_some() && attribute_changed(trigger, "user_id", pg_sys::uuid_eq) {
+        if update && rows.changed("user_id") {
             refuse_unless_superuser("user_id");
         }
     }

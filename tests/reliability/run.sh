@@ -1,7 +1,55 @@
 # Reliability: concurrency, kills, dump and restore into a new cluster, hostile input.
-# Sourced by scripts/test.sh, with set +e (uses its cluster, cluster_psql and record). Each scenario
-# ends with tests/reliability/invariant.sql: every profile = 50 + 0.1 x the sum of its
-# insights, and the history accounts for every insight exactly once.
+# Each scenario ends with tests/reliability/invariant.sql: every profile = 50 + 0.1 x
+# the sum of its insights, and the history accounts for every insight exactly once.
+#
+#   CLUSTER_DIR=... CLUSTER_PORT=... RESULTS=... bash tests/reliability/run.sh
+#
+# Inputs, checked before anything runs (scripts/test.sh sets them, then sources this
+# file with set +e; `scripts/test.sh --suite reliability` runs it alone):
+#   CLUSTER_DIR   the running test cluster: its data directory, holding its socket and
+#                 its server.log (as scripts/common.sh's start_cluster makes it); the
+#                 kill scenario stops and restarts it with pg_ctl
+#   CLUSTER_PORT  its port
+#   RESULTS       a directory for logs and generated files, writable by postgres
+#   PG_VERSION    the PostgreSQL it runs (default 15), whose programs scripts/common.sh
+#                 finds
+#   SOAK_SECONDS  how long the concurrency scenario runs (default 20)
+# The cluster must have bondhu installed in its PostgreSQL and a database bondhu_cron
+# that pg_cron is configured for (cron.database_name); the scenarios create and drop
+# their own databases there and start a second cluster in
+# target/restore-cluster-pgVERSION on port CLUSTER_PORT + 2 for the restore.
+# Each check is reported with `record NAME STATUS`: scripts/test.sh's own when it
+# sources this file; run alone, one defined here, and the exit status is the number
+# of failed checks.
+reliability_sourced=false
+(return 0 2>/dev/null) && reliability_sourced=true
+if ! declare -F cluster_psql >/dev/null; then
+    source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/common.sh"
+    set +e
+fi
+if ! declare -F record >/dev/null; then
+    reliability_failed=0
+    record() { # name, exit status
+        if [ "$2" -eq 0 ]; then echo "ok: $1"; else reliability_failed=$((reliability_failed + 1)); echo "FAILED: $1"; fi
+    }
+fi
+reliability_inputs() {
+    local name
+    for name in CLUSTER_DIR CLUSTER_PORT RESULTS; do
+        [ -n "${!name:-}" ] || { echo "tests/reliability/run.sh: set $name (see its top)" >&2; return 2; }
+    done
+    [ -f "$CLUSTER_DIR/PG_VERSION" ] && [ -f "$CLUSTER_DIR/server.log" ] ||
+        { echo "tests/reliability/run.sh: no cluster with a server.log in CLUSTER_DIR=$CLUSTER_DIR" >&2; return 2; }
+    [ "$(cat "$CLUSTER_DIR/PG_VERSION")" = "$PG_VERSION" ] ||
+        { echo "tests/reliability/run.sh: the cluster is PostgreSQL $(cat "$CLUSTER_DIR/PG_VERSION"), PG_VERSION is $PG_VERSION" >&2; return 2; }
+    [ -d "$RESULTS" ] || { echo "tests/reliability/run.sh: no directory RESULTS=$RESULTS" >&2; return 2; }
+    cluster_psql -d bondhu_cron -c "SELECT" >/dev/null ||
+        { echo "tests/reliability/run.sh: cannot reach database bondhu_cron on port $CLUSTER_PORT" >&2; return 2; }
+}
+if ! reliability_inputs; then
+    record "reliability: its inputs (CLUSTER_DIR, CLUSTER_PORT, RESULTS)" 2
+    if $reliability_sourced; then return 2; else exit 2; fi
+fi
 HERE="$ROOT/tests/reliability"
 SOAK_SECONDS=${SOAK_SECONDS:-20}
 SOAK_CLIENTS=6
@@ -200,5 +248,8 @@ echo "got:      $got refused_at_input=$refused_at_input"
 [ "$got" = "$expected" ] && [ "refused_at_input=$refused_at_input" = "$(cat "$RESULTS/hostile.expect.input")" ]
 record "hostile input: every bad document rejected and counted, none crashes a backend" $?
 ! tail -c +$((log_offset + 1)) "$CLUSTER_DIR/server.log" | grep -qE "terminated by signal|was terminated"
-
 record "hostile input: no backend crash in the server log" $?
+
+if ! $reliability_sourced; then
+    exit "${reliability_failed:-0}"
+fi

@@ -1,0 +1,201 @@
+//! #[pg_test]s: the Postgres glue against the pure Rust it wraps, inside a Postgres
+//! with bondhu installed (`cargo pgrx test`, run by scripts/test.sh). Each test runs in
+//! a connection of its own, in a transaction rolled back at its end.
+
+#[pgrx::pg_schema]
+mod tests {
+    use crate::decimal::{self, Fixed, ONE};
+    use crate::insight::{self, Value, MAX_MAGNITUDE, TRAITS};
+    use pgrx::prelude::*;
+    use pgrx::AnyNumeric;
+    use std::str::FromStr;
+
+    /// A deterministic generator (xorshift64), so that a failure repeats.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        /// A number of magnitude up to `whole` (+ a fraction), with 0 to 24 decimals.
+        fn number(&mut self, whole: u64) -> i128 {
+            let decimals = self.below(25) as u32;
+            let unit = 10i128.pow(24 - decimals);
+            let steps = (i128::from(whole) * ONE / unit) as u128;
+            let magnitude = (u128::from(self.next()) << 64 | u128::from(self.next())) % (steps + 1);
+            self.signed(magnitude as i128 * unit)
+        }
+
+        /// `magnitude`, negated half of the time.
+        fn signed(&mut self, magnitude: i128) -> i128 {
+            if self.below(2) == 0 {
+                -magnitude
+            } else {
+                magnitude
+            }
+        }
+    }
+
+    /// An insight the test writes: its JSON text, and what the pure Rust rule sees in
+    /// it (None: not an object).
+    struct Insight {
+        json: String,
+        values: Option<[Value<Fixed>; 5]>,
+        keys: usize,
+        fresh: bool,
+        from_chat: bool,
+    }
+
+    fn generate(rng: &mut Rng) -> Insight {
+        let (fresh, from_chat) = (rng.below(8) != 0, rng.below(2) == 0);
+        let not_an_object = match rng.below(12) {
+            0 => Some("[1, 2]"),
+            1 => Some("7"),
+            _ => None,
+        };
+        if let Some(json) = not_an_object {
+            return Insight {
+                json: json.into(),
+                values: None,
+                keys: 0,
+                fresh,
+                from_chat,
+            };
+        }
+        let mut members = Vec::new();
+        let values = TRAITS.map(|key| {
+            let number = match rng.below(20) {
+                0..=7 => return Value::Absent,
+                8 => None,
+                // over the limit, by as little as 10^-24
+                9 => {
+                    let over = i128::from(MAX_MAGNITUDE) * ONE + 1 + rng.number(50).abs();
+                    Some(rng.signed(over))
+                }
+                // at the limit
+                10 => Some(rng.signed(i128::from(MAX_MAGNITUDE) * ONE)),
+                _ => Some(rng.number(MAX_MAGNITUDE as u64 - 1)),
+            };
+            let (text, value) = match number {
+                Some(n) => (
+                    decimal::to_decimal_string(n),
+                    Value::Number(Fixed::Exact(n)),
+                ),
+                None => ("\"high\"".to_string(), Value::NotANumber),
+            };
+            members.push(format!("\"{key}\": {text}"));
+            value
+        });
+        for unknown in ["mood", "Openness", "openness "] {
+            if rng.below(4) == 0 {
+                members.push(format!("\"{unknown}\": 1"));
+            }
+        }
+        Insight {
+            keys: members.len(),
+            json: format!("{{{}}}", members.join(", ")),
+            values: Some(values),
+            fresh,
+            from_chat,
+        }
+    }
+
+    /// The aggregates over generated documents (stale and fresh, from both sources,
+    /// objects and not, numbers to 10^-24, at and over the limit, unknown keys) count
+    /// and add up exactly what src/insight.rs and src/decimal.rs compute for them.
+    #[pg_test]
+    fn the_aggregates_equal_the_rust_rule() {
+        let mut rng = Rng(0x5EED_B0D4);
+        let insights: Vec<Insight> = (0..400).map(|_| generate(&mut rng)).collect();
+        let (mut counts, mut sums) = ([0i32; 6], [0i128; 5]);
+        for insight in &insights {
+            if !insight.fresh {
+                counts[4] += 1;
+                continue;
+            }
+            let adjustments = insight::adjustments(insight.values, Fixed::Exact(0), |n| {
+                decimal::within(*n, MAX_MAGNITUDE)
+            });
+            let (Some(adjustments), Some(values)) = (adjustments, insight.values) else {
+                counts[3] += 1;
+                continue;
+            };
+            counts[0] += 1;
+            counts[if insight.from_chat { 1 } else { 2 }] += 1;
+            counts[5] += insight::unknown_keys(insight.keys, &values) as i32;
+            for (sum, adjustment) in sums.iter_mut().zip(adjustments) {
+                let Fixed::Exact(v) = adjustment else {
+                    unreachable!("every generated number is exact")
+                };
+                *sum += v;
+            }
+        }
+        assert!(counts[0] > 100 && counts[3] > 50 && counts[4] > 20 && counts[5] > 20);
+
+        let rows = insights
+            .iter()
+            .map(|i| format!("('{}'::jsonb, {}, {})", i.json, i.fresh, i.from_chat))
+            .collect::<Vec<_>>()
+            .join(",\n");
+        let (got_counts, got_sums) = Spi::get_two::<Vec<i32>, Vec<AnyNumeric>>(&format!(
+            "SELECT bondhu.insight_counts(doc, fresh, from_chat), bondhu.insight_sums(doc, fresh, from_chat)
+             FROM (VALUES {rows}) AS d(doc, fresh, from_chat)"
+        ))
+        .expect("the aggregates run");
+        assert_eq!(got_counts, Some(counts.to_vec()));
+        let expected: Vec<AnyNumeric> = sums
+            .iter()
+            .map(|&s| AnyNumeric::from_str(&decimal::to_decimal_string(s)).expect("a numeric"))
+            .collect();
+        assert_eq!(got_sums, Some(expected));
+    }
+
+    fn position() -> i64 {
+        Spi::get_one::<i64>("SELECT bondhu.ingest_position()")
+            .expect("a position")
+            .expect("not NULL")
+    }
+
+    fn stored_incarnation() -> i64 {
+        Spi::get_one::<i32>("SELECT incarnation FROM bondhu.pipeline_state")
+            .expect("the pipeline state")
+            .map(i64::from)
+            .expect("one row")
+    }
+
+    /// A backend reads the incarnation once and keeps it. An UPDATE of the state's
+    /// row alone does not reach the cache (it invalidates no relation); once the
+    /// table changes (DROP EXTENSION, or here ALTER TABLE, after the row was made to
+    /// say another cluster as a restored one does), the cache forgets it and the next
+    /// position has the new incarnation.
+    #[pg_test]
+    fn the_incarnation_is_cached_until_the_state_table_changes() {
+        let first = position();
+        assert_eq!(position(), first, "the same transaction, the same position");
+        let incarnation = first >> 48;
+        assert_eq!(incarnation, stored_incarnation());
+        Spi::run("UPDATE bondhu.pipeline_state SET system_identifier = system_identifier + 1")
+            .expect("the state changes");
+        assert_eq!(
+            position() >> 48,
+            incarnation,
+            "the row alone does not reach the cache"
+        );
+        Spi::run("ALTER TABLE bondhu.pipeline_state ALTER COLUMN advanced_at SET DEFAULT NULL")
+            .expect("the state table changes");
+        assert_eq!(position() >> 48, incarnation + 1, "a new incarnation");
+        assert_eq!(stored_incarnation(), incarnation + 1);
+        assert_eq!(
+            position(),
+            (incarnation + 1) << 48 | (first & ((1 << 48) - 1))
+        );
+    }
+}
