@@ -77,7 +77,8 @@ $$;
 -- started from) nor, for the users in `ahead` (whose profile a self-service update moved
 -- past `covered`), the profile's own cursor does. An insight observed before
 -- window_start is stale. One row per user with any: n, the counts {applied, from chat,
--- from entertainment, rejected, stale, ignored keys}; d, the applied adjustments of each
+-- from entertainment, rejected, stale, ignored keys, rejected as not an object, for a
+-- trait not a number, for a trait over 100}; d, the applied adjustments of each
 -- trait added up exactly. Only the users in `ahead` are joined with their profile, so
 -- that a batch of everyone else is aggregated without a join. Read by apply_pending and
 -- bondhu_profile(). (No SET clause: the planner inlines it into their statements.)
@@ -118,7 +119,8 @@ CREATE FUNCTION bondhu.apply_pending(first_user uuid, last_user uuid, covered bo
                                      run_id uuid, applied_by text)
 RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
                entertainment_insights integer, rejected_insights integer, stale_insights integer,
-               ignored_keys integer, traits_before double precision[], traits_after double precision[])
+               ignored_keys integer, rejected_by_reason jsonb,
+               traits_before double precision[], traits_after double precision[])
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg bondhu.settings;
@@ -155,6 +157,8 @@ BEGIN
         WHERE p.user_id = t.user_id
         RETURNING p.user_id, t.n[1] AS applied, t.n[2] AS chat, t.n[3] AS entertainment, t.n[4] AS rejected,
                   t.n[5] AS stale, t.n[6] AS ignored,
+                  jsonb_build_object('not_an_object', t.n[7], 'not_a_number', t.n[8], 'over_100', t.n[9])
+                      AS rejected_by_reason,
                   -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
                   ARRAY[coalesce(t.openness, 50), coalesce(t.conscientiousness, 50), coalesce(t.extraversion, 50),
                         coalesce(t.agreeableness, 50), coalesce(t.neuroticism, 50)] AS before,
@@ -171,7 +175,8 @@ BEGIN
         FROM updated u
         WHERE u.applied > 0
     )
-    SELECT u.user_id, u.applied, u.chat, u.entertainment, u.rejected, u.stale, u.ignored, u.before, u.after
+    SELECT u.user_id, u.applied, u.chat, u.entertainment, u.rejected, u.stale, u.ignored, u.rejected_by_reason,
+           u.before, u.after
     FROM updated u;
 END $$;
 

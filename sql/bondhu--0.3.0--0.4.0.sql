@@ -233,6 +233,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                'failed_updates', run.failed_updates,
                'insights_processed', coalesce((run.metadata ->> 'insights_processed')::bigint, 0),
                'rejected_insights', coalesce((run.metadata ->> 'rejected_insights')::bigint, 0),
+               'rejected_by_reason', coalesce(run.metadata -> 'rejected_by_reason',
+                                              '{"not_an_object": 0, "not_a_number": 0, "over_100": 0}'),
                'stale_insights', coalesce((run.metadata ->> 'stale_insights')::bigint, 0))
            ELSE jsonb_build_object(
                'records_processed', run.records_processed,
@@ -316,7 +318,8 @@ COMMENT ON FUNCTION public.bondhu_insight_problems(jsonb) IS
 -- started from) nor, for the users in `ahead` (whose profile a self-service update moved
 -- past `covered`), the profile's own cursor does. An insight observed before
 -- window_start is stale. One row per user with any: n, the counts {applied, from chat,
--- from entertainment, rejected, stale, ignored keys}; d, the applied adjustments of each
+-- from entertainment, rejected, stale, ignored keys, rejected as not an object, for a
+-- trait not a number, for a trait over 100}; d, the applied adjustments of each
 -- trait added up exactly. Only the users in `ahead` are joined with their profile, so
 -- that a batch of everyone else is aggregated without a join. Read by apply_pending and
 -- bondhu_profile(). (No SET clause: the planner inlines it into their statements.)
@@ -357,7 +360,8 @@ CREATE FUNCTION bondhu.apply_pending(first_user uuid, last_user uuid, covered bo
                                      run_id uuid, applied_by text)
 RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
                entertainment_insights integer, rejected_insights integer, stale_insights integer,
-               ignored_keys integer, traits_before double precision[], traits_after double precision[])
+               ignored_keys integer, rejected_by_reason jsonb,
+               traits_before double precision[], traits_after double precision[])
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg bondhu.settings;
@@ -394,6 +398,8 @@ BEGIN
         WHERE p.user_id = t.user_id
         RETURNING p.user_id, t.n[1] AS applied, t.n[2] AS chat, t.n[3] AS entertainment, t.n[4] AS rejected,
                   t.n[5] AS stale, t.n[6] AS ignored,
+                  jsonb_build_object('not_an_object', t.n[7], 'not_a_number', t.n[8], 'over_100', t.n[9])
+                      AS rejected_by_reason,
                   -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
                   ARRAY[coalesce(t.openness, 50), coalesce(t.conscientiousness, 50), coalesce(t.extraversion, 50),
                         coalesce(t.agreeableness, 50), coalesce(t.neuroticism, 50)] AS before,
@@ -410,7 +416,8 @@ BEGIN
         FROM updated u
         WHERE u.applied > 0
     )
-    SELECT u.user_id, u.applied, u.chat, u.entertainment, u.rejected, u.stale, u.ignored, u.before, u.after
+    SELECT u.user_id, u.applied, u.chat, u.entertainment, u.rejected, u.stale, u.ignored, u.rejected_by_reason,
+           u.before, u.after
     FROM updated u;
 END $$;
 
@@ -463,6 +470,8 @@ BEGIN
         'rejected_insights', coalesce(applied.rejected_insights, 0),
         'stale_insights', coalesce(applied.stale_insights, 0),
         'ignored_keys', coalesce(applied.ignored_keys, 0),
+        'rejected_by_reason', coalesce(applied.rejected_by_reason,
+                                       '{"not_an_object": 0, "not_a_number": 0, "over_100": 0}'),
         'trait_changes', bondhu.trait_changes(traits, coalesce(applied.traits_after, traits)),
         'updated_at', CASE WHEN applied.insights_processed > 0 THEN now() ELSE profile.updated_at END);
 END $$;
@@ -525,7 +534,11 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                               'insights_processed', coalesce(sum(a.insights_processed), 0),
                               'rejected_insights', coalesce(sum(a.rejected_insights), 0),
                               'stale_insights', coalesce(sum(a.stale_insights), 0),
-                              'ignored_keys', coalesce(sum(a.ignored_keys), 0))
+                              'ignored_keys', coalesce(sum(a.ignored_keys), 0),
+                              'rejected_by_reason', jsonb_build_object(
+                                  'not_an_object', coalesce(sum((a.rejected_by_reason ->> 'not_an_object')::integer), 0),
+                                  'not_a_number', coalesce(sum((a.rejected_by_reason ->> 'not_a_number')::integer), 0),
+                                  'over_100', coalesce(sum((a.rejected_by_reason ->> 'over_100')::integer), 0)))
     FROM bondhu.apply_pending(first_user, last_user, run.covered, run.snapshot, run.id, 'update_all') a
 $$;
 
@@ -1215,6 +1228,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         'last_24h', (SELECT jsonb_build_object(
                          'insights_processed', coalesce(sum((t.metadata ->> 'insights_processed')::bigint), 0),
                          'rejected_insights', coalesce(sum((t.metadata ->> 'rejected_insights')::bigint), 0),
+                         'rejected_by_reason', jsonb_build_object(
+                             'not_an_object', coalesce(sum((t.metadata #>> '{rejected_by_reason,not_an_object}')::bigint), 0),
+                             'not_a_number', coalesce(sum((t.metadata #>> '{rejected_by_reason,not_a_number}')::bigint), 0),
+                             'over_100', coalesce(sum((t.metadata #>> '{rejected_by_reason,over_100}')::bigint), 0)),
                          'stale_insights', coalesce(sum((t.metadata ->> 'stale_insights')::bigint), 0),
                          'ignored_keys', coalesce(sum((t.metadata ->> 'ignored_keys')::bigint), 0),
                          'failed_updates', coalesce(sum(t.failed_updates), 0))

@@ -58,6 +58,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         'last_24h', (SELECT jsonb_build_object(
                          'insights_processed', coalesce(sum((t.metadata ->> 'insights_processed')::bigint), 0),
                          'rejected_insights', coalesce(sum((t.metadata ->> 'rejected_insights')::bigint), 0),
+                         'rejected_by_reason', jsonb_build_object(
+                             'not_an_object', coalesce(sum((t.metadata #>> '{rejected_by_reason,not_an_object}')::bigint), 0),
+                             'not_a_number', coalesce(sum((t.metadata #>> '{rejected_by_reason,not_a_number}')::bigint), 0),
+                             'over_100', coalesce(sum((t.metadata #>> '{rejected_by_reason,over_100}')::bigint), 0)),
                          'stale_insights', coalesce(sum((t.metadata ->> 'stale_insights')::bigint), 0),
                          'ignored_keys', coalesce(sum((t.metadata ->> 'ignored_keys')::bigint), 0),
                          'failed_updates', coalesce(sum(t.failed_updates), 0))

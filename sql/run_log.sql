@@ -348,6 +348,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                'failed_updates', run.failed_updates,
                'insights_processed', coalesce((run.metadata ->> 'insights_processed')::bigint, 0),
                'rejected_insights', coalesce((run.metadata ->> 'rejected_insights')::bigint, 0),
+               'rejected_by_reason', coalesce(run.metadata -> 'rejected_by_reason',
+                                              '{"not_an_object": 0, "not_a_number": 0, "over_100": 0}'),
                'stale_insights', coalesce((run.metadata ->> 'stale_insights')::bigint, 0))
            ELSE jsonb_build_object(
                'records_processed', run.records_processed,

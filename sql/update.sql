@@ -47,6 +47,8 @@ BEGIN
         'rejected_insights', coalesce(applied.rejected_insights, 0),
         'stale_insights', coalesce(applied.stale_insights, 0),
         'ignored_keys', coalesce(applied.ignored_keys, 0),
+        'rejected_by_reason', coalesce(applied.rejected_by_reason,
+                                       '{"not_an_object": 0, "not_a_number": 0, "over_100": 0}'),
         'trait_changes', bondhu.trait_changes(traits, coalesce(applied.traits_after, traits)),
         'updated_at', CASE WHEN applied.insights_processed > 0 THEN now() ELSE profile.updated_at END);
 END $$;
@@ -155,7 +157,11 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                               'insights_processed', coalesce(sum(a.insights_processed), 0),
                               'rejected_insights', coalesce(sum(a.rejected_insights), 0),
                               'stale_insights', coalesce(sum(a.stale_insights), 0),
-                              'ignored_keys', coalesce(sum(a.ignored_keys), 0))
+                              'ignored_keys', coalesce(sum(a.ignored_keys), 0),
+                              'rejected_by_reason', jsonb_build_object(
+                                  'not_an_object', coalesce(sum((a.rejected_by_reason ->> 'not_an_object')::integer), 0),
+                                  'not_a_number', coalesce(sum((a.rejected_by_reason ->> 'not_a_number')::integer), 0),
+                                  'over_100', coalesce(sum((a.rejected_by_reason ->> 'over_100')::integer), 0)))
     FROM bondhu.apply_pending(first_user, last_user, run.covered, run.snapshot, run.id, 'update_all') a
 $$;
 

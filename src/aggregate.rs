@@ -15,8 +15,9 @@ use std::str::FromStr;
 /// bondhu.insight_counts and bondhu.insight_sums, which share it.
 #[derive(Default)]
 struct InsightTotals {
-    /// applied, from chat, from entertainment, rejected, stale, ignored keys
-    counts: [i32; 6],
+    /// applied, from chat, from entertainment, rejected, stale, ignored keys, and the
+    /// rejected by reason: not an object, a trait not a number, a trait over the limit
+    counts: [i32; 9],
     /// the sum of each trait's adjustments in fixed point
     fixed: [i128; 5],
     /// the sum of each trait's adjustments finer than the fixed point
@@ -31,6 +32,9 @@ const FROM_ENTERTAINMENT: usize = 2;
 const REJECTED: usize = 3;
 const STALE: usize = 4;
 const IGNORED_KEYS: usize = 5;
+const REJECTED_NOT_AN_OBJECT: usize = 6;
+const REJECTED_NOT_A_NUMBER: usize = 7;
+const REJECTED_OVER_THE_LIMIT: usize = 8;
 
 /// The memory context of the aggregate calling: it lives as long as the aggregate's
 /// state, and the aggregate's memory accounting sees what is allocated there (a hash
@@ -154,6 +158,7 @@ pub unsafe fn step(
     }
     let Some(doc) = doc else {
         totals.counts[REJECTED] += 1;
+        totals.counts[REJECTED_NOT_AN_OBJECT] += 1;
         return state;
     };
     let object = Document::of(&doc).object();
@@ -167,6 +172,11 @@ pub unsafe fn step(
         });
     let (Some(adjustments), Some(values), Some(object)) = (adjustments, values, object) else {
         totals.counts[REJECTED] += 1;
+        totals.counts[match insight::rejection(values.as_ref()) {
+            insight::Rejection::NotAnObject => REJECTED_NOT_AN_OBJECT,
+            insight::Rejection::NotANumber => REJECTED_NOT_A_NUMBER,
+            insight::Rejection::OverTheLimit => REJECTED_OVER_THE_LIMIT,
+        }] += 1;
         return state;
     };
     totals.counts[APPLIED] += 1;
@@ -199,7 +209,8 @@ pub unsafe fn step(
 }
 
 /// The counts of bondhu.insight_counts: {applied, from chat, from entertainment,
-/// rejected, stale, ignored keys}.
+/// rejected, stale, ignored keys, rejected as not an object, rejected for a trait not a
+/// number, rejected for a trait over the limit}.
 ///
 /// # Safety
 ///

@@ -53,6 +53,24 @@ pub fn adjustments<N: Copy>(
     Some(adjustments)
 }
 
+/// Why a document is rejected, in the order the checks that reject it come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    NotAnObject,
+    NotANumber,
+    OverTheLimit,
+}
+
+/// Why `adjustments` rejected the document with these `values` (None: not an object):
+/// a trait that is not a number comes before one over the limit.
+pub fn rejection<N>(values: Option<&[Value<N>; 5]>) -> Rejection {
+    match values {
+        None => Rejection::NotAnObject,
+        Some(v) if v.iter().any(|x| matches!(x, Value::NotANumber)) => Rejection::NotANumber,
+        Some(_) => Rejection::OverTheLimit,
+    }
+}
+
 /// How many of an object's `keys` are not Big Five traits, given its `values` under TRAITS.
 pub fn unknown_keys<N>(keys: usize, values: &[Value<N>; 5]) -> usize {
     keys - values
@@ -107,6 +125,15 @@ mod tests {
     #[test]
     fn only_objects_count() {
         assert!(adjustments(None, 0.0, |_: &f64| true).is_none());
+    }
+
+    #[test]
+    fn each_rejection_has_its_reason() {
+        assert_eq!(rejection::<f64>(None), Rejection::NotAnObject);
+        let not_a_number = values(&HashMap::from([("openness", Some(500.0)), ("neuroticism", None)]));
+        assert_eq!(rejection(Some(&not_a_number)), Rejection::NotANumber);
+        let over = values(&HashMap::from([("openness", Some(500.0))]));
+        assert_eq!(rejection(Some(&over)), Rejection::OverTheLimit);
     }
 
     #[test]

@@ -18,7 +18,8 @@ SELECT count(*) AS extension_objects_left FROM pg_extension WHERE extname = 'bon
 -- the settings, schedules and run log wait in a table only its owner (a superuser) may
 -- read, for the next CREATE EXTENSION
 SELECT jsonb_array_length(runs) AS runs_kept, settings ? 'dampening' AS settings_kept,
-       (SELECT relacl FROM pg_class WHERE oid = 'bondhu_kept_state'::regclass) AS acl
+       (SELECT bool_and(a.grantee = c.relowner) FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.oid = 'bondhu_kept_state'::regclass) AS only_its_owner
 FROM bondhu_kept_state;
 -- the app keeps writing while bondhu is not installed; a trigger bondhu left behind
 -- (not a member) keeps what is new or changed pending and ignores written positions
