@@ -115,7 +115,7 @@ mod tests {
     fn the_aggregates_equal_the_rust_rule() {
         let mut rng = Rng(0x5EED_B0D4);
         let insights: Vec<Insight> = (0..400).map(|_| generate(&mut rng)).collect();
-        let (mut counts, mut sums) = ([0i32; 6], [0i128; 5]);
+        let (mut counts, mut sums) = ([0i32; 9], [0i128; 5]);
         for insight in &insights {
             if !insight.fresh {
                 counts[4] += 1;
@@ -126,6 +126,11 @@ mod tests {
             });
             let (Some(adjustments), Some(values)) = (adjustments, insight.values) else {
                 counts[3] += 1;
+                counts[match insight::rejection(insight.values.as_ref()) {
+                    insight::Rejection::NotAnObject => 6,
+                    insight::Rejection::NotANumber => 7,
+                    insight::Rejection::OverTheLimit => 8,
+                }] += 1;
                 continue;
             };
             counts[0] += 1;
@@ -139,6 +144,7 @@ mod tests {
             }
         }
         assert!(counts[0] > 100 && counts[3] > 50 && counts[4] > 20 && counts[5] > 20);
+        assert!(counts[6] > 0 && counts[7] > 0 && counts[8] > 0, "the generator makes each kind of rejection");
 
         let rows = insights
             .iter()
