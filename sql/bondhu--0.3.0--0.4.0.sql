@@ -23,7 +23,9 @@ CREATE TABLE bondhu.schedules (
     id text PRIMARY KEY CONSTRAINT known_job CHECK (id IN ('personality_update', 'insights_cleanup')),
     schedule text NOT NULL,
     timezone text NOT NULL DEFAULT 'UTC',
-    paused_at timestamptz
+    paused_at timestamptz,
+    -- the run time a job in another zone than pg_cron's last ran for (take_due_run)
+    last_due_at timestamptz
 );
 SELECT pg_catalog.pg_extension_config_dump('bondhu.schedules', '');
 
@@ -260,11 +262,12 @@ END $$;
 -- A run that did not complete ends the CALL with an error after its row is committed:
 -- pg_cron records the job's run as failed, and a manual CALL says so. The error carries
 -- the run's SQLSTATE (P0001 when it has none).
--- (No SET search_path: a procedure with one cannot commit; every name is qualified.)
+-- (No SET search_path: a procedure with one cannot commit; every name and operator is
+-- qualified, so that nothing on the caller's search_path is used.)
 CREATE PROCEDURE bondhu.run_in_steps(run bondhu.task_runs, step text)
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF run.status <> 'running' THEN
+    IF run.status OPERATOR(pg_catalog.<>) 'running' THEN
         RETURN;
     END IF;
     COMMIT;
@@ -274,9 +277,9 @@ BEGIN
     COMMIT;
     run := bondhu.finish_run(run.id);
     COMMIT;
-    IF run.status <> 'completed' THEN
+    IF run.status OPERATOR(pg_catalog.<>) 'completed' THEN
         RAISE EXCEPTION '%', bondhu.run_outcome(run)
-            USING ERRCODE = coalesce(run.metadata ->> 'sqlstate', 'P0001'),
+            USING ERRCODE = coalesce(pg_catalog.jsonb_extract_path_text(run.metadata, 'sqlstate'), 'P0001'),
                   DETAIL = format('Run %s; its row is committed.', run.id),
                   HINT = format('SELECT * FROM system_tasks WHERE id = %L', run.id);
     END IF;
@@ -426,6 +429,13 @@ END $$;
 ------------------------------------------------------------------------------------
 -- Public API
 ------------------------------------------------------------------------------------
+-- Has the user insights pending now (as a self-service update would see them)?
+CREATE FUNCTION bondhu.has_pending(target uuid) RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM bondhu.pending_sums(target, target, bondhu.global_cursor(), bondhu.current_cursor(),
+                                                   ARRAY[target], '-infinity'))
+$$;
+
 -- The self-service update of bondhu_update_personality (below).
 CREATE OR REPLACE FUNCTION bondhu.update_personality(target uuid) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -447,18 +457,23 @@ BEGIN
         PERFORM bondhu.require_own_profile(target, 'bondhu_update_personality');
     END IF;
 
-    INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
-    ON CONFLICT (user_id) DO NOTHING;
-    SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
-    -- Taken after the lock: covers whatever the previous holder of the lock applied.
-    snapshot := bondhu.current_cursor();
-    -- The rate limit counts what costs: a call that finds nothing pending uses no slot.
-    IF NOT operator AND EXISTS (SELECT FROM bondhu.pending_sums(target, target, bondhu.global_cursor(), snapshot,
-                                                                ARRAY[target], '-infinity')) THEN
-        PERFORM bondhu.admit_self_update(target);
+    IF NOT operator AND NOT bondhu.has_pending(target) THEN
+        -- The rate limit counts what costs: a call that finds nothing pending uses no
+        -- slot, and writes nothing (no lock, no transaction id).
+        SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;
+        SELECT * INTO applied FROM bondhu.apply_pending(target, target, NULL, NULL, NULL, 'self_update') LIMIT 0;
+    ELSE
+        INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
+        ON CONFLICT (user_id) DO NOTHING;
+        SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
+        IF NOT operator THEN
+            PERFORM bondhu.admit_self_update(target);
+        END IF;
+        -- Taken after the lock: covers whatever the previous holder of the lock applied.
+        snapshot := bondhu.current_cursor();
+        SELECT * INTO applied
+        FROM bondhu.apply_pending(target, target, bondhu.global_cursor(), snapshot, NULL, 'self_update');
     END IF;
-    SELECT * INTO applied
-    FROM bondhu.apply_pending(target, target, bondhu.global_cursor(), snapshot, NULL, 'self_update');
     traits := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
                     coalesce(profile.neuroticism, 50)];
@@ -616,6 +631,17 @@ BEGIN
     -- self-service update holding one of them is waited for, then seen.
     PERFORM FROM public.user_personality_profiles p
     WHERE p.user_id = ANY (batch) ORDER BY p.user_id FOR UPDATE OF p;
+    -- A profile deleted while the lock waited is created again (its user starts at 50
+    -- with what is pending); one deleted again meanwhile fails the step, and the run:
+    -- the global cursor stays, and the next run applies what is pending.
+    INSERT INTO public.user_personality_profiles (user_id)
+    SELECT unnest(batch) ON CONFLICT (user_id) DO NOTHING;
+    IF (SELECT count(*) FROM (SELECT FROM public.user_personality_profiles p
+                              WHERE p.user_id = ANY (batch) ORDER BY p.user_id FOR UPDATE OF p) l)
+       < cardinality(batch) THEN
+        RAISE EXCEPTION 'bondhu: profiles were deleted during the run, twice'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
     BEGIN
         counts := bondhu.apply_counts(run, batch[1], batch[cardinality(batch)]);
     EXCEPTION WHEN OTHERS THEN
@@ -764,6 +790,13 @@ BEGIN
                   DETAIL = 'Insights inside the window may not be applied yet; deleting them would lose them.',
                   HINT = 'Use an interval of at least bondhu.settings.insight_window.';
     END IF;
+    -- operators choose older_than (bondhu_cleanup_insights); the scheduler's runs use the
+    -- insight_retention setting (bondhu_run_cleanup)
+    IF NOT bondhu.caller_is_operator()
+       AND older_than <> (SELECT s.insight_retention FROM bondhu.settings s) THEN
+        RAISE EXCEPTION 'bondhu: only operators may clean up with another interval than insight_retention'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     run := bondhu.start_run('insights_cleanup');
     IF run.status = 'running' THEN
         UPDATE bondhu.task_runs t SET
@@ -861,6 +894,36 @@ BEGIN
     END IF;
 END $$;
 
+-- The next time a cron schedule fires after a moment, when its fields are read as wall
+-- clock time in `zone`, as pg_cron does, daylight-saving changes included: a wall clock
+-- time that a change skips runs when the clock jumps; one that comes twice runs the
+-- first time. NULL when the schedule never fires.
+CREATE OR REPLACE FUNCTION bondhu.cron_next_run(schedule text, after timestamptz, zone text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wall_clock timestamp := to_timestamp(bondhu.cron_next_run_epoch(
+        schedule, extract(epoch FROM (after AT TIME ZONE zone))::double precision)) AT TIME ZONE 'UTC';
+    moment timestamptz := wall_clock AT TIME ZONE zone;
+    earlier timestamptz;
+BEGIN
+    IF moment AT TIME ZONE zone <> wall_clock THEN
+        -- skipped: the first minute whose wall clock time is past it (changes are at most
+        -- a few hours)
+        RETURN (SELECT min(t) FROM generate_series(moment - interval '3 hours', moment, interval '1 minute') t
+                WHERE t AT TIME ZONE zone > wall_clock AND t > after);
+    END IF;
+    -- twice: Postgres reads it as the later time; it runs the first time only, so the
+    -- later one is no run time of its own
+    earlier := (SELECT min(t) FROM unnest(ARRAY[moment - interval '1 hour', moment - interval '30 minutes']) t
+                WHERE t AT TIME ZONE zone = wall_clock);
+    IF earlier IS NULL THEN
+        RETURN moment;
+    ELSIF earlier > after THEN
+        RETURN earlier;
+    END IF;
+    RETURN bondhu.cron_next_run(schedule, moment, zone);
+END $$;
+
 -- Do two zones show the same wall clock time for the next 400 days?
 CREATE FUNCTION bondhu.same_zone(a text, b text) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -875,6 +938,13 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT schedule !~* '^\s*(@reboot|\d+\s*seconds?)\s*$'
 $$;
 
+-- Does pg_cron read `schedule` as it is meant in `zone`: not read on a wall clock, or in
+-- pg_cron's own zone?
+CREATE FUNCTION bondhu.in_cron_zone(schedule text, zone text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NOT bondhu.is_wall_clock(schedule) OR bondhu.same_zone(zone, bondhu.cron_timezone())
+$$;
+
 -- The schedule to give pg_cron for `schedule` read in `zone`: the same when pg_cron
 -- reads schedules in that zone; otherwise the minute and hour, in pg_cron's zone, of
 -- the schedule's next run after `after`, every day: the job then runs the task only
@@ -882,8 +952,7 @@ $$;
 -- daylight-saving change in either zone is followed to the minute.
 CREATE FUNCTION bondhu.pg_cron_schedule(schedule text, zone text, after timestamptz) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN NOT bondhu.is_wall_clock(schedule) OR bondhu.same_zone(zone, bondhu.cron_timezone())
-                THEN schedule
+    SELECT CASE WHEN bondhu.in_cron_zone(schedule, zone) THEN schedule
                 ELSE to_char(n AT TIME ZONE bondhu.cron_timezone(), 'FMMI FMHH24') || ' * * *' END
     FROM bondhu.cron_next_run(schedule, after, zone) n
 $$;
@@ -894,36 +963,44 @@ $$;
 CREATE FUNCTION bondhu.put_job(job_id text, after timestamptz) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT cron.schedule_in_database(b.jobname, bondhu.pg_cron_schedule(s.schedule, s.timezone, after),
-        CASE WHEN bondhu.pg_cron_schedule(s.schedule, s.timezone, after) = s.schedule
-             THEN b.command ELSE b.zoned_command END,
+        CASE WHEN bondhu.in_cron_zone(s.schedule, s.timezone) THEN b.command ELSE b.zoned_command END,
         current_database(), 'bondhu_scheduler', true)
     FROM bondhu.jobs() b JOIN bondhu.schedules s ON s.id = b.id
     WHERE b.id = job_id
 $$;
 
 -- For a job in another zone than pg_cron's: is its schedule due now (a run time in the
--- last five minutes: pg_cron may start a job late)? Moves the job to its next run time.
+-- last five minutes: pg_cron may start a job late) and not taken yet? Takes it, so that
+-- each run time runs once however often this is called, and moves the job to its next
+-- run time.
 CREATE FUNCTION bondhu.take_due_run(job_id text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s bondhu.schedules;
+    due_at timestamptz;
 BEGIN
-    SELECT * INTO s FROM bondhu.schedules t WHERE t.id = job_id AND t.paused_at IS NULL;
+    SELECT * INTO s FROM bondhu.schedules t WHERE t.id = job_id AND t.paused_at IS NULL FOR UPDATE;
     IF NOT FOUND OR NOT bondhu.cron_installed() THEN
         RETURN false;
     END IF;
     PERFORM bondhu.put_job(job_id, now());
-    RETURN bondhu.cron_next_run(s.schedule, now() - interval '5 minutes', s.timezone) <= now();
+    due_at := bondhu.cron_next_run(s.schedule, now() - interval '5 minutes', s.timezone);
+    IF due_at > now() OR due_at IS NOT DISTINCT FROM s.last_due_at THEN
+        RETURN false;
+    END IF;
+    UPDATE bondhu.schedules t SET last_due_at = due_at WHERE t.id = job_id;
+    RETURN true;
 END $$;
 
 -- The command of a job in another zone than pg_cron's: runs the task when it is due.
--- (No SET search_path: the task's procedure commits; every name is qualified.)
+-- (No SET search_path: the task's procedure commits; every name and operator is
+-- qualified.)
 CREATE PROCEDURE bondhu.run_if_due(job_id text)
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT bondhu.take_due_run(job_id) THEN
         RETURN;
-    ELSIF job_id = 'personality_update' THEN
+    ELSIF job_id OPERATOR(pg_catalog.=) 'personality_update' THEN
         CALL public.bondhu_run_update_all();
     ELSE
         CALL public.bondhu_run_cleanup();
@@ -1088,6 +1165,21 @@ BEGIN
                       FROM cron.job_run_details d JOIN bondhu.own_jobs() o ON o.jobid = d.jobid
                       WHERE o.id = j ->> 'id' ORDER BY d.runid DESC LIMIT 1))), '[]')
                  FROM jsonb_array_elements(jobs) j);
+        -- what pg_cron says of the jobs' last runs, and whether they still fire when
+        -- their schedules say (cron.timezone may have changed, a run time passed by)
+        problems := problems || ARRAY(
+            SELECT format('the job %s failed in pg_cron at %s: see cron.job_run_details', j ->> 'jobname',
+                          j #>> '{last_run,end_time}')
+            FROM jsonb_array_elements(jobs) j WHERE j #>> '{last_run,status}' = 'failed');
+        problems := problems || ARRAY(
+            SELECT format('the job %s does not fire at the times of %s in %s (pg_cron reads its schedules in %s): SELECT bondhu_schedule()',
+                          b.jobname, s.schedule, s.timezone, bondhu.cron_timezone())
+            FROM bondhu.jobs() b
+            JOIN bondhu.schedules s ON s.id = b.id AND s.paused_at IS NULL
+            JOIN bondhu.own_jobs() o ON o.id = b.id
+            WHERE o.schedule <> bondhu.pg_cron_schedule(s.schedule, s.timezone, now())
+               OR o.command <> CASE WHEN bondhu.in_cron_zone(s.schedule, s.timezone)
+                                    THEN b.command ELSE b.zoned_command END);
         IF NOT paused THEN
             problems := problems || ARRAY(
                 SELECT format('the job %s is %s: SELECT bondhu_schedule()', b.jobname,
@@ -1256,7 +1348,14 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages =
 DECLARE
     grantee text;
 BEGIN
-    DROP TABLE IF EXISTS public.bondhu_kept_state;
+    -- whatever has the name goes, with what depends on it: another role's view of that
+    -- name would otherwise block DROP EXTENSION
+    IF to_regclass('public.bondhu_kept_state') IS NOT NULL THEN
+        EXECUTE format('DROP %s public.bondhu_kept_state CASCADE',
+                       CASE (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = 'public.bondhu_kept_state'::regclass)
+                            WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                            WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END);
+    END IF;
     CREATE TABLE public.bondhu_kept_state AS
     SELECT (SELECT to_jsonb(s) FROM bondhu.settings s) AS settings,
            (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') FROM bondhu.schedules s) AS schedules,
@@ -1378,6 +1477,7 @@ CREATE OR REPLACE FUNCTION bondhu.grant_privileges() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
 DECLARE
     api record;
+    admin record;
     privilege text;
     grantee text;
     operators text[] := ARRAY['bondhu_operator'];
@@ -1396,6 +1496,17 @@ BEGIN
     END IF;
     nobody := nobody || ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r
                               WHERE r.rolname IN ('anon', 'authenticated'));
+
+    -- Nobody but superusers administers bondhu's roles: a role with CREATEROLE that
+    -- created one of them before CREATE EXTENSION holds ADMIN on it (PostgreSQL 16 on),
+    -- and could make itself an operator.
+    FOR admin IN SELECT m.roleid::regrole::text AS role_name, m.member::regrole::text AS member,
+                        m.grantor::regrole::text AS grantor
+               FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r ON r.oid = m.member
+               WHERE m.roleid IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname IN ('bondhu_operator', 'bondhu_scheduler'))
+                 AND m.admin_option AND NOT r.rolsuper LOOP
+        EXECUTE format('REVOKE ADMIN OPTION FOR %s FROM %s GRANTED BY %s', admin.role_name, admin.member, admin.grantor);
+    END LOOP;
 
     -- Nothing for anybody first.
     FOREACH grantee IN ARRAY nobody LOOP

@@ -26,6 +26,13 @@ BEGIN
                   DETAIL = 'Insights inside the window may not be applied yet; deleting them would lose them.',
                   HINT = 'Use an interval of at least bondhu.settings.insight_window.';
     END IF;
+    -- operators choose older_than (bondhu_cleanup_insights); the scheduler's runs use the
+    -- insight_retention setting (bondhu_run_cleanup)
+    IF NOT bondhu.caller_is_operator()
+       AND older_than <> (SELECT s.insight_retention FROM bondhu.settings s) THEN
+        RAISE EXCEPTION 'bondhu: only operators may clean up with another interval than insight_retention'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     run := bondhu.start_run('insights_cleanup');
     IF run.status = 'running' THEN
         UPDATE bondhu.task_runs t SET

@@ -65,6 +65,21 @@ BEGIN
                       FROM cron.job_run_details d JOIN bondhu.own_jobs() o ON o.jobid = d.jobid
                       WHERE o.id = j ->> 'id' ORDER BY d.runid DESC LIMIT 1))), '[]')
                  FROM jsonb_array_elements(jobs) j);
+        -- what pg_cron says of the jobs' last runs, and whether they still fire when
+        -- their schedules say (cron.timezone may have changed, a run time passed by)
+        problems := problems || ARRAY(
+            SELECT format('the job %s failed in pg_cron at %s: see cron.job_run_details', j ->> 'jobname',
+                          j #>> '{last_run,end_time}')
+            FROM jsonb_array_elements(jobs) j WHERE j #>> '{last_run,status}' = 'failed');
+        problems := problems || ARRAY(
+            SELECT format('the job %s does not fire at the times of %s in %s (pg_cron reads its schedules in %s): SELECT bondhu_schedule()',
+                          b.jobname, s.schedule, s.timezone, bondhu.cron_timezone())
+            FROM bondhu.jobs() b
+            JOIN bondhu.schedules s ON s.id = b.id AND s.paused_at IS NULL
+            JOIN bondhu.own_jobs() o ON o.id = b.id
+            WHERE o.schedule <> bondhu.pg_cron_schedule(s.schedule, s.timezone, now())
+               OR o.command <> CASE WHEN bondhu.in_cron_zone(s.schedule, s.timezone)
+                                    THEN b.command ELSE b.zoned_command END);
         IF NOT paused THEN
             problems := problems || ARRAY(
                 SELECT format('the job %s is %s: SELECT bondhu_schedule()', b.jobname,

@@ -11,7 +11,14 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages =
 DECLARE
     grantee text;
 BEGIN
-    DROP TABLE IF EXISTS public.bondhu_kept_state;
+    -- whatever has the name goes, with what depends on it: another role's view of that
+    -- name would otherwise block DROP EXTENSION
+    IF to_regclass('public.bondhu_kept_state') IS NOT NULL THEN
+        EXECUTE format('DROP %s public.bondhu_kept_state CASCADE',
+                       CASE (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = 'public.bondhu_kept_state'::regclass)
+                            WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                            WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END);
+    END IF;
     CREATE TABLE public.bondhu_kept_state AS
     SELECT (SELECT to_jsonb(s) FROM bondhu.settings s) AS settings,
            (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') FROM bondhu.schedules s) AS schedules,
@@ -40,7 +47,7 @@ BEGIN
     END IF;
     SELECT k.* INTO kept FROM public.bondhu_kept_state k
     WHERE (SELECT r.rolsuper FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
-           WHERE c.oid = 'public.bondhu_kept_state'::regclass)
+           WHERE c.oid = 'public.bondhu_kept_state'::regclass AND c.relkind = 'r')
     LIMIT 1;
     IF NOT FOUND THEN
         RETURN;
@@ -56,7 +63,8 @@ BEGIN
     SELECT * FROM jsonb_populate_recordset(NULL::bondhu.task_runs, kept.runs) r WHERE r.status <> 'running'
     ON CONFLICT (id) DO NOTHING;
     GET DIAGNOSTICS runs = ROW_COUNT;
-    DROP TABLE public.bondhu_kept_state;
+    -- with what another role built on it (a view would block the drop)
+    DROP TABLE public.bondhu_kept_state CASCADE;
     -- CREATE EXTENSION raises client_min_messages to WARNING while its script runs
     PERFORM set_config('client_min_messages', 'notice', true);
     RAISE NOTICE 'bondhu: kept from before DROP EXTENSION: the settings, % job schedules, % runs of the run log',

@@ -375,11 +375,12 @@ END $$;
 -- A run that did not complete ends the CALL with an error after its row is committed:
 -- pg_cron records the job's run as failed, and a manual CALL says so. The error carries
 -- the run's SQLSTATE (P0001 when it has none).
--- (No SET search_path: a procedure with one cannot commit; every name is qualified.)
+-- (No SET search_path: a procedure with one cannot commit; every name and operator is
+-- qualified, so that nothing on the caller's search_path is used.)
 CREATE PROCEDURE bondhu.run_in_steps(run bondhu.task_runs, step text)
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF run.status <> 'running' THEN
+    IF run.status OPERATOR(pg_catalog.<>) 'running' THEN
         RETURN;
     END IF;
     COMMIT;
@@ -389,9 +390,9 @@ BEGIN
     COMMIT;
     run := bondhu.finish_run(run.id);
     COMMIT;
-    IF run.status <> 'completed' THEN
+    IF run.status OPERATOR(pg_catalog.<>) 'completed' THEN
         RAISE EXCEPTION '%', bondhu.run_outcome(run)
-            USING ERRCODE = coalesce(run.metadata ->> 'sqlstate', 'P0001'),
+            USING ERRCODE = coalesce(pg_catalog.jsonb_extract_path_text(run.metadata, 'sqlstate'), 'P0001'),
                   DETAIL = format('Run %s; its row is committed.', run.id),
                   HINT = format('SELECT * FROM system_tasks WHERE id = %L', run.id);
     END IF;

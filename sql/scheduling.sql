@@ -44,7 +44,9 @@ CREATE TABLE bondhu.schedules (
     id text PRIMARY KEY CONSTRAINT known_job CHECK (id IN ('personality_update', 'insights_cleanup')),
     schedule text NOT NULL,
     timezone text NOT NULL DEFAULT 'UTC',
-    paused_at timestamptz
+    paused_at timestamptz,
+    -- the run time a job in another zone than pg_cron's last ran for (take_due_run)
+    last_due_at timestamptz
 );
 SELECT pg_catalog.pg_extension_config_dump('bondhu.schedules', '');
 
@@ -78,6 +80,7 @@ DECLARE
     wall_clock timestamp := to_timestamp(bondhu.cron_next_run_epoch(
         schedule, extract(epoch FROM (after AT TIME ZONE zone))::double precision)) AT TIME ZONE 'UTC';
     moment timestamptz := wall_clock AT TIME ZONE zone;
+    earlier timestamptz;
 BEGIN
     IF moment AT TIME ZONE zone <> wall_clock THEN
         -- skipped: the first minute whose wall clock time is past it (changes are at most
@@ -85,9 +88,16 @@ BEGIN
         RETURN (SELECT min(t) FROM generate_series(moment - interval '3 hours', moment, interval '1 minute') t
                 WHERE t AT TIME ZONE zone > wall_clock AND t > after);
     END IF;
-    -- twice: Postgres reads it as the later time; the earlier one, if there is one
-    RETURN coalesce((SELECT min(t) FROM unnest(ARRAY[moment - interval '1 hour', moment - interval '30 minutes']) t
-                     WHERE t AT TIME ZONE zone = wall_clock AND t > after), moment);
+    -- twice: Postgres reads it as the later time; it runs the first time only, so the
+    -- later one is no run time of its own
+    earlier := (SELECT min(t) FROM unnest(ARRAY[moment - interval '1 hour', moment - interval '30 minutes']) t
+                WHERE t AT TIME ZONE zone = wall_clock);
+    IF earlier IS NULL THEN
+        RETURN moment;
+    ELSIF earlier > after THEN
+        RETURN earlier;
+    END IF;
+    RETURN bondhu.cron_next_run(schedule, moment, zone);
 END $$;
 
 -- Do two zones show the same wall clock time for the next 400 days?
@@ -104,6 +114,13 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT schedule !~* '^\s*(@reboot|\d+\s*seconds?)\s*$'
 $$;
 
+-- Does pg_cron read `schedule` as it is meant in `zone`: not read on a wall clock, or in
+-- pg_cron's own zone?
+CREATE FUNCTION bondhu.in_cron_zone(schedule text, zone text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NOT bondhu.is_wall_clock(schedule) OR bondhu.same_zone(zone, bondhu.cron_timezone())
+$$;
+
 -- The schedule to give pg_cron for `schedule` read in `zone`: the same when pg_cron
 -- reads schedules in that zone; otherwise the minute and hour, in pg_cron's zone, of
 -- the schedule's next run after `after`, every day: the job then runs the task only
@@ -111,8 +128,7 @@ $$;
 -- daylight-saving change in either zone is followed to the minute.
 CREATE FUNCTION bondhu.pg_cron_schedule(schedule text, zone text, after timestamptz) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN NOT bondhu.is_wall_clock(schedule) OR bondhu.same_zone(zone, bondhu.cron_timezone())
-                THEN schedule
+    SELECT CASE WHEN bondhu.in_cron_zone(schedule, zone) THEN schedule
                 ELSE to_char(n AT TIME ZONE bondhu.cron_timezone(), 'FMMI FMHH24') || ' * * *' END
     FROM bondhu.cron_next_run(schedule, after, zone) n
 $$;
@@ -123,36 +139,44 @@ $$;
 CREATE FUNCTION bondhu.put_job(job_id text, after timestamptz) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT cron.schedule_in_database(b.jobname, bondhu.pg_cron_schedule(s.schedule, s.timezone, after),
-        CASE WHEN bondhu.pg_cron_schedule(s.schedule, s.timezone, after) = s.schedule
-             THEN b.command ELSE b.zoned_command END,
+        CASE WHEN bondhu.in_cron_zone(s.schedule, s.timezone) THEN b.command ELSE b.zoned_command END,
         current_database(), 'bondhu_scheduler', true)
     FROM bondhu.jobs() b JOIN bondhu.schedules s ON s.id = b.id
     WHERE b.id = job_id
 $$;
 
 -- For a job in another zone than pg_cron's: is its schedule due now (a run time in the
--- last five minutes: pg_cron may start a job late)? Moves the job to its next run time.
+-- last five minutes: pg_cron may start a job late) and not taken yet? Takes it, so that
+-- each run time runs once however often this is called, and moves the job to its next
+-- run time.
 CREATE FUNCTION bondhu.take_due_run(job_id text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s bondhu.schedules;
+    due_at timestamptz;
 BEGIN
-    SELECT * INTO s FROM bondhu.schedules t WHERE t.id = job_id AND t.paused_at IS NULL;
+    SELECT * INTO s FROM bondhu.schedules t WHERE t.id = job_id AND t.paused_at IS NULL FOR UPDATE;
     IF NOT FOUND OR NOT bondhu.cron_installed() THEN
         RETURN false;
     END IF;
     PERFORM bondhu.put_job(job_id, now());
-    RETURN bondhu.cron_next_run(s.schedule, now() - interval '5 minutes', s.timezone) <= now();
+    due_at := bondhu.cron_next_run(s.schedule, now() - interval '5 minutes', s.timezone);
+    IF due_at > now() OR due_at IS NOT DISTINCT FROM s.last_due_at THEN
+        RETURN false;
+    END IF;
+    UPDATE bondhu.schedules t SET last_due_at = due_at WHERE t.id = job_id;
+    RETURN true;
 END $$;
 
 -- The command of a job in another zone than pg_cron's: runs the task when it is due.
--- (No SET search_path: the task's procedure commits; every name is qualified.)
+-- (No SET search_path: the task's procedure commits; every name and operator is
+-- qualified.)
 CREATE PROCEDURE bondhu.run_if_due(job_id text)
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT bondhu.take_due_run(job_id) THEN
         RETURN;
-    ELSIF job_id = 'personality_update' THEN
+    ELSIF job_id OPERATOR(pg_catalog.=) 'personality_update' THEN
         CALL public.bondhu_run_update_all();
     ELSE
         CALL public.bondhu_run_cleanup();

@@ -129,6 +129,7 @@ CREATE FUNCTION bondhu.grant_privileges() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
 DECLARE
     api record;
+    admin record;
     privilege text;
     grantee text;
     operators text[] := ARRAY['bondhu_operator'];
@@ -147,6 +148,17 @@ BEGIN
     END IF;
     nobody := nobody || ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r
                               WHERE r.rolname IN ('anon', 'authenticated'));
+
+    -- Nobody but superusers administers bondhu's roles: a role with CREATEROLE that
+    -- created one of them before CREATE EXTENSION holds ADMIN on it (PostgreSQL 16 on),
+    -- and could make itself an operator.
+    FOR admin IN SELECT m.roleid::regrole::text AS role_name, m.member::regrole::text AS member,
+                        m.grantor::regrole::text AS grantor
+               FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles r ON r.oid = m.member
+               WHERE m.roleid IN (SELECT oid FROM pg_catalog.pg_roles WHERE rolname IN ('bondhu_operator', 'bondhu_scheduler'))
+                 AND m.admin_option AND NOT r.rolsuper LOOP
+        EXECUTE format('REVOKE ADMIN OPTION FOR %s FROM %s GRANTED BY %s', admin.role_name, admin.member, admin.grantor);
+    END LOOP;
 
     -- Nothing for anybody first.
     FOREACH grantee IN ARRAY nobody LOOP

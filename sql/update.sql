@@ -3,6 +3,13 @@
 ------------------------------------------------------------------------------------
 -- Public API
 ------------------------------------------------------------------------------------
+-- Has the user insights pending now (as a self-service update would see them)?
+CREATE FUNCTION bondhu.has_pending(target uuid) RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM bondhu.pending_sums(target, target, bondhu.global_cursor(), bondhu.current_cursor(),
+                                                   ARRAY[target], '-infinity'))
+$$;
+
 -- The self-service update of bondhu_update_personality (below).
 CREATE FUNCTION bondhu.update_personality(target uuid) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -24,18 +31,23 @@ BEGIN
         PERFORM bondhu.require_own_profile(target, 'bondhu_update_personality');
     END IF;
 
-    INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
-    ON CONFLICT (user_id) DO NOTHING;
-    SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
-    -- Taken after the lock: covers whatever the previous holder of the lock applied.
-    snapshot := bondhu.current_cursor();
-    -- The rate limit counts what costs: a call that finds nothing pending uses no slot.
-    IF NOT operator AND EXISTS (SELECT FROM bondhu.pending_sums(target, target, bondhu.global_cursor(), snapshot,
-                                                                ARRAY[target], '-infinity')) THEN
-        PERFORM bondhu.admit_self_update(target);
+    IF NOT operator AND NOT bondhu.has_pending(target) THEN
+        -- The rate limit counts what costs: a call that finds nothing pending uses no
+        -- slot, and writes nothing (no lock, no transaction id).
+        SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;
+        SELECT * INTO applied FROM bondhu.apply_pending(target, target, NULL, NULL, NULL, 'self_update') LIMIT 0;
+    ELSE
+        INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
+        ON CONFLICT (user_id) DO NOTHING;
+        SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
+        IF NOT operator THEN
+            PERFORM bondhu.admit_self_update(target);
+        END IF;
+        -- Taken after the lock: covers whatever the previous holder of the lock applied.
+        snapshot := bondhu.current_cursor();
+        SELECT * INTO applied
+        FROM bondhu.apply_pending(target, target, bondhu.global_cursor(), snapshot, NULL, 'self_update');
     END IF;
-    SELECT * INTO applied
-    FROM bondhu.apply_pending(target, target, bondhu.global_cursor(), snapshot, NULL, 'self_update');
     traits := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
                     coalesce(profile.neuroticism, 50)];
@@ -239,6 +251,17 @@ BEGIN
     -- self-service update holding one of them is waited for, then seen.
     PERFORM FROM public.user_personality_profiles p
     WHERE p.user_id = ANY (batch) ORDER BY p.user_id FOR UPDATE OF p;
+    -- A profile deleted while the lock waited is created again (its user starts at 50
+    -- with what is pending); one deleted again meanwhile fails the step, and the run:
+    -- the global cursor stays, and the next run applies what is pending.
+    INSERT INTO public.user_personality_profiles (user_id)
+    SELECT unnest(batch) ON CONFLICT (user_id) DO NOTHING;
+    IF (SELECT count(*) FROM (SELECT FROM public.user_personality_profiles p
+                              WHERE p.user_id = ANY (batch) ORDER BY p.user_id FOR UPDATE OF p) l)
+       < cardinality(batch) THEN
+        RAISE EXCEPTION 'bondhu: profiles were deleted during the run, twice'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
     BEGIN
         counts := bondhu.apply_counts(run, batch[1], batch[cardinality(batch)]);
     EXCEPTION WHEN OTHERS THEN

@@ -77,3 +77,12 @@ WHERE created_at < now() - interval '90 days' AND personality_insights IS NOT NU
 CALL bondhu_run_cleanup('0 days');
 CALL bondhu_run_cleanup(NULL);
 \set VERBOSITY default
+
+-- The scheduler's runs clean up with insight_retention only: its steps refuse another
+-- interval (operators choose theirs with bondhu_cleanup_insights).
+SET ROLE bondhu_scheduler;
+\set VERBOSITY sqlstate
+SELECT bondhu.start_cleanup_run('30 days');
+\set VERBOSITY default
+SELECT (bondhu.start_cleanup_run((SELECT insight_retention FROM bondhu.settings))).status AS with_retention;
+RESET ROLE;

@@ -60,4 +60,8 @@ FROM (VALUES
     ('0 2 * * *', 'America/New_York', '2026-11-25 07:03:10+00'),
     ('0 2 * * *', 'America/New_York', '2026-11-25 07:06:00+00'),
     ('0 2 * * 0', 'Asia/Dhaka', '2026-11-28 20:00:00+00'),
-    ('0 2 * * 0', 'Asia/Dhaka', '2026-11-29 20:00:00+00')) AS c(schedule, zone, fired_at);
+    ('0 2 * * 0', 'Asia/Dhaka', '2026-11-29 20:00:00+00'),
+    -- 1:30 AM comes twice on 1 November 2026 in New York: due the first time (05:30
+    -- GMT), not the second (06:30 GMT, where the job's daily pg_cron time then is)
+    ('30 1 * * *', 'America/New_York', '2026-11-01 05:30:00+00'),
+    ('30 1 * * *', 'America/New_York', '2026-11-01 06:30:00+00')) AS c(schedule, zone, fired_at);

@@ -11,6 +11,9 @@ INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ann, '{"op
 SELECT bondhu_update_personality(:ann) ->> 'insights_processed' AS self_applied;
 INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 5}');
 
+-- a view another role named like the table DROP EXTENSION keeps its state in does not
+-- block it
+CREATE VIEW bondhu_kept_state AS SELECT 1 AS squatted;
 DROP EXTENSION bondhu;
 SELECT (SELECT count(*) FROM chat_personality_insights) AS chat, (SELECT count(*) FROM entertainment_interactions) AS entertainment,
        (SELECT count(*) FROM user_personality_profiles) AS profiles, (SELECT count(*) FROM personality_profile_history) AS history;
