@@ -1,38 +1,45 @@
 -- Synthetic data, generated once per benchmark run into staging tables, then copied
--- into bondhu's tables and the peers' before each measurement. :users users, each with
--- 20 chat and 10 entertainment insights spread over the last 30 days, 3 traits a
--- document, values in [-2, 2].
+-- into bondhu's tables and the peers' before each measurement. :users users with random
+-- version 4 ids (as Supabase's auth ids are: no order to exploit), each with 20 chat and
+-- 10 entertainment insights spread over the last 30 days, 3 traits a document, values
+-- in [-2, 2]. Every user has a profile before a run (created at sign-up, as in the app).
 CREATE FUNCTION peer.document(i integer) RETURNS jsonb LANGUAGE sql AS $$
     SELECT jsonb_build_object(t[1 + i % 5], round((random() * 4 - 2)::numeric, 2),
                               t[1 + (i + 1) % 5], round((random() * 4 - 2)::numeric, 2),
                               t[1 + (i + 2) % 5], round((random() * 4 - 2)::numeric, 2))
     FROM (SELECT ARRAY['openness', 'conscientiousness', 'extraversion', 'agreeableness', 'neuroticism'] AS t) n
 $$;
-CREATE FUNCTION peer.user_id(u integer) RETURNS uuid LANGUAGE sql IMMUTABLE AS $$
-    SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(u), 12, '0'))::uuid
+CREATE UNLOGGED TABLE peer.users AS SELECT u, gen_random_uuid() AS user_id FROM generate_series(1, :users) u;
+ALTER TABLE peer.users ADD PRIMARY KEY (u);
+-- User number u's id.
+CREATE FUNCTION peer.user_id(n integer) RETURNS uuid LANGUAGE sql STABLE AS $$
+    SELECT user_id FROM peer.users WHERE u = n
 $$;
 CREATE UNLOGGED TABLE peer.staging_chat AS
-    SELECT peer.user_id(u) AS user_id, now() - random() * interval '29 days' AS at, peer.document(i) AS doc
-    FROM generate_series(1, :users) u, generate_series(1, 20) i;
+    SELECT us.user_id, now() - random() * interval '29 days' AS at, peer.document(i) AS doc
+    FROM peer.users us, generate_series(1, 20) i;
 CREATE UNLOGGED TABLE peer.staging_entertainment AS
-    SELECT peer.user_id(u) AS user_id, now() - random() * interval '29 days' AS at, peer.document(i) AS doc
-    FROM generate_series(1, :users) u, generate_series(1, 10) i;
--- One day of new insights: a chat insight for two users in three, an entertainment one
--- for one in three (1/30 of the volume).
+    SELECT us.user_id, now() - random() * interval '29 days' AS at, peer.document(i) AS doc
+    FROM peer.users us, generate_series(1, 10) i;
+-- A realistic night: one user in five was active, with 5 new insights each (3 chat,
+-- 2 entertainment).
 CREATE UNLOGGED TABLE peer.staging_new_day AS
-    SELECT peer.user_id(u) AS user_id, now() AS at, peer.document(u) AS doc, u % 3 <> 0 AS is_chat
-    FROM generate_series(1, :users) u;
+    SELECT us.user_id, now() AS at, peer.document(us.u + i) AS doc, i <= 3 AS is_chat
+    FROM peer.users us, generate_series(1, 5) i
+    WHERE us.u % 5 = 0;
 -- Old rows for the cleanup comparison: :old_per_user chat insights a user, 91-120 days old.
 CREATE UNLOGGED TABLE peer.staging_old AS
-    SELECT peer.user_id(u) AS user_id, now() - interval '91 days' - random() * interval '29 days' AS at,
+    SELECT us.user_id, now() - interval '91 days' - random() * interval '29 days' AS at,
            peer.document(i) AS doc
-    FROM generate_series(1, :users) u, generate_series(1, :old_per_user) i;
+    FROM peer.users us, generate_series(1, :old_per_user) i;
 
--- Fresh copies: bondhu's tables with every insight pending, and the peers' tables.
+-- Fresh copies: bondhu's tables with every insight pending and every user's profile at
+-- its defaults, and the peers' tables likewise.
 CREATE PROCEDURE peer.reset_bondhu(with_old boolean DEFAULT false) LANGUAGE sql AS $$
     TRUNCATE public.chat_personality_insights, public.entertainment_interactions,
              public.user_personality_profiles, public.personality_profile_history, bondhu.task_runs;
     DELETE FROM bondhu.pipeline_state;
+    INSERT INTO public.user_personality_profiles (user_id) SELECT user_id FROM peer.users;
     INSERT INTO public.chat_personality_insights (user_id, "timestamp", adjustments)
         SELECT user_id, at, doc FROM peer.staging_chat;
     INSERT INTO public.entertainment_interactions (user_id, created_at, personality_insights)
@@ -40,12 +47,22 @@ CREATE PROCEDURE peer.reset_bondhu(with_old boolean DEFAULT false) LANGUAGE sql 
     INSERT INTO public.chat_personality_insights (user_id, "timestamp", adjustments)
         SELECT user_id, at, doc FROM peer.staging_old WHERE with_old;
 $$;
-CREATE PROCEDURE peer.reset_peer(with_old boolean DEFAULT false) LANGUAGE sql AS $$
+CREATE PROCEDURE peer.reset_peer(with_old boolean DEFAULT false, with_new_day boolean DEFAULT false) LANGUAGE sql AS $$
     TRUNCATE peer.chat, peer.entertainment, peer.profiles;
+    INSERT INTO peer.profiles (user_id) SELECT user_id FROM peer.users;
     INSERT INTO peer.chat (user_id, "timestamp", adjustments) SELECT user_id, at, doc FROM peer.staging_chat;
     INSERT INTO peer.entertainment (user_id, created_at, personality_insights)
         SELECT user_id, at, doc FROM peer.staging_entertainment;
     INSERT INTO peer.chat (user_id, "timestamp", adjustments) SELECT user_id, at, doc FROM peer.staging_old WHERE with_old;
+    INSERT INTO peer.chat (user_id, "timestamp", adjustments)
+        SELECT user_id, at, doc FROM peer.staging_new_day WHERE with_new_day AND is_chat;
+    INSERT INTO peer.entertainment (user_id, created_at, personality_insights)
+        SELECT user_id, at, doc FROM peer.staging_new_day WHERE with_new_day AND NOT is_chat;
+$$;
+-- The peers' statements write only the profiles: a fresh copy of those is enough.
+CREATE PROCEDURE peer.reset_peer_profiles() LANGUAGE sql AS $$
+    TRUNCATE peer.profiles;
+    INSERT INTO peer.profiles (user_id) SELECT user_id FROM peer.users;
 $$;
 CREATE PROCEDURE peer.add_new_day() LANGUAGE sql AS $$
     INSERT INTO public.chat_personality_insights (user_id, "timestamp", adjustments)

@@ -66,6 +66,35 @@ CREATE FUNCTION peer.set_based_update() RETURNS bigint LANGUAGE sql AS $$
     SELECT count(*) FROM upserted
 $$;
 
+-- (2b) The same statement in float8, as a DBA would write it: sum((doc ->> 'openness')::float8).
+-- Run every night, it re-aggregates the whole window and adds it again (double counts).
+CREATE FUNCTION peer.set_based_update_float8() RETURNS bigint LANGUAGE sql AS $$
+    WITH sums AS (
+        SELECT user_id,
+               coalesce(sum((doc ->> 'openness')::float8), 0) AS o,
+               coalesce(sum((doc ->> 'conscientiousness')::float8), 0) AS c,
+               coalesce(sum((doc ->> 'extraversion')::float8), 0) AS e,
+               coalesce(sum((doc ->> 'agreeableness')::float8), 0) AS a,
+               coalesce(sum((doc ->> 'neuroticism')::float8), 0) AS n
+        FROM peer.window_insights GROUP BY user_id
+    ), upserted AS (
+        INSERT INTO peer.profiles AS p (user_id, openness, conscientiousness, extraversion, agreeableness, neuroticism)
+        SELECT user_id, least(100, greatest(0, 50 + 0.1 * o)), least(100, greatest(0, 50 + 0.1 * c)),
+               least(100, greatest(0, 50 + 0.1 * e)), least(100, greatest(0, 50 + 0.1 * a)),
+               least(100, greatest(0, 50 + 0.1 * n))
+        FROM sums
+        ON CONFLICT (user_id) DO UPDATE SET
+            openness = least(100, greatest(0, p.openness + excluded.openness - 50)),
+            conscientiousness = least(100, greatest(0, p.conscientiousness + excluded.conscientiousness - 50)),
+            extraversion = least(100, greatest(0, p.extraversion + excluded.extraversion - 50)),
+            agreeableness = least(100, greatest(0, p.agreeableness + excluded.agreeableness - 50)),
+            neuroticism = least(100, greatest(0, p.neuroticism + excluded.neuroticism - 50)),
+            updated_at = now()
+        RETURNING 1
+    )
+    SELECT count(*) FROM upserted
+$$;
+
 -- (1) The seed's algorithm: user after user, fetch their insights, sum them in a loop,
 -- write the profile. Only the first max_users users (the benchmark extrapolates).
 CREATE FUNCTION peer.per_user_loop(max_users integer) RETURNS integer LANGUAGE plpgsql AS $$
@@ -101,16 +130,19 @@ BEGIN
     RETURN done;
 END $$;
 
--- Per-call latency, measured inside the server, of bondhu_update_personality and of a
--- plain indexed read of the same user's insights, for the given users: p50 and p99 in ms.
+-- Per-call latency, measured inside the server, of a plain indexed read of the user's
+-- insights, bondhu_profile (the live profile, with every insight pending) and then
+-- bondhu_update_personality, for the given users: p50 and p99 in ms.
 CREATE FUNCTION peer.latencies(users uuid[], OUT update_p50 numeric, OUT update_p99 numeric,
-                               OUT select_p50 numeric, OUT select_p99 numeric)
+                               OUT select_p50 numeric, OUT select_p99 numeric,
+                               OUT profile_p50 numeric, OUT profile_p99 numeric)
 LANGUAGE plpgsql AS $$
 DECLARE
     u uuid;
     t0 timestamptz;
     update_ms numeric[] := '{}';
     select_ms numeric[] := '{}';
+    profile_ms numeric[] := '{}';
 BEGIN
     FOREACH u IN ARRAY users LOOP
         t0 := clock_timestamp();
@@ -118,6 +150,9 @@ BEGIN
                                UNION ALL
                                SELECT personality_insights FROM public.entertainment_interactions WHERE user_id = u) s;
         select_ms := select_ms || (extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric;
+        t0 := clock_timestamp();
+        PERFORM public.bondhu_profile(u);
+        profile_ms := profile_ms || (extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric;
         t0 := clock_timestamp();
         PERFORM public.bondhu_update_personality(u);
         update_ms := update_ms || (extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric;
@@ -128,4 +163,7 @@ BEGIN
     SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY x)::numeric, 3),
            round(percentile_cont(0.99) WITHIN GROUP (ORDER BY x)::numeric, 3)
     INTO select_p50, select_p99 FROM unnest(select_ms) x;
+    SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY x)::numeric, 3),
+           round(percentile_cont(0.99) WITHIN GROUP (ORDER BY x)::numeric, 3)
+    INTO profile_p50, profile_p99 FROM unnest(profile_ms) x;
 END $$;
