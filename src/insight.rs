@@ -130,7 +130,10 @@ mod tests {
     #[test]
     fn each_rejection_has_its_reason() {
         assert_eq!(rejection::<f64>(None), Rejection::NotAnObject);
-        let not_a_number = values(&HashMap::from([("openness", Some(500.0)), ("neuroticism", None)]));
+        let not_a_number = values(&HashMap::from([
+            ("openness", Some(500.0)),
+            ("neuroticism", None),
+        ]));
         assert_eq!(rejection(Some(&not_a_number)), Rejection::NotANumber);
         let over = values(&HashMap::from([("openness", Some(500.0))]));
         assert_eq!(rejection(Some(&over)), Rejection::OverTheLimit);

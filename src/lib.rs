@@ -28,7 +28,11 @@ pgrx::extension_sql_file!(
     name = "settings",
     requires = [bondhu::ingest_position]
 );
-pgrx::extension_sql_file!("../sql/cursors.sql", name = "cursors", requires = ["settings"]);
+pgrx::extension_sql_file!(
+    "../sql/cursors.sql",
+    name = "cursors",
+    requires = ["settings"]
+);
 pgrx::extension_sql_file!(
     "../sql/data_tables.sql",
     name = "data_tables",
@@ -54,20 +58,36 @@ pgrx::extension_sql_file!(
     ]
 );
 pgrx::extension_sql_file!("../sql/update.sql", name = "update", requires = ["apply"]);
-pgrx::extension_sql_file!("../sql/profiles.sql", name = "profiles", requires = ["update"]);
-pgrx::extension_sql_file!("../sql/cleanup.sql", name = "cleanup", requires = ["profiles"]);
+pgrx::extension_sql_file!(
+    "../sql/profiles.sql",
+    name = "profiles",
+    requires = ["update"]
+);
+pgrx::extension_sql_file!(
+    "../sql/cleanup.sql",
+    name = "cleanup",
+    requires = ["profiles"]
+);
 pgrx::extension_sql_file!(
     "../sql/scheduling.sql",
     name = "scheduling",
-    requires = [
-        "cleanup",
-        bondhu::cron_next_run_epoch,
-        bondhu::cron_check
-    ]
+    requires = ["cleanup", bondhu::cron_next_run_epoch, bondhu::cron_check]
 );
-pgrx::extension_sql_file!("../sql/health.sql", name = "health", requires = ["scheduling"]);
-pgrx::extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["health"]);
-pgrx::extension_sql_file!("../sql/install.sql", name = "install", requires = ["metrics"]);
+pgrx::extension_sql_file!(
+    "../sql/health.sql",
+    name = "health",
+    requires = ["scheduling"]
+);
+pgrx::extension_sql_file!(
+    "../sql/metrics.sql",
+    name = "metrics",
+    requires = ["health"]
+);
+pgrx::extension_sql_file!(
+    "../sql/install.sql",
+    name = "install",
+    requires = ["metrics"]
+);
 pgrx::extension_sql_file!(
     "../sql/drop_extension.sql",
     name = "drop_extension",

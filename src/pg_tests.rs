@@ -144,7 +144,10 @@ mod tests {
             }
         }
         assert!(counts[0] > 100 && counts[3] > 50 && counts[4] > 20 && counts[5] > 20);
-        assert!(counts[6] > 0 && counts[7] > 0 && counts[8] > 0, "the generator makes each kind of rejection");
+        assert!(
+            counts[6] > 0 && counts[7] > 0 && counts[8] > 0,
+            "the generator makes each kind of rejection"
+        );
 
         let rows = insights
             .iter()
