@@ -110,6 +110,10 @@ needs_cluster() {
 
 ensure_system
 PGXS_TEST=$(pgxs_test)
+# Cargo's builds for one version take about 2 GB under target/; a full disk shows up
+# later as a linker's bus error or "No space left on device", so say it first.
+free_gb=$(df -P -BG "$ROOT" | awk 'NR == 2 { sub("G", "", $4); print $4 }')
+[ "$free_gb" -ge 4 ] || log "WARNING: only ${free_gb} GB free under $ROOT; a run needs about 4 GB per PostgreSQL version"
 log "testing on $("$PG_CONFIG" --version)${selected[*]:+: ${selected[*]}}"
 passed=0 failed=0
 record() { # name, exit status
@@ -225,7 +229,6 @@ fi
 # Last: the fresh clone installs the committed tree's build, which is not this tree's
 # when it has changes. The fresh clone runs on Debian's PostgreSQL 15, the package check
 # on PyPI's builds.
-# the fresh clone runs on Debian's PostgreSQL 15, the package check on PyPI's builds
 for suite in fresh_clone package; do
     runs "$suite" || continue
     case $suite:$PG_VERSION in
