@@ -237,6 +237,12 @@ for suite in fresh_clone package; do
     esac
 done
 
+# A cluster that passed everything is gone (up to a GB of disk); one that failed stays
+# for a look.
+if [ "$failed" -eq 0 ] && needs_cluster; then
+    stop_cluster "$CLUSTER_DIR"
+    rm -rf "$CLUSTER_DIR"
+fi
 
 echo
 echo "$passed passed, $failed failed"

@@ -107,48 +107,50 @@ LANGUAGE sql STABLE AS $$
     GROUP BY pending.user_id
 $$;
 
--- Applies every insight that the cursor `snapshot` covers and neither the cursor
--- `covered` (the global cursor a run started from) nor the profile's own cursor does,
--- for the users from first_user to last_user (in key order; a range
--- is cheaper to test per insight than a list). The caller holds the row locks of the
--- profiles of the users in that range with pending insights, taken before `snapshot` was
--- read. Returns one row per user that had pending insights (fresh, stale or rejected).
--- Planned for each call: a generic plan cannot know whether it serves one user or a
--- batch of all of them.
-CREATE FUNCTION bondhu.apply_pending(first_user uuid, last_user uuid, covered bondhu.cursor, snapshot bondhu.cursor,
+-- Applies the pending insights of `users` (in key order): those the cursor `snapshot`
+-- covers and neither the cursor `covered` (the global cursor a run started from) nor the
+-- profile's own cursor does; an insight observed before window_start is stale. With
+-- `staged` (a run), a user's totals are taken from bondhu.run_totals and used when they
+-- were staged against the profile version that is there now; every other user's are
+-- computed here from the insights. (Without `staged` the table is not even opened: a
+-- self-service update takes no lock on it.) The caller holds the row locks of the users'
+-- profiles, taken before `snapshot` was read or, in a run, before the profile versions
+-- are compared. Returns one row per user that had pending insights (fresh, stale or
+-- rejected). Planned for each call: a generic plan cannot know whether it serves one
+-- user or a batch of all of them.
+CREATE FUNCTION bondhu.apply_pending(users uuid[], covered bondhu.cursor, snapshot bondhu.cursor,
+                                     window_start timestamptz, dampening numeric, staged boolean,
                                      run_id uuid, applied_by text)
 RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
                entertainment_insights integer, rejected_insights integer, stale_insights integer,
                ignored_keys integer, rejected_by_reason jsonb,
                traits_before double precision[], traits_after double precision[])
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cfg bondhu.settings;
-    ahead uuid[];
 BEGIN
-    SELECT * INTO STRICT cfg FROM bondhu.settings;
-    -- Users whose profile a self-service update has moved past the global cursor: only
-    -- their insights are checked against the profile's own cursor, so that the others
-    -- are aggregated without a join.
-    ahead := ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
-                   WHERE p.user_id BETWEEN first_user AND last_user
-                     AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered));
     RETURN QUERY
-    WITH sums AS (
-        SELECT * FROM bondhu.pending_sums(first_user, last_user, covered, snapshot, ahead, now() - cfg.insight_window)
+    WITH staged_totals AS (
+        -- the totals the run staged, taken out of bondhu.run_totals, that were staged
+        -- against the profile version there is now (the profile's values are read here:
+        -- the caller holds its lock, so they are the values the update replaces)
+        SELECT t.user_id, t.n, t.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
+        FROM bondhu.take_staged_totals(users) t
+        JOIN public.user_personality_profiles p ON p.user_id = t.user_id AND p.xmin = t.profile_xmin
+        WHERE staged
     ), totals AS (
-        -- the profile's values, read here: the caller holds its lock, so they are the
-        -- values the update replaces
+        SELECT * FROM staged_totals
+        UNION ALL
         SELECT s.user_id, s.n, s.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
-        FROM sums s
-        JOIN public.user_personality_profiles p ON p.user_id = s.user_id
+        FROM public.user_personality_profiles p
+        CROSS JOIN LATERAL bondhu.pending_sums(p.user_id, p.user_id, covered, snapshot, ARRAY[p.user_id],
+                                               window_start) s
+        WHERE p.user_id = ANY (users) AND p.user_id NOT IN (SELECT t.user_id FROM staged_totals t)
     ), updated AS (
         UPDATE public.user_personality_profiles p SET
-            openness = bondhu.adjusted_trait(p.openness, t.d[1], cfg.dampening),
-            conscientiousness = bondhu.adjusted_trait(p.conscientiousness, t.d[2], cfg.dampening),
-            extraversion = bondhu.adjusted_trait(p.extraversion, t.d[3], cfg.dampening),
-            agreeableness = bondhu.adjusted_trait(p.agreeableness, t.d[4], cfg.dampening),
-            neuroticism = bondhu.adjusted_trait(p.neuroticism, t.d[5], cfg.dampening),
+            openness = bondhu.adjusted_trait(p.openness, t.d[1], dampening),
+            conscientiousness = bondhu.adjusted_trait(p.conscientiousness, t.d[2], dampening),
+            extraversion = bondhu.adjusted_trait(p.extraversion, t.d[3], dampening),
+            agreeableness = bondhu.adjusted_trait(p.agreeableness, t.d[4], dampening),
+            neuroticism = bondhu.adjusted_trait(p.neuroticism, t.d[5], dampening),
             updated_at = CASE WHEN t.n[1] > 0 THEN now() ELSE p.updated_at END,
             applied_xmin = (snapshot).xmin_pos,
             applied_xmax = (snapshot).xmax_pos,

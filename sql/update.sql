@@ -14,6 +14,7 @@ $$;
 CREATE FUNCTION bondhu.update_personality(target uuid) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    cfg bondhu.settings;
     operator boolean;
     snapshot bondhu.cursor;
     profile public.user_personality_profiles;
@@ -26,6 +27,7 @@ BEGIN
     END IF;
 
     PERFORM bondhu.require_superuser_owned_tables();
+    SELECT * INTO STRICT cfg FROM bondhu.settings;
     operator := bondhu.caller_is_operator();
     IF NOT operator THEN
         PERFORM bondhu.require_own_profile(target, 'bondhu_update_personality');
@@ -35,7 +37,7 @@ BEGIN
         -- The rate limit counts what costs: a call that finds nothing pending uses no
         -- slot, and writes nothing (no lock, no transaction id).
         SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;
-        SELECT * INTO applied FROM bondhu.apply_pending(target, target, NULL, NULL, NULL, 'self_update') LIMIT 0;
+        SELECT * INTO applied FROM bondhu.apply_pending('{}', NULL, NULL, NULL, NULL, false, NULL, 'self_update') LIMIT 0;
     ELSE
         INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
         ON CONFLICT (user_id) DO NOTHING;
@@ -46,7 +48,8 @@ BEGIN
         -- Taken after the lock: covers whatever the previous holder of the lock applied.
         snapshot := bondhu.current_cursor();
         SELECT * INTO applied
-        FROM bondhu.apply_pending(target, target, bondhu.global_cursor(), snapshot, NULL, 'self_update');
+        FROM bondhu.apply_pending(ARRAY[target], bondhu.global_cursor(), snapshot, now() - cfg.insight_window,
+                                  cfg.dampening, false, NULL, 'self_update');
     END IF;
     traits := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
@@ -115,54 +118,76 @@ BEGIN
     RETURN run;
 END $$;
 
--- The first user after `after` (NULL: from the start) in key order with an insight
--- pending between the two cursors: one step along each table's <table>_user_pos index.
--- It reads the tables, not bondhu.insights: a UNION ALL branch with a WHERE clause (the
--- entertainment one) cannot be read in index order through the view.
-CREATE FUNCTION bondhu.next_pending_user(after uuid, covered bondhu.cursor, snapshot bondhu.cursor)
-RETURNS uuid LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    -- the nil uuid is the least one: from it, every user comes after
-    SELECT least(
-        (SELECT c.user_id FROM public.chat_personality_insights c
-         WHERE c.user_id >= coalesce(after, '00000000-0000-0000-0000-000000000000')
-           AND (after IS NULL OR c.user_id <> after)
-           AND bondhu.position_pending(c.ingest_pos, covered, snapshot)
-         ORDER BY c.user_id LIMIT 1),
-        (SELECT e.user_id FROM public.entertainment_interactions e
-         WHERE e.user_id >= coalesce(after, '00000000-0000-0000-0000-000000000000')
-           AND (after IS NULL OR e.user_id <> after)
-           AND e.personality_insights IS NOT NULL AND e.personality_insights <> 'null'::jsonb
-           AND bondhu.position_pending(e.ingest_pos, covered, snapshot)
-         ORDER BY e.user_id LIMIT 1))
+-- A run's totals, staged by its first step (stage_run_totals): each user's pending
+-- insights summed in one pass over the insights, so that the run's batches read their
+-- users' totals in key order instead of their insights scattered over the tables. With
+-- the version (xmin) of the profile they were computed against; NULL when there was
+-- none, or when a self-service update had moved it past the run's `covered` cursor.
+-- Totals whose profile has another version when its batch locks it (a self-service
+-- update, a change, a delete) are computed again from the insights (apply_pending).
+-- UNLOGGED: what a crash loses is derived, and the run it belonged to is over; the
+-- next run stages again.
+CREATE UNLOGGED TABLE bondhu.run_totals (
+    user_id uuid PRIMARY KEY,
+    profile_xmin xid,
+    n integer[] NOT NULL,
+    d numeric[] NOT NULL
+);
+
+-- Insights observed before this time are stale in the run: its start less the
+-- insight_window it runs with.
+CREATE FUNCTION bondhu.run_window_start(run bondhu.task_runs) RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT run.executed_at - make_interval(secs => (run.metadata #>> '{settings,insight_window_seconds}')::double precision)
 $$;
 
--- The next batch_size users after the run's last one, in key order, with insights
--- pending in the run (all of them when batch_size is NULL).
+-- Stages the run's totals in bondhu.run_totals (replacing what an unfinished run left):
+-- every user with insights pending between the run's cursors, in one statement, so that
+-- the insights and the profile versions are read in the same snapshot.
+-- The planner underestimates how many insights are pending (a nightly run's 100,000
+-- as 3,000) and would sort them all for the aggregate: it hashes the users instead.
+CREATE FUNCTION bondhu.stage_run_totals(run bondhu.task_runs) RETURNS void
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET enable_sort = off
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- a constant of the statement, not an expression for each insight
+    window_start timestamptz := bondhu.run_window_start(run);
+BEGIN
+    -- what an unfinished run left (DELETE, not TRUNCATE: no lock that waits for readers
+    -- such as pg_dump)
+    DELETE FROM bondhu.run_totals;
+    INSERT INTO bondhu.run_totals (user_id, profile_xmin, n, d)
+    SELECT s.user_id,
+           CASE WHEN bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, run.covered)
+                THEN p.xmin END,
+           s.n, s.d
+    FROM bondhu.pending_sums('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
+                             run.covered, run.snapshot, '{}', window_start) s
+    LEFT JOIN public.user_personality_profiles p ON p.user_id = s.user_id;
+END $$;
+
+-- Takes the staged totals of `users` out of bondhu.run_totals (apply_pending): a batch
+-- leaves no rows behind, and rows taken by a statement that fails come back with its
+-- rollback.
+CREATE FUNCTION bondhu.take_staged_totals(users uuid[])
+RETURNS TABLE (user_id uuid, profile_xmin xid, n integer[], d numeric[])
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM bondhu.run_totals t WHERE t.user_id = ANY (users)
+    RETURNING t.user_id, t.profile_xmin, t.n, t.d
+$$;
+
+-- The next batch_size staged users after the run's last one, in key order (all of them
+-- when batch_size is NULL).
 CREATE FUNCTION bondhu.next_users(run bondhu.task_runs, batch_size integer) RETURNS uuid[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN batch_size IS NULL THEN
-        -- all of them: one pass over the pending insights
-        ARRAY(SELECT DISTINCT i.user_id
-              FROM bondhu.insights i
-              WHERE (run.resume_after IS NULL OR i.user_id > run.resume_after)
-                AND bondhu.position_pending(i.ingest_pos, run.covered, run.snapshot)
-              ORDER BY i.user_id)
-    ELSE
-        -- batch_size of them: one step along the <table>_user_pos indexes per user (a
-        -- skip scan), so that a batch reads only its own users' insights
-        ARRAY(WITH RECURSIVE next_user(user_id, n) AS (
-                  SELECT bondhu.next_pending_user(run.resume_after, run.covered, run.snapshot), 1
-                  UNION ALL
-                  SELECT bondhu.next_pending_user(u.user_id, run.covered, run.snapshot), u.n + 1
-                  FROM next_user u
-                  WHERE u.user_id IS NOT NULL AND u.n < batch_size)
-              SELECT u.user_id FROM next_user u WHERE u.user_id IS NOT NULL ORDER BY u.n)
-    END
+    SELECT ARRAY(SELECT t.user_id FROM bondhu.run_totals t
+                 WHERE run.resume_after IS NULL OR t.user_id > run.resume_after
+                 ORDER BY t.user_id LIMIT batch_size)
 $$;
 
--- Applies the run's pending insights of the users from first_user to last_user, and
--- returns what it did as a run's counts (record_step).
-CREATE FUNCTION bondhu.apply_counts(run bondhu.task_runs, first_user uuid, last_user uuid) RETURNS jsonb
+-- Applies the run's pending insights of `users` (in key order), and returns what it did
+-- as a run's counts (record_step).
+CREATE FUNCTION bondhu.apply_counts(run bondhu.task_runs, users uuid[]) RETURNS jsonb
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object('users', count(*), 'succeeded', count(*),
                               'records', coalesce(sum(a.insights_processed), 0),
@@ -174,7 +199,21 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                                   'not_an_object', coalesce(sum((a.rejected_by_reason ->> 'not_an_object')::integer), 0),
                                   'not_a_number', coalesce(sum((a.rejected_by_reason ->> 'not_a_number')::integer), 0),
                                   'over_100', coalesce(sum((a.rejected_by_reason ->> 'over_100')::integer), 0)))
-    FROM bondhu.apply_pending(first_user, last_user, run.covered, run.snapshot, run.id, 'update_all') a
+    FROM bondhu.apply_pending(users, run.covered, run.snapshot, bondhu.run_window_start(run),
+                              (run.metadata #>> '{settings,dampening}')::numeric, true, run.id, 'update_all') a
+$$;
+
+-- Creates the missing profiles of `users` and locks all of them in key order. False
+-- when a profile was deleted while the lock waited (it is then not locked).
+CREATE FUNCTION bondhu.lock_profiles(users uuid[]) RETURNS boolean
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO public.user_personality_profiles (user_id)
+    SELECT u.user_id FROM unnest(users) u(user_id)
+    WHERE NOT EXISTS (SELECT FROM public.user_personality_profiles p WHERE p.user_id = u.user_id)
+    ON CONFLICT (user_id) DO NOTHING;
+    SELECT count(*) = cardinality(users)
+    FROM (SELECT FROM public.user_personality_profiles p
+          WHERE p.user_id = ANY (users) ORDER BY p.user_id FOR UPDATE OF p) locked;
 $$;
 
 -- Applies the batch's users one by one, once the batch's set-based statement failed: a
@@ -198,7 +237,7 @@ DECLARE
 BEGIN
     FOREACH one_user IN ARRAY batch LOOP
         BEGIN
-            counts := bondhu.add_counts(counts, bondhu.apply_counts(run, one_user, one_user));
+            counts := bondhu.add_counts(counts, bondhu.apply_counts(run, ARRAY[one_user]));
             in_a_row := 0;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_text = MESSAGE_TEXT;
@@ -231,39 +270,36 @@ BEGIN
     RETURN counts;
 END $$;
 
--- An update run's step: applies the pending insights of the run's next batch_size users
--- in key order (all of them when batch_size is NULL) and adds the counts to the run's
--- row. Returns whether users may be left. When the batch's set-based statement fails,
--- its users are redone one by one (apply_one_by_one).
+-- An update run's step: the first one stages the run's totals (stage_run_totals); each
+-- applies the pending insights of the run's next batch_size staged users in key order
+-- (all of them when batch_size is NULL) and adds the counts to the run's row. Returns
+-- whether users may be left. When the batch's set-based statement fails, its users are
+-- redone one by one (apply_one_by_one).
 CREATE FUNCTION bondhu.apply_update_batch(run bondhu.task_runs, batch_size integer) RETURNS boolean
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    batch uuid[] := bondhu.next_users(run, batch_size);
+    batch uuid[];
     counts jsonb;
 BEGIN
+    IF run.resume_after IS NULL THEN
+        PERFORM bondhu.stage_run_totals(run);
+    END IF;
+    batch := bondhu.next_users(run, batch_size);
     IF cardinality(batch) = 0 THEN
         PERFORM bondhu.record_step(run.id, '{}', true);
         RETURN false;
     END IF;
-    INSERT INTO public.user_personality_profiles (user_id)
-    SELECT unnest(batch) ON CONFLICT (user_id) DO NOTHING;
     -- Lock in key order (no deadlock with another locker of several profiles); a
-    -- self-service update holding one of them is waited for, then seen.
-    PERFORM FROM public.user_personality_profiles p
-    WHERE p.user_id = ANY (batch) ORDER BY p.user_id FOR UPDATE OF p;
-    -- A profile deleted while the lock waited is created again (its user starts at 50
-    -- with what is pending); one deleted again meanwhile fails the step, and the run:
-    -- the global cursor stays, and the next run applies what is pending.
-    INSERT INTO public.user_personality_profiles (user_id)
-    SELECT unnest(batch) ON CONFLICT (user_id) DO NOTHING;
-    IF (SELECT count(*) FROM (SELECT FROM public.user_personality_profiles p
-                              WHERE p.user_id = ANY (batch) ORDER BY p.user_id FOR UPDATE OF p) l)
-       < cardinality(batch) THEN
+    -- self-service update holding one of them is waited for, then seen. A profile
+    -- deleted while the lock waited is created again (its user starts at 50 with what is
+    -- pending); one deleted again meanwhile fails the step, and the run: the global
+    -- cursor stays, and the next run applies what is pending.
+    IF NOT bondhu.lock_profiles(batch) AND NOT bondhu.lock_profiles(batch) THEN
         RAISE EXCEPTION 'bondhu: profiles were deleted during the run, twice'
             USING ERRCODE = 'serialization_failure';
     END IF;
     BEGIN
-        counts := bondhu.apply_counts(run, batch[1], batch[cardinality(batch)]);
+        counts := bondhu.apply_counts(run, batch);
     EXCEPTION WHEN OTHERS THEN
         counts := bondhu.apply_one_by_one(run, batch);
     END;
