@@ -539,9 +539,9 @@ $$;
 
 -- Stages the run's totals in bondhu.run_totals (replacing what an unfinished run left):
 -- every user with insights pending between the run's cursors, in one statement, so that
--- the insights and the profile versions are read in the same snapshot.
--- The planner underestimates how many insights are pending (a nightly run's 100,000
--- as 3,000) and would sort them all for the aggregate: it hashes the users instead.
+-- the insights and the profile versions are read in the same snapshot. enable_sort is
+-- off because the planner underestimates how many insights are pending (a nightly run's
+-- 100,000 as 3,000) and would sort them all for the aggregate: it hashes the users.
 CREATE FUNCTION bondhu.stage_run_totals(run bondhu.task_runs) RETURNS void
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET enable_sort = off
 SET search_path = pg_catalog, pg_temp AS $$
