@@ -131,11 +131,15 @@ BEGIN
     WITH staged_totals AS (
         -- the totals the run staged, taken out of bondhu.run_totals, that were staged
         -- against the profile version there is now (the profile's values are read here:
-        -- the caller holds its lock, so they are the values the update replaces)
+        -- the caller holds its lock, so they are the values the update replaces). Each
+        -- profile is looked up by its key (OFFSET 0 keeps the lookup per row): a batch
+        -- reads its own users' profiles, not every profile to hash them.
         SELECT t.user_id, t.n, t.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
         FROM bondhu.take_staged_totals(users) t
-        JOIN public.user_personality_profiles p ON p.user_id = t.user_id AND p.xmin = t.profile_xmin
-        WHERE staged
+        CROSS JOIN LATERAL (SELECT p.xmin, p.openness, p.conscientiousness, p.extraversion, p.agreeableness,
+                                   p.neuroticism
+                            FROM public.user_personality_profiles p WHERE p.user_id = t.user_id OFFSET 0) p
+        WHERE staged AND p.xmin = t.profile_xmin
     ), totals AS (
         SELECT * FROM staged_totals
         UNION ALL

@@ -384,11 +384,15 @@ BEGIN
     WITH staged_totals AS (
         -- the totals the run staged, taken out of bondhu.run_totals, that were staged
         -- against the profile version there is now (the profile's values are read here:
-        -- the caller holds its lock, so they are the values the update replaces)
+        -- the caller holds its lock, so they are the values the update replaces). Each
+        -- profile is looked up by its key (OFFSET 0 keeps the lookup per row): a batch
+        -- reads its own users' profiles, not every profile to hash them.
         SELECT t.user_id, t.n, t.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
         FROM bondhu.take_staged_totals(users) t
-        JOIN public.user_personality_profiles p ON p.user_id = t.user_id AND p.xmin = t.profile_xmin
-        WHERE staged
+        CROSS JOIN LATERAL (SELECT p.xmin, p.openness, p.conscientiousness, p.extraversion, p.agreeableness,
+                                   p.neuroticism
+                            FROM public.user_personality_profiles p WHERE p.user_id = t.user_id OFFSET 0) p
+        WHERE staged AND p.xmin = t.profile_xmin
     ), totals AS (
         SELECT * FROM staged_totals
         UNION ALL
@@ -605,7 +609,8 @@ CREATE FUNCTION bondhu.lock_profiles(users uuid[]) RETURNS boolean
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO public.user_personality_profiles (user_id)
     SELECT u.user_id FROM unnest(users) u(user_id)
-    WHERE NOT EXISTS (SELECT FROM public.user_personality_profiles p WHERE p.user_id = u.user_id)
+    -- one lookup by key a user (OFFSET 0: not an anti-join that reads every profile)
+    WHERE NOT EXISTS (SELECT FROM public.user_personality_profiles p WHERE p.user_id = u.user_id OFFSET 0)
     ON CONFLICT (user_id) DO NOTHING;
     SELECT count(*) = cardinality(users)
     FROM (SELECT FROM public.user_personality_profiles p

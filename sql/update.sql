@@ -209,7 +209,8 @@ CREATE FUNCTION bondhu.lock_profiles(users uuid[]) RETURNS boolean
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO public.user_personality_profiles (user_id)
     SELECT u.user_id FROM unnest(users) u(user_id)
-    WHERE NOT EXISTS (SELECT FROM public.user_personality_profiles p WHERE p.user_id = u.user_id)
+    -- one lookup by key a user (OFFSET 0: not an anti-join that reads every profile)
+    WHERE NOT EXISTS (SELECT FROM public.user_personality_profiles p WHERE p.user_id = u.user_id OFFSET 0)
     ON CONFLICT (user_id) DO NOTHING;
     SELECT count(*) = cardinality(users)
     FROM (SELECT FROM public.user_personality_profiles p
