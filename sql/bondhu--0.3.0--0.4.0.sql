@@ -393,6 +393,13 @@ BEGIN
                                    p.neuroticism
                             FROM public.user_personality_profiles p WHERE p.user_id = t.user_id OFFSET 0) p
         WHERE staged AND p.xmin = t.profile_xmin
+          -- and the user's pending insights are still the ones staged: an insight
+          -- rewritten, moved or deleted since then has left the run's pending set (a
+          -- rewritten or moved one has a position the run's snapshot does not cover),
+          -- and the user is computed again, so that only its last version counts
+          AND t.n[1] + t.n[4] + t.n[5] = (SELECT count(*) FROM bondhu.insights i
+                                          WHERE i.user_id = t.user_id
+                                            AND bondhu.position_pending(i.ingest_pos, covered, snapshot))
     ), totals AS (
         SELECT * FROM staged_totals
         UNION ALL
