@@ -624,6 +624,22 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
           WHERE p.user_id = ANY (users) ORDER BY p.user_id FOR UPDATE OF p) locked;
 $$;
 
+-- Creates and locks the profiles of `users` (lock_profiles), then applies the run's
+-- pending insights of them (apply_counts), and returns the counts. A profile deleted
+-- while the lock waited is created again (its user starts at 50 with what is pending);
+-- one deleted again meanwhile is an error (40001), and its insights stay pending. An
+-- error here (an app trigger refusing a new profile, too) leaves the caller to undo the
+-- whole call.
+CREATE FUNCTION bondhu.lock_and_apply(run bondhu.task_runs, users uuid[]) RETURNS jsonb
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT bondhu.lock_profiles(users) AND NOT bondhu.lock_profiles(users) THEN
+        RAISE EXCEPTION 'bondhu: profiles were deleted during the run, twice'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    RETURN bondhu.apply_counts(run, users);
+END $$;
+
 -- Applies the batch's users one by one, once the batch's set-based statement failed: a
 -- user that fails keeps their insights pending and is counted, with their error's
 -- SQLSTATE and message ('errors': the number of users per distinct error, at most 20
@@ -645,7 +661,7 @@ DECLARE
 BEGIN
     FOREACH one_user IN ARRAY batch LOOP
         BEGIN
-            counts := bondhu.add_counts(counts, bondhu.apply_counts(run, ARRAY[one_user]));
+            counts := bondhu.add_counts(counts, bondhu.lock_and_apply(run, ARRAY[one_user]));
             in_a_row := 0;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_text = MESSAGE_TEXT;
@@ -698,16 +714,11 @@ BEGIN
         RETURN false;
     END IF;
     -- Lock in key order (no deadlock with another locker of several profiles); a
-    -- self-service update holding one of them is waited for, then seen. A profile
-    -- deleted while the lock waited is created again (its user starts at 50 with what is
-    -- pending); one deleted again meanwhile fails the step, and the run: the global
-    -- cursor stays, and the next run applies what is pending.
-    IF NOT bondhu.lock_profiles(batch) AND NOT bondhu.lock_profiles(batch) THEN
-        RAISE EXCEPTION 'bondhu: profiles were deleted during the run, twice'
-            USING ERRCODE = 'serialization_failure';
-    END IF;
+    -- self-service update holding one of them is waited for, then seen. Creating a
+    -- missing profile is part of the attempt: a user whose new profile an app trigger
+    -- refuses is one failed user, not a failed run.
     BEGIN
-        counts := bondhu.apply_counts(run, batch);
+        counts := bondhu.lock_and_apply(run, batch);
     EXCEPTION WHEN OTHERS THEN
         counts := bondhu.apply_one_by_one(run, batch);
     END;

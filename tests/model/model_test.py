@@ -253,9 +253,10 @@ class Model:
     def run_lock_elsewhere(self, txn):
         return any(t.run_lock for t in self.live_txns() if t is not txn)
 
-    def update(self, txn, scope, step):
-        """An update statement that ran (was not skipped). Returns how many valid versions
-        it should report as insights_processed."""
+    def update(self, txn, scope, step, failed=frozenset()):
+        """An update statement that ran (was not skipped), for every user but the `failed`
+        ones (an update_all's users whose profile lock timed out: their insights stay
+        pending). Returns how many valid versions it should report as insights_processed."""
         elig = set()
         for r in self.view_all(txn).values():
             if r.ver is None:
@@ -264,6 +265,8 @@ class Model:
             if v.tid == txn.tid:  # never versions of its own transaction
                 continue
             if scope is not None and v.user != scope:
+                continue
+            if v.user in failed:
                 continue
             elig.add(r.ver)
         pred = sum(1 for x in elig if self.versions[x].doc.valid
@@ -601,6 +604,19 @@ class Runner:
         if implicit:
             self.model.commit(txn, step + 0.5)
 
+    def lock_timed_out_users(self, s, out, step):
+        """The users an update_all run that completed with errors failed, read from its run
+        log row in session s (the run may be in s's open transaction); a Failure unless
+        every error was a lock timeout."""
+        cur = self.db.conns[s].cursor()
+        cur.execute("SELECT metadata -> 'errors', metadata -> 'failed_user_ids' FROM bondhu.task_runs "
+                    "WHERE id = %s", (out.get('task_id'),))
+        errors, users = cur.fetchone()
+        if not users or any(not k.startswith('55P03') for k in errors):
+            raise Failure('step:status', 'step %d %s: update_all returned %s, errors %s'
+                          % (step, s, json.dumps(out), json.dumps(errors)))
+        return frozenset(users)
+
     def failed_stmt(self, s, txn, implicit, res, entry, allowed=('55P03',)):
         """A statement failed: a lock timeout (or an error the model predicted) rolls the
         session's transaction back; anything else is a failure of the test."""
@@ -741,10 +757,21 @@ class Runner:
                         m.abort(txn)
                         self.note(e, 'a lock timeout inside the run: transaction rolled back')
                     return True
-                if status != 'completed':
+                failed = frozenset()
+                if status == 'completed_with_errors':
+                    # users whose profile another transaction holds, past lock_timeout: each
+                    # fails alone (55P03), the others are applied
+                    failed = self.lock_timed_out_users(s, out, step)
+                    unlocked = failed - m.locked_users(txn)
+                    if unlocked:
+                        raise Failure('step:failed-users', 'step %d %s: update_all failed users %s, whose profile '
+                                      'no other transaction holds' % (step, s, sorted(unlocked)))
+                    self.blocks += len(failed)
+                    self.note(e, 'lock timeouts of users %s' % ', '.join(sorted(u[-2:] for u in failed)))
+                elif status != 'completed':
                     raise Failure('step:status', 'step %d %s: update_all returned %s' % (step, s, json.dumps(out)))
                 txn.run_lock = True
-                pred = m.update(txn, None, step)
+                pred = m.update(txn, None, step, failed)
             else:
                 pred = m.update(txn, op['user'], step)
             got = out.get('insights_processed')

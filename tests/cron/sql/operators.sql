@@ -6,16 +6,16 @@ CREATE EXTENSION pg_cron;
 CREATE EXTENSION bondhu;
 DO $$
 BEGIN
-    FOR i IN 1..60 LOOP
+    FOR i IN 1..120 LOOP
         PERFORM pg_stat_clear_snapshot();
         EXIT WHEN EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'pg_cron launcher');
         PERFORM pg_sleep(1);
     END LOOP;
 END $$;
--- waits (at most 130 s) for the update job's run to end with `status` in pg_cron
+-- waits (at most 200 s) for the update job's run to end with `status` in pg_cron
 CREATE FUNCTION pg_temp.wait_for_job_run(status text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
-    FOR i IN 1..130 LOOP
+    FOR i IN 1..200 LOOP
         IF EXISTS (SELECT FROM cron.job_run_details d JOIN cron.job j USING (jobid)
                    WHERE j.jobname = 'bondhu_personality_update' AND d.status = wait_for_job_run.status) THEN
             RETURN status;
