@@ -128,7 +128,14 @@ RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
-    WITH staged_totals AS (
+    WITH pending_now AS (
+        -- how many pending insights each staged user has now, in one pass over the
+        -- batch's insights (a sequential scan for a whole run's batch)
+        SELECT i.user_id, count(*) AS insights
+        FROM bondhu.insights i
+        WHERE staged AND i.user_id = ANY (users) AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
+        GROUP BY i.user_id
+    ), staged_totals AS (
         -- the totals the run staged, taken out of bondhu.run_totals, that were staged
         -- against the profile version there is now (the profile's values are read here:
         -- the caller holds its lock, so they are the values the update replaces). Each
@@ -139,14 +146,12 @@ BEGIN
         CROSS JOIN LATERAL (SELECT p.xmin, p.openness, p.conscientiousness, p.extraversion, p.agreeableness,
                                    p.neuroticism
                             FROM public.user_personality_profiles p WHERE p.user_id = t.user_id OFFSET 0) p
+        -- and the user's pending insights are still the ones staged: an insight
+        -- rewritten, moved or deleted since then has left the run's pending set (a
+        -- rewritten or moved one has a position the run's snapshot does not cover),
+        -- and the user is computed again, so that only its last version counts
+        JOIN pending_now c ON c.user_id = t.user_id AND c.insights = t.n[1] + t.n[4] + t.n[5]
         WHERE staged AND p.xmin = t.profile_xmin
-          -- and the user's pending insights are still the ones staged: an insight
-          -- rewritten, moved or deleted since then has left the run's pending set (a
-          -- rewritten or moved one has a position the run's snapshot does not cover),
-          -- and the user is computed again, so that only its last version counts
-          AND t.n[1] + t.n[4] + t.n[5] = (SELECT count(*) FROM bondhu.insights i
-                                          WHERE i.user_id = t.user_id
-                                            AND bondhu.position_pending(i.ingest_pos, covered, snapshot))
     ), totals AS (
         SELECT * FROM staged_totals
         UNION ALL
