@@ -4,6 +4,8 @@
 -- and the run log.
 CREATE EXTENSION pg_cron;
 CREATE EXTENSION bondhu;
+-- Each cron test runs in a cluster started just before it (scripts/test.sh), so that it
+-- has a pg_cron launcher of its own: wait for the launcher (at most 120 s).
 DO $$
 BEGIN
     FOR i IN 1..120 LOOP

@@ -2,7 +2,8 @@
 -- a real scheduled run, and DROP EXTENSION leaving no job behind.
 CREATE EXTENSION pg_cron;
 CREATE EXTENSION bondhu CASCADE;
--- The launcher restarts after the database is recreated: wait for it (at most 120 s).
+-- Each cron test runs in a cluster started just before it (scripts/test.sh), so that it
+-- has a pg_cron launcher of its own: wait for the launcher (at most 120 s).
 DO $$
 BEGIN
     FOR i IN 1..120 LOOP
@@ -81,7 +82,8 @@ BEGIN
     END LOOP;
     RAISE WARNING 'pg_cron did not run the update job in 200 s: %', jsonb_build_object(
         'now', clock_timestamp(),
-        'launcher', (SELECT jsonb_agg(jsonb_build_object('pid', a.pid, 'state', a.state, 'query', a.query))
+        'launcher', (SELECT jsonb_agg(jsonb_build_object('pid', a.pid, 'since', a.backend_start,
+                                                        'wait', a.wait_event_type || ': ' || a.wait_event))
                      FROM pg_stat_activity a WHERE a.backend_type = 'pg_cron launcher'),
         'jobs', (SELECT jsonb_agg(to_jsonb(j)) FROM cron.job j),
         'runs', (SELECT jsonb_agg(to_jsonb(d)) FROM cron.job_run_details d),
