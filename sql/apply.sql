@@ -25,14 +25,21 @@ CREATE VIEW bondhu.insights AS
 --                   order openness, conscientiousness, extraversion, agreeableness,
 --                   neuroticism (0 for a trait no insight adjusts)
 -- SSPACE, the state's size, lets the planner hash the users instead of sorting every
--- insight.
+-- insight. Parallel safe: parallel workers each sum a part of the insights, and the
+-- leader combines their states (handed over as bytes).
 CREATE AGGREGATE bondhu.insight_counts(doc jsonb, fresh boolean, from_chat boolean) (
     SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
-    FINALFUNC = bondhu.insight_counts_final
+    FINALFUNC = bondhu.insight_counts_final,
+    COMBINEFUNC = bondhu.insight_totals_combine,
+    SERIALFUNC = bondhu.insight_totals_serialize, DESERIALFUNC = bondhu.insight_totals_deserialize,
+    PARALLEL = SAFE
 );
 CREATE AGGREGATE bondhu.insight_sums(doc jsonb, fresh boolean, from_chat boolean) (
     SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
-    FINALFUNC = bondhu.insight_sums_final
+    FINALFUNC = bondhu.insight_sums_final,
+    COMBINEFUNC = bondhu.insight_totals_combine,
+    SERIALFUNC = bondhu.insight_totals_serialize, DESERIALFUNC = bondhu.insight_totals_deserialize,
+    PARALLEL = SAFE
 );
 
 -- Why a document would not count in full, checked as the pipeline checks it: empty when
@@ -81,11 +88,12 @@ $$;
 -- trait not a number, for a trait over 100}; d, the applied adjustments of each
 -- trait added up exactly. Only the users in `ahead` are joined with their profile, so
 -- that a batch of everyone else is aggregated without a join. Read by apply_pending and
--- bondhu_profile(). (No SET clause: the planner inlines it into their statements.)
+-- bondhu_profile(). (No SET clause: the planner inlines it into their statements.
+-- PARALLEL SAFE: a run sums every user's pending insights with parallel workers.)
 CREATE FUNCTION bondhu.pending_sums(first_user uuid, last_user uuid, covered bondhu.cursor, snapshot bondhu.cursor,
                                     ahead uuid[], window_start timestamptz)
 RETURNS TABLE (user_id uuid, n integer[], d numeric[])
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     WITH pending AS (
         SELECT i.user_id, i.source, i.doc, i.observed_at
         FROM bondhu.insights i
@@ -110,14 +118,14 @@ $$;
 -- Applies the pending insights of `users` (in key order): those the cursor `snapshot`
 -- covers and neither the cursor `covered` (the global cursor a run started from) nor the
 -- profile's own cursor does; an insight observed before window_start is stale. With
--- `staged` (a run), a user's totals are taken from bondhu.run_totals and used when they
--- were staged against the profile version that is there now; every other user's are
--- computed here from the insights. (Without `staged` the table is not even opened: a
--- self-service update takes no lock on it.) The caller holds the row locks of the users'
--- profiles, taken before `snapshot` was read or, in a run, before the profile versions
--- are compared. Returns one row per user that had pending insights (fresh, stale or
--- rejected). Planned for each call: a generic plan cannot know whether it serves one
--- user or a batch of all of them.
+-- `staged` (a run), a user's totals are taken from bondhu.run_totals and used when the
+-- profile has applied nothing past `covered` and the staged insights are all still
+-- pending; every other user's are computed here from the insights. (Without `staged`
+-- the table is not even opened: a self-service update takes no lock on it.) The caller
+-- holds the row locks of the users' profiles, taken before `snapshot` was read or, in a
+-- run, before this statement reads the profiles and insights. Returns one row per user
+-- that had pending insights (fresh, stale or rejected). Planned for each call: a
+-- generic plan cannot know whether it serves one user or a batch of all of them.
 CREATE FUNCTION bondhu.apply_pending(users uuid[], covered bondhu.cursor, snapshot bondhu.cursor,
                                      window_start timestamptz, dampening numeric, staged boolean,
                                      run_id uuid, applied_by text)
@@ -128,30 +136,45 @@ RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
-    WITH pending_now AS (
-        -- how many pending insights each staged user has now, in one pass over the
-        -- batch's insights (a sequential scan for a whole run's batch)
+    WITH taken AS (
+        -- the totals the run staged, taken out of bondhu.run_totals
+        SELECT t.user_id, t.n, t.d FROM bondhu.take_staged_totals(users) t WHERE staged
+    ), unchanged AS (
+        -- Are the batch's pending insights still the ones staged? A run's pending set
+        -- only shrinks (an insight written after the run started has a position its
+        -- snapshot does not cover; a rewritten or moved one gets such a position; a
+        -- deleted one is gone), so when there are as many as were staged, every user
+        -- still has the insights that were staged: one count for the batch instead of
+        -- one per user.
+        SELECT (SELECT count(*) FROM bondhu.insights i
+                WHERE staged AND i.user_id = ANY (users) AND bondhu.position_pending(i.ingest_pos, covered, snapshot))
+               = (SELECT coalesce(sum(t.n[1] + t.n[4] + t.n[5]), 0) FROM taken t) AS all_users
+    ), pending_now AS (
+        -- otherwise how many pending insights each staged user has now, in one pass over
+        -- the batch's insights
         SELECT i.user_id, count(*) AS insights
         FROM bondhu.insights i
-        WHERE staged AND i.user_id = ANY (users) AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
+        WHERE staged AND NOT (SELECT u.all_users FROM unchanged u)
+          AND i.user_id = ANY (users) AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
         GROUP BY i.user_id
     ), staged_totals AS (
-        -- the totals the run staged, taken out of bondhu.run_totals, that were staged
-        -- against the profile version there is now (the profile's values are read here:
-        -- the caller holds its lock, so they are the values the update replaces). Each
+        -- the staged totals of the users whose profile has applied nothing the run's
+        -- `covered` cursor does not cover (no self-service update moved it ahead: the
+        -- totals are then what computing them again would give), with the profile's
+        -- values (the caller holds its lock: the values the update replaces). Each
         -- profile is looked up by its key (OFFSET 0 keeps the lookup per row): a batch
         -- reads its own users' profiles, not every profile to hash them.
         SELECT t.user_id, t.n, t.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
-        FROM bondhu.take_staged_totals(users) t
-        CROSS JOIN LATERAL (SELECT p.xmin, p.openness, p.conscientiousness, p.extraversion, p.agreeableness,
-                                   p.neuroticism
+        FROM taken t
+        CROSS JOIN LATERAL (SELECT p.applied_xmin, p.applied_xmax, p.applied_xip, p.openness, p.conscientiousness,
+                                   p.extraversion, p.agreeableness, p.neuroticism
                             FROM public.user_personality_profiles p WHERE p.user_id = t.user_id OFFSET 0) p
-        -- and the user's pending insights are still the ones staged: an insight
-        -- rewritten, moved or deleted since then has left the run's pending set (a
-        -- rewritten or moved one has a position the run's snapshot does not cover),
-        -- and the user is computed again, so that only its last version counts
-        JOIN pending_now c ON c.user_id = t.user_id AND c.insights = t.n[1] + t.n[4] + t.n[5]
-        WHERE staged AND p.xmin = t.profile_xmin
+        -- and whose pending insights are still the ones staged: an insight rewritten,
+        -- moved or deleted since then has left the run's pending set, and the user is
+        -- computed again, so that only its last version counts
+        LEFT JOIN pending_now c ON c.user_id = t.user_id
+        WHERE bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered)
+          AND ((SELECT u.all_users FROM unchanged u) OR c.insights = t.n[1] + t.n[4] + t.n[5])
     ), totals AS (
         SELECT * FROM staged_totals
         UNION ALL

@@ -33,11 +33,25 @@ SELECT pg_catalog.pg_extension_config_dump('bondhu.schedules', '');
 -- A run's totals, staged by its first step (update.sql).
 CREATE UNLOGGED TABLE bondhu.run_totals (
     user_id uuid PRIMARY KEY,
-    profile_xmin xid,
     n integer[] NOT NULL,
     d numeric[] NOT NULL
 );
 
+
+CREATE  FUNCTION bondhu."insight_totals_combine"(
+	"state" internal, /* Internal */
+	"other" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
+
+CREATE  FUNCTION bondhu."insight_totals_serialize"(
+	"state" internal /* Internal */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
 
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
@@ -55,6 +69,14 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
+
+CREATE  FUNCTION bondhu."insight_totals_deserialize"(
+	"bytes" bytea, /* & [u8] */
+	"_unused" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
 
 -- Starts a run of `task`: logs it as 'running', with its run lock held, and returns it;
 -- or, while another run of the task is alive, logs and returns a 'skipped' run.
@@ -334,11 +356,12 @@ COMMENT ON FUNCTION public.bondhu_insight_problems(jsonb) IS
 -- trait not a number, for a trait over 100}; d, the applied adjustments of each
 -- trait added up exactly. Only the users in `ahead` are joined with their profile, so
 -- that a batch of everyone else is aggregated without a join. Read by apply_pending and
--- bondhu_profile(). (No SET clause: the planner inlines it into their statements.)
+-- bondhu_profile(). (No SET clause: the planner inlines it into their statements.
+-- PARALLEL SAFE: a run sums every user's pending insights with parallel workers.)
 CREATE FUNCTION bondhu.pending_sums(first_user uuid, last_user uuid, covered bondhu.cursor, snapshot bondhu.cursor,
                                     ahead uuid[], window_start timestamptz)
 RETURNS TABLE (user_id uuid, n integer[], d numeric[])
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     WITH pending AS (
         SELECT i.user_id, i.source, i.doc, i.observed_at
         FROM bondhu.insights i
@@ -363,14 +386,14 @@ $$;
 -- Applies the pending insights of `users` (in key order): those the cursor `snapshot`
 -- covers and neither the cursor `covered` (the global cursor a run started from) nor the
 -- profile's own cursor does; an insight observed before window_start is stale. With
--- `staged` (a run), a user's totals are taken from bondhu.run_totals and used when they
--- were staged against the profile version that is there now; every other user's are
--- computed here from the insights. (Without `staged` the table is not even opened: a
--- self-service update takes no lock on it.) The caller holds the row locks of the users'
--- profiles, taken before `snapshot` was read or, in a run, before the profile versions
--- are compared. Returns one row per user that had pending insights (fresh, stale or
--- rejected). Planned for each call: a generic plan cannot know whether it serves one
--- user or a batch of all of them.
+-- `staged` (a run), a user's totals are taken from bondhu.run_totals and used when the
+-- profile has applied nothing past `covered` and the staged insights are all still
+-- pending; every other user's are computed here from the insights. (Without `staged`
+-- the table is not even opened: a self-service update takes no lock on it.) The caller
+-- holds the row locks of the users' profiles, taken before `snapshot` was read or, in a
+-- run, before this statement reads the profiles and insights. Returns one row per user
+-- that had pending insights (fresh, stale or rejected). Planned for each call: a
+-- generic plan cannot know whether it serves one user or a batch of all of them.
 CREATE FUNCTION bondhu.apply_pending(users uuid[], covered bondhu.cursor, snapshot bondhu.cursor,
                                      window_start timestamptz, dampening numeric, staged boolean,
                                      run_id uuid, applied_by text)
@@ -381,30 +404,45 @@ RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
-    WITH pending_now AS (
-        -- how many pending insights each staged user has now, in one pass over the
-        -- batch's insights (a sequential scan for a whole run's batch)
+    WITH taken AS (
+        -- the totals the run staged, taken out of bondhu.run_totals
+        SELECT t.user_id, t.n, t.d FROM bondhu.take_staged_totals(users) t WHERE staged
+    ), unchanged AS (
+        -- Are the batch's pending insights still the ones staged? A run's pending set
+        -- only shrinks (an insight written after the run started has a position its
+        -- snapshot does not cover; a rewritten or moved one gets such a position; a
+        -- deleted one is gone), so when there are as many as were staged, every user
+        -- still has the insights that were staged: one count for the batch instead of
+        -- one per user.
+        SELECT (SELECT count(*) FROM bondhu.insights i
+                WHERE staged AND i.user_id = ANY (users) AND bondhu.position_pending(i.ingest_pos, covered, snapshot))
+               = (SELECT coalesce(sum(t.n[1] + t.n[4] + t.n[5]), 0) FROM taken t) AS all_users
+    ), pending_now AS (
+        -- otherwise how many pending insights each staged user has now, in one pass over
+        -- the batch's insights
         SELECT i.user_id, count(*) AS insights
         FROM bondhu.insights i
-        WHERE staged AND i.user_id = ANY (users) AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
+        WHERE staged AND NOT (SELECT u.all_users FROM unchanged u)
+          AND i.user_id = ANY (users) AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
         GROUP BY i.user_id
     ), staged_totals AS (
-        -- the totals the run staged, taken out of bondhu.run_totals, that were staged
-        -- against the profile version there is now (the profile's values are read here:
-        -- the caller holds its lock, so they are the values the update replaces). Each
+        -- the staged totals of the users whose profile has applied nothing the run's
+        -- `covered` cursor does not cover (no self-service update moved it ahead: the
+        -- totals are then what computing them again would give), with the profile's
+        -- values (the caller holds its lock: the values the update replaces). Each
         -- profile is looked up by its key (OFFSET 0 keeps the lookup per row): a batch
         -- reads its own users' profiles, not every profile to hash them.
         SELECT t.user_id, t.n, t.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
-        FROM bondhu.take_staged_totals(users) t
-        CROSS JOIN LATERAL (SELECT p.xmin, p.openness, p.conscientiousness, p.extraversion, p.agreeableness,
-                                   p.neuroticism
+        FROM taken t
+        CROSS JOIN LATERAL (SELECT p.applied_xmin, p.applied_xmax, p.applied_xip, p.openness, p.conscientiousness,
+                                   p.extraversion, p.agreeableness, p.neuroticism
                             FROM public.user_personality_profiles p WHERE p.user_id = t.user_id OFFSET 0) p
-        -- and the user's pending insights are still the ones staged: an insight
-        -- rewritten, moved or deleted since then has left the run's pending set (a
-        -- rewritten or moved one has a position the run's snapshot does not cover),
-        -- and the user is computed again, so that only its last version counts
-        JOIN pending_now c ON c.user_id = t.user_id AND c.insights = t.n[1] + t.n[4] + t.n[5]
-        WHERE staged AND p.xmin = t.profile_xmin
+        -- and whose pending insights are still the ones staged: an insight rewritten,
+        -- moved or deleted since then has left the run's pending set, and the user is
+        -- computed again, so that only its last version counts
+        LEFT JOIN pending_now c ON c.user_id = t.user_id
+        WHERE bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered)
+          AND ((SELECT u.all_users FROM unchanged u) OR c.insights = t.n[1] + t.n[4] + t.n[5])
     ), totals AS (
         SELECT * FROM staged_totals
         UNION ALL
@@ -553,39 +591,44 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT run.executed_at - make_interval(secs => (run.metadata #>> '{settings,insight_window_seconds}')::double precision)
 $$;
 
--- Stages the run's totals in bondhu.run_totals (replacing what an unfinished run left):
--- every user with insights pending between the run's cursors, in one statement, so that
--- the insights and the profile versions are read in the same snapshot. enable_sort is
--- off because the planner underestimates how many insights are pending (a nightly run's
--- 100,000 as 3,000) and would sort them all for the aggregate: it hashes the users.
-CREATE FUNCTION bondhu.stage_run_totals(run bondhu.task_runs) RETURNS void
-LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET enable_sort = off
+-- Every user with insights pending between the run's cursors, with their totals
+-- (bondhu.run_totals). A query of its own (RETURN QUERY) so that Postgres may sum the
+-- insights with parallel workers: an INSERT ... SELECT never runs in parallel.
+-- enable_sort is off because the planner underestimates how many insights are pending
+-- (a nightly run's 100,000 as 3,000) and would sort them all for the aggregate: it
+-- hashes the users.
+CREATE FUNCTION bondhu.run_pending_totals(run bondhu.task_runs)
+RETURNS TABLE (user_id uuid, n integer[], d numeric[])
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan SET enable_sort = off
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     -- a constant of the statement, not an expression for each insight
     window_start timestamptz := bondhu.run_window_start(run);
 BEGIN
+    RETURN QUERY
+    SELECT s.user_id, s.n, s.d
+    FROM bondhu.pending_sums('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
+                             run.covered, run.snapshot, '{}', window_start) s;
+END $$;
+
+-- Stages the run's totals in bondhu.run_totals (replacing what an unfinished run left).
+CREATE FUNCTION bondhu.stage_run_totals(run bondhu.task_runs) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     -- what an unfinished run left (DELETE, not TRUNCATE: no lock that waits for readers
     -- such as pg_dump)
     DELETE FROM bondhu.run_totals;
-    INSERT INTO bondhu.run_totals (user_id, profile_xmin, n, d)
-    SELECT s.user_id,
-           CASE WHEN bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, run.covered)
-                THEN p.xmin END,
-           s.n, s.d
-    FROM bondhu.pending_sums('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
-                             run.covered, run.snapshot, '{}', window_start) s
-    LEFT JOIN public.user_personality_profiles p ON p.user_id = s.user_id;
-END $$;
+    INSERT INTO bondhu.run_totals (user_id, n, d)
+    SELECT t.user_id, t.n, t.d FROM bondhu.run_pending_totals(run) t;
+$$;
 
 -- Takes the staged totals of `users` out of bondhu.run_totals (apply_pending): a batch
 -- leaves no rows behind, and rows taken by a statement that fails come back with its
 -- rollback.
 CREATE FUNCTION bondhu.take_staged_totals(users uuid[])
-RETURNS TABLE (user_id uuid, profile_xmin xid, n integer[], d numeric[])
+RETURNS TABLE (user_id uuid, n integer[], d numeric[])
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM bondhu.run_totals t WHERE t.user_id = ANY (users)
-    RETURNING t.user_id, t.profile_xmin, t.n, t.d
+    RETURNING t.user_id, t.n, t.d
 $$;
 
 -- The next batch_size staged users after the run's last one, in key order (all of them
@@ -1639,6 +1682,25 @@ BEGIN
         EXECUTE format('GRANT SELECT ON %s TO authenticated', tables);
     END IF;
 END $$;
+
+-- The aggregates, now parallel safe with their combine, serial and deserial functions
+-- (apply.sql): an aggregate's support functions cannot be altered.
+DROP AGGREGATE bondhu.insight_counts(jsonb, boolean, boolean);
+DROP AGGREGATE bondhu.insight_sums(jsonb, boolean, boolean);
+CREATE AGGREGATE bondhu.insight_counts(doc jsonb, fresh boolean, from_chat boolean) (
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    FINALFUNC = bondhu.insight_counts_final,
+    COMBINEFUNC = bondhu.insight_totals_combine,
+    SERIALFUNC = bondhu.insight_totals_serialize, DESERIALFUNC = bondhu.insight_totals_deserialize,
+    PARALLEL = SAFE
+);
+CREATE AGGREGATE bondhu.insight_sums(doc jsonb, fresh boolean, from_chat boolean) (
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    FINALFUNC = bondhu.insight_sums_final,
+    COMBINEFUNC = bondhu.insight_totals_combine,
+    SERIALFUNC = bondhu.insight_totals_serialize, DESERIALFUNC = bondhu.insight_totals_deserialize,
+    PARALLEL = SAFE
+);
 
 -- A hint on which of two dependent settings to change first (settings.sql).
 CREATE TRIGGER explain_checks BEFORE UPDATE ON bondhu.settings

@@ -118,18 +118,16 @@ BEGIN
     RETURN run;
 END $$;
 
--- A run's totals, staged by its first step (stage_run_totals): each user's pending
--- insights summed in one pass over the insights, so that the run's batches read their
--- users' totals in key order instead of their insights scattered over the tables. With
--- the version (xmin) of the profile they were computed against; NULL when there was
--- none, or when a self-service update had moved it past the run's `covered` cursor.
--- Totals whose profile has another version when its batch locks it (a self-service
--- update, a change, a delete) are computed again from the insights (apply_pending).
--- UNLOGGED: what a crash loses is derived, and the run it belonged to is over; the
--- next run stages again.
+-- A run's totals, staged by its first step (stage_run_totals): each user's insights
+-- pending between the run's cursors, summed in one pass over the insights, so that the
+-- run's batches read their users' totals in key order instead of their insights
+-- scattered over the tables. A batch uses a user's totals when the profile it locked
+-- has applied nothing the run's `covered` cursor does not cover (no self-service update
+-- moved it ahead) and the user's pending insights are still the ones staged; otherwise
+-- it computes them again from the insights (apply_pending). UNLOGGED: what a crash
+-- loses is derived, and the run it belonged to is over; the next run stages again.
 CREATE UNLOGGED TABLE bondhu.run_totals (
     user_id uuid PRIMARY KEY,
-    profile_xmin xid,
     n integer[] NOT NULL,
     d numeric[] NOT NULL
 );
@@ -141,39 +139,44 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT run.executed_at - make_interval(secs => (run.metadata #>> '{settings,insight_window_seconds}')::double precision)
 $$;
 
--- Stages the run's totals in bondhu.run_totals (replacing what an unfinished run left):
--- every user with insights pending between the run's cursors, in one statement, so that
--- the insights and the profile versions are read in the same snapshot. enable_sort is
--- off because the planner underestimates how many insights are pending (a nightly run's
--- 100,000 as 3,000) and would sort them all for the aggregate: it hashes the users.
-CREATE FUNCTION bondhu.stage_run_totals(run bondhu.task_runs) RETURNS void
-LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET enable_sort = off
+-- Every user with insights pending between the run's cursors, with their totals
+-- (bondhu.run_totals). A query of its own (RETURN QUERY) so that Postgres may sum the
+-- insights with parallel workers: an INSERT ... SELECT never runs in parallel.
+-- enable_sort is off because the planner underestimates how many insights are pending
+-- (a nightly run's 100,000 as 3,000) and would sort them all for the aggregate: it
+-- hashes the users.
+CREATE FUNCTION bondhu.run_pending_totals(run bondhu.task_runs)
+RETURNS TABLE (user_id uuid, n integer[], d numeric[])
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan SET enable_sort = off
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     -- a constant of the statement, not an expression for each insight
     window_start timestamptz := bondhu.run_window_start(run);
 BEGIN
+    RETURN QUERY
+    SELECT s.user_id, s.n, s.d
+    FROM bondhu.pending_sums('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
+                             run.covered, run.snapshot, '{}', window_start) s;
+END $$;
+
+-- Stages the run's totals in bondhu.run_totals (replacing what an unfinished run left).
+CREATE FUNCTION bondhu.stage_run_totals(run bondhu.task_runs) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     -- what an unfinished run left (DELETE, not TRUNCATE: no lock that waits for readers
     -- such as pg_dump)
     DELETE FROM bondhu.run_totals;
-    INSERT INTO bondhu.run_totals (user_id, profile_xmin, n, d)
-    SELECT s.user_id,
-           CASE WHEN bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, run.covered)
-                THEN p.xmin END,
-           s.n, s.d
-    FROM bondhu.pending_sums('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
-                             run.covered, run.snapshot, '{}', window_start) s
-    LEFT JOIN public.user_personality_profiles p ON p.user_id = s.user_id;
-END $$;
+    INSERT INTO bondhu.run_totals (user_id, n, d)
+    SELECT t.user_id, t.n, t.d FROM bondhu.run_pending_totals(run) t;
+$$;
 
 -- Takes the staged totals of `users` out of bondhu.run_totals (apply_pending): a batch
 -- leaves no rows behind, and rows taken by a statement that fails come back with its
 -- rollback.
 CREATE FUNCTION bondhu.take_staged_totals(users uuid[])
-RETURNS TABLE (user_id uuid, profile_xmin xid, n integer[], d numeric[])
+RETURNS TABLE (user_id uuid, n integer[], d numeric[])
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM bondhu.run_totals t WHERE t.user_id = ANY (users)
-    RETURNING t.user_id, t.profile_xmin, t.n, t.d
+    RETURNING t.user_id, t.n, t.d
 $$;
 
 -- The next batch_size staged users after the run's last one, in key order (all of them

@@ -93,21 +93,35 @@ impl NumericSum {
     /// `sum` + `numeric` (a copy of `numeric` when there is no sum yet), in the
     /// aggregate's memory.
     fn add(sum: Option<NumericSum>, numeric: Numeric<'_>, memory: AggregateMemory) -> NumericSum {
+        // SAFETY: `numeric` is a numeric varlena in its live document.
+        unsafe { Self::add_datum(sum, numeric.datum(), memory) }
+    }
+
+    /// The sum of two optional sums (either may be absent), in the aggregate's memory.
+    fn add_sum(a: Option<NumericSum>, b: Option<NumericSum>, memory: AggregateMemory) -> Option<NumericSum> {
+        match b {
+            // SAFETY: b is a numeric datum in aggregate memory, live with its state.
+            Some(b) => Some(unsafe { Self::add_datum(a, b.0, memory) }),
+            None => a,
+        }
+    }
+
+    /// `sum` + `numeric`, in the aggregate's memory.
+    ///
+    /// # Safety
+    ///
+    /// `numeric` is a live numeric datum.
+    unsafe fn add_datum(sum: Option<NumericSum>, numeric: pg_sys::Datum, memory: AggregateMemory) -> NumericSum {
         NumericSum(memory.run(|| {
             match sum {
                 // SAFETY: both are numeric datums, live: the sum in the aggregate's
-                // memory, `numeric` in its document.
+                // memory, `numeric` by the caller's promise.
                 Some(sum) => unsafe {
-                    direct_function_call_as_datum(
-                        pg_sys::numeric_add,
-                        &[Some(sum.0), Some(numeric.datum())],
-                    )
+                    direct_function_call_as_datum(pg_sys::numeric_add, &[Some(sum.0), Some(numeric)])
                 }
                 .expect("numeric_add returns a value"),
-                // SAFETY: `numeric` is a numeric varlena in its live document.
-                None => pg_sys::Datum::from(unsafe {
-                    pg_sys::pg_detoast_datum_copy(numeric.datum().cast_mut_ptr())
-                }),
+                // SAFETY: `numeric` is a numeric varlena (the caller's promise).
+                None => pg_sys::Datum::from(unsafe { pg_sys::pg_detoast_datum_copy(numeric.cast_mut_ptr()) }),
             }
         }))
     }
@@ -189,14 +203,7 @@ pub unsafe fn step(
     for (i, (fixed, numeric)) in adjustments.into_iter().enumerate() {
         match (fixed, numeric) {
             (decimal::Fixed::Exact(v), _) => {
-                let Some(sum) = totals.fixed[i].checked_add(v) else {
-                    ereport!(
-                        ERROR,
-                        PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-                        "bondhu: the adjustments of one user add up beyond 10^14"
-                    );
-                };
-                totals.fixed[i] = sum;
+                totals.fixed[i] = add_fixed(totals.fixed[i], v);
             }
             // Finer than the fixed point (rare): a numeric sum, in the aggregate's memory.
             (_, Some(numeric)) => {
@@ -243,4 +250,101 @@ pub unsafe fn sums(state: Internal) -> Option<Vec<AnyNumeric>> {
             }
         });
     Some(sums.collect())
+}
+
+/// Adds the totals in `other` to those in `state` (a parallel aggregate's partial
+/// states of one group); either may be NULL. The result is in the aggregate's memory.
+///
+/// # Safety
+///
+/// `fcinfo` is the FunctionCallInfo of the current call; each state is NULL or an
+/// InsightTotals of this aggregate (made by `step`, `combine` or `deserialize`).
+pub unsafe fn combine(state: Internal, other: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    // SAFETY: fcinfo is this call's (the caller's promise).
+    let memory = unsafe { AggregateMemory::of(fcinfo) };
+    // SAFETY: the caller's promise.
+    let Some(other) = (unsafe { totals(&other) }) else {
+        return state;
+    };
+    let mut state = state;
+    if !state.initialized() {
+        state = Internal::from(Some(memory.new_totals()));
+    }
+    // SAFETY: made just above or the caller's promise: an InsightTotals.
+    let totals = unsafe { state.get_mut::<InsightTotals>() }.expect("initialized above");
+    for (count, more) in totals.counts.iter_mut().zip(other.counts) {
+        *count += more;
+    }
+    for i in 0..totals.fixed.len() {
+        totals.fixed[i] = add_fixed(totals.fixed[i], other.fixed[i]);
+        totals.finer[i] = NumericSum::add_sum(totals.finer[i], other.finer[i], memory);
+    }
+    state
+}
+
+/// a + b, or 22003 when the sum of a user's adjustments goes beyond what fixed point holds.
+fn add_fixed(a: i128, b: i128) -> i128 {
+    let Some(sum) = a.checked_add(b) else {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            "bondhu: the adjustments of one user add up beyond 10^14"
+        );
+    };
+    sum
+}
+
+/// The totals as bytes, for a parallel worker to hand its partial state to the leader:
+/// the counts and fixed sums little-endian, then each trait's finer sum as the length
+/// and text of its numeric (length 0: none).
+///
+/// # Safety
+///
+/// `state` is an InsightTotals of this aggregate, live.
+pub unsafe fn serialize(state: Internal) -> Vec<u8> {
+    // SAFETY: the caller's promise.
+    let totals = unsafe { totals(&state) }.expect("a serialized state is not NULL");
+    let mut bytes = Vec::with_capacity(128);
+    totals.counts.iter().for_each(|c| bytes.extend(c.to_le_bytes()));
+    totals.fixed.iter().for_each(|f| bytes.extend(f.to_le_bytes()));
+    for finer in &totals.finer {
+        let text = finer.map(|f| f.value().to_string()).unwrap_or_default();
+        bytes.extend((text.len() as u32).to_le_bytes());
+        bytes.extend(text.as_bytes());
+    }
+    bytes
+}
+
+/// The totals `serialize` wrote, as a new state in the aggregate's memory.
+///
+/// # Safety
+///
+/// `fcinfo` is the FunctionCallInfo of the current call.
+pub unsafe fn deserialize(bytes: &[u8], fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    // SAFETY: fcinfo is this call's (the caller's promise).
+    let memory = unsafe { AggregateMemory::of(fcinfo) };
+    let mut state = Internal::from(Some(memory.new_totals()));
+    // SAFETY: made just above: an InsightTotals.
+    let totals = unsafe { state.get_mut::<InsightTotals>() }.expect("made above");
+    let mut rest = bytes;
+    let mut take = |n: usize| {
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        head
+    };
+    for count in totals.counts.iter_mut() {
+        *count = i32::from_le_bytes(take(4).try_into().expect("4 bytes"));
+    }
+    for fixed in totals.fixed.iter_mut() {
+        *fixed = i128::from_le_bytes(take(16).try_into().expect("16 bytes"));
+    }
+    for finer in totals.finer.iter_mut() {
+        let len = u32::from_le_bytes(take(4).try_into().expect("4 bytes")) as usize;
+        if len > 0 {
+            let text = std::str::from_utf8(take(len)).expect("serialize wrote text");
+            let numeric = AnyNumeric::from_str(text).expect("serialize wrote a numeric");
+            *finer = Some(NumericSum(memory.run(|| numeric.into_datum().expect("a numeric datum"))));
+        }
+    }
+    state
 }

@@ -54,7 +54,10 @@ pgrx::extension_sql_file!(
         "run_log",
         bondhu::insight_totals_step,
         bondhu::insight_counts_final,
-        bondhu::insight_sums_final
+        bondhu::insight_sums_final,
+        bondhu::insight_totals_combine,
+        bondhu::insight_totals_serialize,
+        bondhu::insight_totals_deserialize
     ]
 );
 pgrx::extension_sql_file!("../sql/update.sql", name = "update", requires = ["apply"]);
@@ -168,6 +171,29 @@ mod bondhu {
         // SAFETY: fcinfo is this call's, as pgrx passes it; the state is the
         // aggregate's (see above).
         unsafe { crate::aggregate::step(state, doc, fresh, from_chat, fcinfo) }
+    }
+
+    /// Two partial states of a parallel aggregate into one (src/aggregate.rs). Not
+    /// strict: Postgres requires that of a combine function of an internal state.
+    #[pg_extern(immutable, parallel_safe)]
+    fn insight_totals_combine(state: Internal, other: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+        // SAFETY: fcinfo is this call's, as pgrx passes it; the states are the
+        // aggregate's (see above).
+        unsafe { crate::aggregate::combine(state, other, fcinfo) }
+    }
+
+    /// A partial state as bytes, from a parallel worker to the leader.
+    #[pg_extern(immutable, parallel_safe, strict)]
+    fn insight_totals_serialize(state: Internal) -> Vec<u8> {
+        // SAFETY: the state is the aggregate's (see above), not NULL (strict).
+        unsafe { crate::aggregate::serialize(state) }
+    }
+
+    /// The state insight_totals_serialize wrote.
+    #[pg_extern(immutable, parallel_safe, strict)]
+    fn insight_totals_deserialize(bytes: &[u8], _unused: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+        // SAFETY: fcinfo is this call's, as pgrx passes it.
+        unsafe { crate::aggregate::deserialize(bytes, fcinfo) }
     }
 
     /// bondhu.insight_counts: {applied, from chat, from entertainment, rejected, stale,

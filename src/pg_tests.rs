@@ -167,6 +167,59 @@ mod tests {
         assert_eq!(got_sums, Some(expected));
     }
 
+    /// A parallel aggregate (workers' partial states serialized, handed to the leader,
+    /// combined) gives what the serial one does, group by group: over the generated
+    /// documents and ones finer than the fixed point (the numeric sums of the state).
+    #[pg_test]
+    fn a_parallel_aggregate_equals_a_serial_one() {
+        let mut rng = Rng(0xC0DE_5EED);
+        let mut values: Vec<String> = (0..400)
+            .map(|_| generate(&mut rng))
+            .map(|i| format!("('{}'::jsonb, {}, {})", i.json, i.fresh, i.from_chat))
+            .collect();
+        values.push("('{\"openness\": 1e-30, \"neuroticism\": -3e-29}'::jsonb, true, true)".into());
+        Spi::run(&format!(
+            "CREATE TABLE parallel_docs AS
+             SELECT g % 37 AS grp, d.doc, d.fresh, d.from_chat
+             FROM (VALUES {}) AS d(doc, fresh, from_chat), generate_series(1, 60) g;
+             ANALYZE parallel_docs;
+             SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0;
+             SET LOCAL min_parallel_table_scan_size = 0; SET LOCAL max_parallel_workers_per_gather = 2;",
+            values.join(",\n")
+        ))
+        .expect("the documents are written");
+        let query = "SELECT grp, bondhu.insight_counts(doc, fresh, from_chat) AS n,
+                            bondhu.insight_sums(doc, fresh, from_chat) AS d
+                     FROM parallel_docs GROUP BY grp";
+        let explain = Spi::connect(|client| {
+            client
+                .select(&format!("EXPLAIN (COSTS OFF) {query}"), None, &[])
+                .expect("EXPLAIN runs")
+                .map(|row| row.get::<String>(1).ok().flatten().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        assert!(explain.contains("Partial"), "the aggregate runs in parallel: {explain}");
+        Spi::run(&format!("CREATE TABLE parallel_totals AS {query}")).expect("in parallel");
+        Spi::run(&format!(
+            "SET LOCAL max_parallel_workers_per_gather = 0; CREATE TABLE serial_totals AS {query}"
+        ))
+        .expect("serially");
+        let differing = Spi::get_one::<i64>(
+            "SELECT count(*) FROM ((TABLE parallel_totals EXCEPT TABLE serial_totals)
+                                   UNION ALL (TABLE serial_totals EXCEPT TABLE parallel_totals)) x",
+        );
+        assert_eq!(differing, Ok(Some(0)));
+        let finer = Spi::get_one::<bool>(
+            "SELECT bool_or(d[1] <> round(d[1], 24) AND d[5] <> round(d[5], 24)) FROM parallel_totals",
+        );
+        assert_eq!(finer, Ok(Some(true)), "sums finer than the fixed point were combined");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM serial_totals"),
+            Ok(Some(37))
+        );
+    }
+
     fn position() -> i64 {
         Spi::get_one::<i64>("SELECT bondhu.ingest_position()")
             .expect("a position")
