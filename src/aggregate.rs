@@ -98,7 +98,11 @@ impl NumericSum {
     }
 
     /// The sum of two optional sums (either may be absent), in the aggregate's memory.
-    fn add_sum(a: Option<NumericSum>, b: Option<NumericSum>, memory: AggregateMemory) -> Option<NumericSum> {
+    fn add_sum(
+        a: Option<NumericSum>,
+        b: Option<NumericSum>,
+        memory: AggregateMemory,
+    ) -> Option<NumericSum> {
         match b {
             // SAFETY: b is a numeric datum in aggregate memory, live with its state.
             Some(b) => Some(unsafe { Self::add_datum(a, b.0, memory) }),
@@ -111,17 +115,26 @@ impl NumericSum {
     /// # Safety
     ///
     /// `numeric` is a live numeric datum.
-    unsafe fn add_datum(sum: Option<NumericSum>, numeric: pg_sys::Datum, memory: AggregateMemory) -> NumericSum {
+    unsafe fn add_datum(
+        sum: Option<NumericSum>,
+        numeric: pg_sys::Datum,
+        memory: AggregateMemory,
+    ) -> NumericSum {
         NumericSum(memory.run(|| {
             match sum {
                 // SAFETY: both are numeric datums, live: the sum in the aggregate's
                 // memory, `numeric` by the caller's promise.
                 Some(sum) => unsafe {
-                    direct_function_call_as_datum(pg_sys::numeric_add, &[Some(sum.0), Some(numeric)])
+                    direct_function_call_as_datum(
+                        pg_sys::numeric_add,
+                        &[Some(sum.0), Some(numeric)],
+                    )
                 }
                 .expect("numeric_add returns a value"),
                 // SAFETY: `numeric` is a numeric varlena (the caller's promise).
-                None => pg_sys::Datum::from(unsafe { pg_sys::pg_detoast_datum_copy(numeric.cast_mut_ptr()) }),
+                None => pg_sys::Datum::from(unsafe {
+                    pg_sys::pg_detoast_datum_copy(numeric.cast_mut_ptr())
+                }),
             }
         }))
     }
@@ -259,7 +272,11 @@ pub unsafe fn sums(state: Internal) -> Option<Vec<AnyNumeric>> {
 ///
 /// `fcinfo` is the FunctionCallInfo of the current call; each state is NULL or an
 /// InsightTotals of this aggregate (made by `step`, `combine` or `deserialize`).
-pub unsafe fn combine(state: Internal, other: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+pub unsafe fn combine(
+    state: Internal,
+    other: Internal,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Internal {
     // SAFETY: fcinfo is this call's (the caller's promise).
     let memory = unsafe { AggregateMemory::of(fcinfo) };
     // SAFETY: the caller's promise.
@@ -305,8 +322,14 @@ pub unsafe fn serialize(state: Internal) -> Vec<u8> {
     // SAFETY: the caller's promise.
     let totals = unsafe { totals(&state) }.expect("a serialized state is not NULL");
     let mut bytes = Vec::with_capacity(128);
-    totals.counts.iter().for_each(|c| bytes.extend(c.to_le_bytes()));
-    totals.fixed.iter().for_each(|f| bytes.extend(f.to_le_bytes()));
+    totals
+        .counts
+        .iter()
+        .for_each(|c| bytes.extend(c.to_le_bytes()));
+    totals
+        .fixed
+        .iter()
+        .for_each(|f| bytes.extend(f.to_le_bytes()));
     for finer in &totals.finer {
         let text = finer.map(|f| f.value().to_string()).unwrap_or_default();
         bytes.extend((text.len() as u32).to_le_bytes());
@@ -343,7 +366,9 @@ pub unsafe fn deserialize(bytes: &[u8], fcinfo: pg_sys::FunctionCallInfo) -> Int
         if len > 0 {
             let text = std::str::from_utf8(take(len)).expect("serialize wrote text");
             let numeric = AnyNumeric::from_str(text).expect("serialize wrote a numeric");
-            *finer = Some(NumericSum(memory.run(|| numeric.into_datum().expect("a numeric datum"))));
+            *finer = Some(NumericSum(
+                memory.run(|| numeric.into_datum().expect("a numeric datum")),
+            ));
         }
     }
     state

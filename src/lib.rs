@@ -176,7 +176,11 @@ mod bondhu {
     /// Two partial states of a parallel aggregate into one (src/aggregate.rs). Not
     /// strict: Postgres requires that of a combine function of an internal state.
     #[pg_extern(immutable, parallel_safe)]
-    fn insight_totals_combine(state: Internal, other: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    fn insight_totals_combine(
+        state: Internal,
+        other: Internal,
+        fcinfo: pg_sys::FunctionCallInfo,
+    ) -> Internal {
         // SAFETY: fcinfo is this call's, as pgrx passes it; the states are the
         // aggregate's (see above).
         unsafe { crate::aggregate::combine(state, other, fcinfo) }
@@ -191,7 +195,11 @@ mod bondhu {
 
     /// The state insight_totals_serialize wrote.
     #[pg_extern(immutable, parallel_safe, strict)]
-    fn insight_totals_deserialize(bytes: &[u8], _unused: Internal, fcinfo: pg_sys::FunctionCallInfo) -> Internal {
+    fn insight_totals_deserialize(
+        bytes: &[u8],
+        _unused: Internal,
+        fcinfo: pg_sys::FunctionCallInfo,
+    ) -> Internal {
         // SAFETY: fcinfo is this call's, as pgrx passes it.
         unsafe { crate::aggregate::deserialize(bytes, fcinfo) }
     }

@@ -199,7 +199,10 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n")
         });
-        assert!(explain.contains("Partial"), "the aggregate runs in parallel: {explain}");
+        assert!(
+            explain.contains("Partial"),
+            "the aggregate runs in parallel: {explain}"
+        );
         Spi::run(&format!("CREATE TABLE parallel_totals AS {query}")).expect("in parallel");
         Spi::run(&format!(
             "SET LOCAL max_parallel_workers_per_gather = 0; CREATE TABLE serial_totals AS {query}"
@@ -213,7 +216,11 @@ mod tests {
         let finer = Spi::get_one::<bool>(
             "SELECT bool_or(d[1] <> round(d[1], 24) AND d[5] <> round(d[5], 24)) FROM parallel_totals",
         );
-        assert_eq!(finer, Ok(Some(true)), "sums finer than the fixed point were combined");
+        assert_eq!(
+            finer,
+            Ok(Some(true)),
+            "sums finer than the fixed point were combined"
+        );
         assert_eq!(
             Spi::get_one::<i64>("SELECT count(*) FROM serial_totals"),
             Ok(Some(37))
