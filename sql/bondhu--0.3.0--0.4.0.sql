@@ -38,21 +38,6 @@ CREATE UNLOGGED TABLE bondhu.run_totals (
 );
 
 
-CREATE  FUNCTION bondhu."insight_totals_combine"(
-	"state" internal, /* Internal */
-	"other" internal /* Internal */
-) RETURNS internal /* Internal */
-IMMUTABLE PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
-
-CREATE  FUNCTION bondhu."insight_totals_serialize"(
-	"state" internal /* Internal */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
-
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
 CREATE FUNCTION bondhu.settings_explain_checks() RETURNS trigger
@@ -70,6 +55,13 @@ BEGIN
     RETURN NEW;
 END $$;
 
+CREATE  FUNCTION bondhu."insight_totals_serialize"(
+	"state" internal /* Internal */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
+
 CREATE  FUNCTION bondhu."insight_totals_deserialize"(
 	"bytes" bytea, /* & [u8] */
 	"_unused" internal /* Internal */
@@ -77,6 +69,14 @@ CREATE  FUNCTION bondhu."insight_totals_deserialize"(
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
+
+CREATE  FUNCTION bondhu."insight_totals_combine"(
+	"state" internal, /* Internal */
+	"other" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
 
 -- Starts a run of `task`: logs it as 'running', with its run lock held, and returns it;
 -- or, while another run of the task is alive, logs and returns a 'skipped' run.
@@ -679,7 +679,7 @@ $$;
 -- error here (an app trigger refusing a new profile, too) leaves the caller to undo the
 -- whole call.
 CREATE FUNCTION bondhu.lock_and_apply(run bondhu.task_runs, users uuid[]) RETURNS jsonb
-LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT bondhu.lock_profiles(users) AND NOT bondhu.lock_profiles(users) THEN
         RAISE EXCEPTION 'bondhu: profiles were deleted during the run, twice'

@@ -227,7 +227,7 @@ $$;
 -- error here (an app trigger refusing a new profile, too) leaves the caller to undo the
 -- whole call.
 CREATE FUNCTION bondhu.lock_and_apply(run bondhu.task_runs, users uuid[]) RETURNS jsonb
-LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT bondhu.lock_profiles(users) AND NOT bondhu.lock_profiles(users) THEN
         RAISE EXCEPTION 'bondhu: profiles were deleted during the run, twice'
