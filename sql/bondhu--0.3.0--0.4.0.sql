@@ -38,6 +38,14 @@ CREATE UNLOGGED TABLE bondhu.run_totals (
 );
 
 
+CREATE  FUNCTION bondhu."insight_totals_deserialize"(
+	"bytes" bytea, /* & [u8] */
+	"_unused" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
+
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
 CREATE FUNCTION bondhu.settings_explain_checks() RETURNS trigger
@@ -55,21 +63,6 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE  FUNCTION bondhu."insight_totals_serialize"(
-	"state" internal /* Internal */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
-
-CREATE  FUNCTION bondhu."insight_totals_deserialize"(
-	"bytes" bytea, /* & [u8] */
-	"_unused" internal /* Internal */
-) RETURNS internal /* Internal */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
-
 CREATE  FUNCTION bondhu."insight_totals_combine"(
 	"state" internal, /* Internal */
 	"other" internal /* Internal */
@@ -77,6 +70,13 @@ CREATE  FUNCTION bondhu."insight_totals_combine"(
 IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
+
+CREATE  FUNCTION bondhu."insight_totals_serialize"(
+	"state" internal /* Internal */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
 
 -- Starts a run of `task`: logs it as 'running', with its run lock held, and returns it;
 -- or, while another run of the task is alive, logs and returns a 'skipped' run.
@@ -1391,7 +1391,8 @@ END $$;
 -- What is pending: insights no cursor covers yet (the global cursor, or their
 -- profile's), the users they belong to, and the oldest one's age. The global cursor is a
 -- constant of the statement (a custom plan), so that the BRIN indexes on ingest_pos skip
--- what it covers: this reads only what came since the last completed run.
+-- what it covers: this reads only what came since the last completed run, and the
+-- profiles that self-service updates moved ahead of it.
 CREATE FUNCTION bondhu.backlog(OUT pending_insights bigint, OUT users_with_pending_insights bigint,
                                OUT oldest_pending_insight_at timestamptz)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
@@ -1402,7 +1403,12 @@ BEGIN
     INTO pending_insights, users_with_pending_insights, oldest_pending_insight_at
     FROM (SELECT i.user_id, count(*) AS insights, min(i.observed_at) AS oldest_at
           FROM bondhu.insights i
-          LEFT JOIN public.user_personality_profiles p ON p.user_id = i.user_id
+          -- a profile has applied an insight the global cursor does not cover only when a
+          -- self-service update moved it ahead: those few are joined, not every profile
+          LEFT JOIN (SELECT a.user_id, a.applied_xmin, a.applied_xmax, a.applied_xip
+                     FROM public.user_personality_profiles a
+                     WHERE NOT bondhu.cursor_within(a.applied_xmin, a.applied_xmax, a.applied_xip, g)) p
+                 ON p.user_id = i.user_id
           WHERE i.ingest_pos >= (g).xmin_pos
             AND NOT bondhu.position_applied(i.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
             AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip),

@@ -4,7 +4,8 @@
 -- What is pending: insights no cursor covers yet (the global cursor, or their
 -- profile's), the users they belong to, and the oldest one's age. The global cursor is a
 -- constant of the statement (a custom plan), so that the BRIN indexes on ingest_pos skip
--- what it covers: this reads only what came since the last completed run.
+-- what it covers: this reads only what came since the last completed run, and the
+-- profiles that self-service updates moved ahead of it.
 CREATE FUNCTION bondhu.backlog(OUT pending_insights bigint, OUT users_with_pending_insights bigint,
                                OUT oldest_pending_insight_at timestamptz)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
@@ -15,7 +16,12 @@ BEGIN
     INTO pending_insights, users_with_pending_insights, oldest_pending_insight_at
     FROM (SELECT i.user_id, count(*) AS insights, min(i.observed_at) AS oldest_at
           FROM bondhu.insights i
-          LEFT JOIN public.user_personality_profiles p ON p.user_id = i.user_id
+          -- a profile has applied an insight the global cursor does not cover only when a
+          -- self-service update moved it ahead: those few are joined, not every profile
+          LEFT JOIN (SELECT a.user_id, a.applied_xmin, a.applied_xmax, a.applied_xip
+                     FROM public.user_personality_profiles a
+                     WHERE NOT bondhu.cursor_within(a.applied_xmin, a.applied_xmax, a.applied_xip, g)) p
+                 ON p.user_id = i.user_id
           WHERE i.ingest_pos >= (g).xmin_pos
             AND NOT bondhu.position_applied(i.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
             AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip),

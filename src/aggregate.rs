@@ -62,6 +62,14 @@ impl AggregateMemory {
         AggregateMemory(context)
     }
 
+    /// The current memory context: where Postgres wants a deserialized state (the
+    /// per-tuple context, reset after each input; the combine function copies what it
+    /// keeps into the aggregate's memory).
+    fn current() -> Self {
+        // SAFETY: reading the backend's current memory context, always set.
+        AggregateMemory(unsafe { pg_sys::CurrentMemoryContext })
+    }
+
     /// A new state, zero. palloc aligns to 8 bytes; the i128 sums need 16.
     fn new_totals(self) -> pg_sys::Datum {
         let align = std::mem::align_of::<InsightTotals>();
@@ -338,14 +346,17 @@ pub unsafe fn serialize(state: Internal) -> Vec<u8> {
     bytes
 }
 
-/// The totals `serialize` wrote, as a new state in the aggregate's memory.
+/// The totals `serialize` wrote, as a new state in the current memory context (the
+/// per-tuple one: a state in the aggregate's memory would stay there until the end of
+/// the aggregate, one for each partial state the leader reads).
 ///
 /// # Safety
 ///
 /// `fcinfo` is the FunctionCallInfo of the current call.
 pub unsafe fn deserialize(bytes: &[u8], fcinfo: pg_sys::FunctionCallInfo) -> Internal {
-    // SAFETY: fcinfo is this call's (the caller's promise).
-    let memory = unsafe { AggregateMemory::of(fcinfo) };
+    // SAFETY: fcinfo is this call's (the caller's promise): only an aggregate may call.
+    let _ = unsafe { AggregateMemory::of(fcinfo) };
+    let memory = AggregateMemory::current();
     let mut state = Internal::from(Some(memory.new_totals()));
     // SAFETY: made just above: an InsightTotals.
     let totals = unsafe { state.get_mut::<InsightTotals>() }.expect("made above");

@@ -30,3 +30,11 @@ SET ROLE metrics_nobody;
 SELECT bondhu_metrics();
 \set VERBOSITY default
 RESET ROLE;
+-- A self-service update moves a profile ahead of the global cursor: what it applied is
+-- not pending, the other user's new insight is.
+INSERT INTO chat_personality_insights (user_id, "timestamp", adjustments) VALUES
+    ('00000000-0000-0000-0000-000000000001', now(), '{"openness": 1}'),
+    ('00000000-0000-0000-0000-000000000004', now(), '{"openness": 1}');
+SELECT bondhu_update_personality('00000000-0000-0000-0000-000000000001') ->> 'insights_processed' AS self_applied;
+SELECT m -> 'backlog' -> 'pending_insights' AS pending, m -> 'backlog' -> 'users_with_pending_insights' AS users
+FROM bondhu_metrics() m;
