@@ -164,6 +164,20 @@ unsafe fn totals(state: &Internal) -> Option<&InsightTotals> {
     unsafe { state.get::<InsightTotals>() }
 }
 
+/// The totals in an aggregate's state, made (zero, in the aggregate's memory) when
+/// there is no state yet: the state the step and combine functions add to.
+///
+/// # Safety
+///
+/// `state` is NULL or an InsightTotals made by AggregateMemory::new_totals, live.
+unsafe fn totals_mut(state: &mut Internal, memory: AggregateMemory) -> &mut InsightTotals {
+    if !state.initialized() {
+        *state = Internal::from(Some(memory.new_totals()));
+    }
+    // SAFETY: made just above or the caller's promise: an InsightTotals.
+    unsafe { state.get_mut::<InsightTotals>() }.expect("initialized above")
+}
+
 /// Adds one insight to a user's totals: a stale one is only counted; a fresh one
 /// counts or is rejected whole (src/insight.rs has the rule), its adjustments exact.
 ///
@@ -181,12 +195,8 @@ pub unsafe fn step(
     // SAFETY: fcinfo is this call's (the caller's promise).
     let memory = unsafe { AggregateMemory::of(fcinfo) };
     let mut state = state;
-    if !state.initialized() {
-        state = Internal::from(Some(memory.new_totals()));
-    }
-    // SAFETY: the state is made just above or the one returned before (the caller's
-    // promise): an InsightTotals made by new_totals.
-    let totals = unsafe { state.get_mut::<InsightTotals>() }.expect("initialized above");
+    // SAFETY: the state is NULL or the one returned before (the caller's promise).
+    let totals = unsafe { totals_mut(&mut state, memory) };
     if fresh != Some(true) {
         totals.counts[STALE] += 1;
         return state;
@@ -292,11 +302,9 @@ pub unsafe fn combine(
         return state;
     };
     let mut state = state;
-    if !state.initialized() {
-        state = Internal::from(Some(memory.new_totals()));
-    }
-    // SAFETY: made just above or the caller's promise: an InsightTotals.
-    let totals = unsafe { state.get_mut::<InsightTotals>() }.expect("initialized above");
+    // SAFETY: the state is NULL or an InsightTotals of this aggregate (the caller's
+    // promise).
+    let totals = unsafe { totals_mut(&mut state, memory) };
     for (count, more) in totals.counts.iter_mut().zip(other.counts) {
         *count += more;
     }

@@ -54,6 +54,16 @@ mod tests {
         from_chat: bool,
     }
 
+    impl Insight {
+        /// The insight as a row of VALUES (doc, fresh, from_chat).
+        fn values_row(&self) -> String {
+            format!(
+                "('{}'::jsonb, {}, {})",
+                self.json, self.fresh, self.from_chat
+            )
+        }
+    }
+
     fn generate(rng: &mut Rng) -> Insight {
         let (fresh, from_chat) = (rng.below(8) != 0, rng.below(2) == 0);
         let not_an_object = match rng.below(12) {
@@ -151,7 +161,7 @@ mod tests {
 
         let rows = insights
             .iter()
-            .map(|i| format!("('{}'::jsonb, {}, {})", i.json, i.fresh, i.from_chat))
+            .map(Insight::values_row)
             .collect::<Vec<_>>()
             .join(",\n");
         let (got_counts, got_sums) = Spi::get_two::<Vec<i32>, Vec<AnyNumeric>>(&format!(
@@ -173,10 +183,7 @@ mod tests {
     #[pg_test]
     fn a_parallel_aggregate_equals_a_serial_one() {
         let mut rng = Rng(0xC0DE_5EED);
-        let mut values: Vec<String> = (0..400)
-            .map(|_| generate(&mut rng))
-            .map(|i| format!("('{}'::jsonb, {}, {})", i.json, i.fresh, i.from_chat))
-            .collect();
+        let mut values: Vec<String> = (0..400).map(|_| generate(&mut rng).values_row()).collect();
         values.push("('{\"openness\": 1e-30, \"neuroticism\": -3e-29}'::jsonb, true, true)".into());
         Spi::run(&format!(
             "CREATE TABLE parallel_docs AS
