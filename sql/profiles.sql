@@ -13,9 +13,10 @@ $$;
 -- The profile as it will be after the user's next update: the stored traits plus what
 -- the pending insights add, by the rule and the exact arithmetic of an update, as of
 -- now. Writes nothing and is not rate limited. Callers as bondhu_update_personality: a
--- signed-in user for their own id, operators for anyone.
+-- signed-in user for their own id, operators for anyone. Its statements are planned once
+-- per session, for any user (see apply_user_pending).
 CREATE FUNCTION public.bondhu_profile(user_id uuid) RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET plan_cache_mode = force_generic_plan SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target uuid := bondhu_profile.user_id;
     operator boolean := bondhu.caller_is_operator();

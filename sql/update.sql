@@ -3,12 +3,14 @@
 ------------------------------------------------------------------------------------
 -- Public API
 ------------------------------------------------------------------------------------
--- Has the user insights pending now (as a self-service update would see them)?
+-- Has the user insights pending now (as a self-service update would see them)? One
+-- generic plan for every call, kept by plpgsql (see apply_user_pending).
 CREATE FUNCTION bondhu.has_pending(target uuid) RETURNS boolean
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT FROM bondhu.pending_sums(target, target, bondhu.global_cursor(), bondhu.current_cursor(),
-                                                   ARRAY[target], '-infinity'))
-$$;
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM bondhu.pending_sums(target, target, bondhu.global_cursor(), bondhu.current_cursor(),
+                                                   ARRAY[target], '-infinity'));
+END $$;
 
 -- The self-service update of bondhu_update_personality (below).
 CREATE FUNCTION bondhu.update_personality(target uuid) RETURNS jsonb
@@ -37,7 +39,7 @@ BEGIN
         -- The rate limit counts what costs: a call that finds nothing pending uses no
         -- slot, and writes nothing (no lock, no transaction id).
         SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;
-        SELECT * INTO applied FROM bondhu.apply_pending('{}', NULL, NULL, NULL, NULL, false, NULL, 'self_update') LIMIT 0;
+        SELECT * INTO applied FROM bondhu.apply_user_pending(NULL, NULL, NULL, NULL, NULL) LIMIT 0;
     ELSE
         INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
         ON CONFLICT (user_id) DO NOTHING;
@@ -48,8 +50,8 @@ BEGIN
         -- Taken after the lock: covers whatever the previous holder of the lock applied.
         snapshot := bondhu.current_cursor();
         SELECT * INTO applied
-        FROM bondhu.apply_pending(ARRAY[target], bondhu.global_cursor(), snapshot, now() - cfg.insight_window,
-                                  cfg.dampening, false, NULL, 'self_update');
+        FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot, now() - cfg.insight_window,
+                                       cfg.dampening);
     END IF;
     traits := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
@@ -203,7 +205,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                                   'not_a_number', coalesce(sum((a.rejected_by_reason ->> 'not_a_number')::integer), 0),
                                   'over_100', coalesce(sum((a.rejected_by_reason ->> 'over_100')::integer), 0)))
     FROM bondhu.apply_pending(users, run.covered, run.snapshot, bondhu.run_window_start(run),
-                              (run.metadata #>> '{settings,dampening}')::numeric, true, run.id, 'update_all') a
+                              (run.metadata #>> '{settings,dampening}')::numeric, run.id) a
 $$;
 
 -- Creates the missing profiles of `users` and locks all of them in key order. False

@@ -110,7 +110,7 @@ INSERT INTO matrix VALUES
   '{42501,42501,42501,42501,25001,25001,25001}'),
  ('run_cleanup procedure', 'CALL bondhu_run_cleanup()',
   '{42501,42501,42501,42501,25001,25001,25001}'),
- ('call an internal function', 'SELECT count(*) FROM bondhu.apply_pending(NULL, bondhu.current_cursor(), bondhu.current_cursor(), NULL, NULL, false, NULL, ''self_update'')',
+ ('call an internal function', 'SELECT count(*) FROM bondhu.apply_user_pending(NULL, bondhu.current_cursor(), bondhu.current_cursor(), NULL, NULL)',
   '{42501,42501,42501,42501,42501,42501,ok:0}');
 
 SELECT plan((SELECT count(*)::int FROM matrix) * 7 + 11);
