@@ -75,7 +75,11 @@ repeat insert_plain "sql -c 'TRUNCATE peer.chat' >/dev/null" \
 log "latency of bondhu_profile and bondhu_update_personality, 1,000 random users with 30 pending insights each"
 fresh bondhu false
 read -r update_p50 update_p99 select_p50 select_p99 profile_p50 profile_p99 < <(sql -F ' ' -c "
-    SELECT * FROM peer.latencies(ARRAY(SELECT peer.user_id(1 + (random() * ($USERS - 1))::int) FROM generate_series(1, 1000)))")
+    SELECT * FROM peer.latencies(ARRAY(SELECT peer.user_id(1 + (random() * ($USERS - 1))::int) FROM generate_series(1, 1000)), false)")
+log "the same, each call made as the signed-in user (PostgREST's role authenticated and the user's JWT), 1,000 other users"
+fresh bondhu false
+read -r user_update_p50 user_update_p99 _ _ user_profile_p50 user_profile_p99 < <(sql -F ' ' -c "
+    SELECT * FROM peer.latencies(ARRAY(SELECT peer.user_id(g) FROM generate_series(1, $USERS) g ORDER BY random() LIMIT 1000), true)")
 
 log "peak private memory of the backend running update_all"
 fresh bondhu false
@@ -148,6 +152,8 @@ data: random v4 user ids, every user with a profile before the run; realistic ni
 | (7) INSERT $((USERS * 20)) chat insights, plain table  | $(min insert_plain) | $(med insert_plain) |
 | (5) bondhu_update_personality p50 / p99, 30 pending | $update_p50 | $update_p99 |
 | (5) bondhu_profile p50 / p99, 30 pending      | $profile_p50 | $profile_p99 |
+| (5) bondhu_update_personality p50 / p99, as the signed-in user | $user_update_p50 | $user_update_p99 |
+| (5) bondhu_profile p50 / p99, as the signed-in user | $user_profile_p50 | $user_profile_p99 |
 | (5) indexed SELECT of the user's insights p50 / p99 | $select_p50 | $select_p99 |
 | backend peak private memory during update_all (RssAnon) | $((peak_kb / 1024)) MB |            |
 
@@ -161,6 +167,7 @@ data: random v4 user ids, every user with a profile before the run; realistic ni
 | nightly: CALL run_update_all <= 15 us per touched user   | $us_night_call us   | $(verdict "$us_night_call" 15 "<=") |
 | update_personality p99 < 2 ms (30 pending)               | $update_p99 ms      | $(verdict "$update_p99" 2 "<=") |
 | bondhu_profile p99 < 2 ms (30 pending)                   | $profile_p99 ms     | $(verdict "$profile_p99" 2 "<=") |
+| the same two as the signed-in user: update / profile p99 < 2 ms | $user_update_p99 / $user_profile_p99 ms | $(verdict "$user_update_p99" 2 "<=") / $(verdict "$user_profile_p99" 2 "<=") |
 | bondhu_metrics() < 50 ms (the night's backlog)           | $(med metrics) ms   | $(verdict "$(med metrics)" 50 "<=") |
 | update_personality p99 <= 3 x indexed SELECT p99         | $r_latency x        | $(verdict "$r_latency" 3 "<=") |
 | insert throughput >= 0.8 x plain table                   | $r_insert x         | $(verdict "$r_insert" 0.8 ">=") |

@@ -30,6 +30,9 @@ benchmark_setup() {
     sleep 1
     recreate_database "$DB" >/dev/null
     sql -c "CREATE EXTENSION bondhu" >/dev/null
+    # the role PostgREST gives a signed-in user, and what bondhu grants it
+    sql -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
+                CREATE ROLE authenticated NOLOGIN; END IF; END \$\$" -c "SELECT bondhu.grant_privileges()" >/dev/null
 }
 
 # The highest private memory (RssAnon, kB) of the backend with application_name $1
