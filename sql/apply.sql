@@ -3,17 +3,24 @@
 ------------------------------------------------------------------------------------
 -- Insight documents and trait math
 ------------------------------------------------------------------------------------
--- Every insight, from both sources, as one relation. An interaction whose
--- personality_insights is SQL NULL or JSON null is not analysed yet: not an insight.
-CREATE VIEW bondhu.insights AS
+-- Every row of both insight tables, as one relation. A chat row is always an insight; an
+-- interaction is one once analysed: its personality_insights is neither SQL NULL nor JSON
+-- null. A run stages, and its batches count, rows rather than insights (apply_pending):
+-- a count of rows reads only the tables' (user_id, ingest_pos) indexes.
+CREATE VIEW bondhu.insight_rows AS
     SELECT c.user_id, 'chat'::text AS source, c.adjustments AS doc,
-           coalesce(c."timestamp", c.created_at) AS observed_at, c.ingest_pos
+           coalesce(c."timestamp", c.created_at) AS observed_at, c.ingest_pos, true AS analysed
     FROM public.chat_personality_insights c
     UNION ALL
-    SELECT e.user_id, 'entertainment'::text, e.personality_insights,
-           e.created_at, e.ingest_pos
-    FROM public.entertainment_interactions e
-    WHERE e.personality_insights IS NOT NULL AND e.personality_insights <> 'null'::jsonb;
+    SELECT e.user_id, 'entertainment'::text, e.personality_insights, e.created_at, e.ingest_pos,
+           e.personality_insights IS NOT NULL AND e.personality_insights <> 'null'::jsonb
+    FROM public.entertainment_interactions e;
+
+-- Every insight, from both sources: the analysed rows.
+CREATE VIEW bondhu.insights AS
+    SELECT r.user_id, r.source, r.doc, r.observed_at, r.ingest_pos
+    FROM bondhu.insight_rows r
+    WHERE r.analysed;
 
 -- What one user's pending insights add up to, in one pass over them: two aggregates
 -- that share their state (Postgres computes it once), written in Rust (src/aggregate.rs,
@@ -86,10 +93,11 @@ $$;
 -- window_start is stale. One row per user with any: n, the counts {applied, from chat,
 -- from entertainment, rejected, stale, ignored keys, rejected as not an object, for a
 -- trait not a number, for a trait over 100}; d, the applied adjustments of each
--- trait added up exactly. Only the users in `ahead` are joined with their profile, so
--- that a batch of everyone else is aggregated without a join. Read by apply_pending and
--- bondhu_profile(). (No SET clause: the planner inlines it into their statements.
--- PARALLEL SAFE: a run sums every user's pending insights with parallel workers.)
+-- trait added up exactly. Only the users in `ahead` are joined with their profile.
+-- Read for one user at a time, by apply_pending (a user whose staged totals do not
+-- hold), apply_user_pending, has_pending and bondhu_profile(); a run stages everyone's
+-- totals with run_pending_totals. (No SET clause: the planner inlines it into their
+-- statements.)
 CREATE FUNCTION bondhu.pending_sums(first_user uuid, last_user uuid, covered bondhu.cursor, snapshot bondhu.cursor,
                                     ahead uuid[], window_start timestamptz)
 RETURNS TABLE (user_id uuid, n integer[], d numeric[])
@@ -119,7 +127,7 @@ $$;
 -- covers and neither the cursor `covered` (the global cursor the run started from) nor
 -- the profile's own cursor does; an insight observed before window_start is stale. A
 -- user's totals are taken from bondhu.run_totals and used when the profile has applied
--- nothing past `covered` and the staged insights are all still pending; every other
+-- nothing past `covered` and the staged rows are all still pending; every other
 -- user's are computed here from the insights. The caller holds the row locks of the
 -- users' profiles, taken before this statement reads the profiles and insights. Returns
 -- one row per user that had pending insights (fresh, stale or rejected). Planned for each
@@ -135,25 +143,27 @@ BEGIN
     RETURN QUERY
     WITH taken AS (
         -- the totals the run staged, taken out of bondhu.run_totals
-        SELECT t.user_id, t.n, t.d FROM bondhu.take_staged_totals(users) t
+        SELECT t.user_id, t.n, t.d, t.pending_rows FROM bondhu.take_staged_totals(users) t
     ), unchanged AS (
-        -- Are the batch's pending insights still the ones staged? A run's pending set
-        -- only shrinks (an insight written after the run started has a position its
-        -- snapshot does not cover; a rewritten or moved one gets such a position; a
-        -- deleted one is gone), so when there are as many as were staged, every user
-        -- still has the insights that were staged: one count for the batch instead of
-        -- one per user.
-        SELECT (SELECT count(*) FROM bondhu.insights i
-                WHERE i.user_id = ANY (users) AND bondhu.position_pending(i.ingest_pos, covered, snapshot))
-               = (SELECT coalesce(sum(t.n[1] + t.n[4] + t.n[5]), 0) FROM taken t) AS all_users
+        -- Are the batch's pending rows still the ones staged? A run's pending set of
+        -- rows only shrinks (a row written after the run started has a position its
+        -- snapshot does not cover; a row whose document or user changes, an interaction
+        -- analysed too, gets such a position; a deleted one is gone), so when there are as
+        -- many as were staged, every user still has the rows, and so the insights, that
+        -- were staged: one count for the batch instead of one per user. Rows, not
+        -- insights: a count of rows reads only the (user_id, ingest_pos) indexes, and
+        -- an insight deleted cannot hide behind an interaction analysed meanwhile.
+        SELECT (SELECT count(*) FROM bondhu.insight_rows r
+                WHERE r.user_id = ANY (users) AND bondhu.position_pending(r.ingest_pos, covered, snapshot))
+               = (SELECT coalesce(sum(t.pending_rows), 0) FROM taken t) AS all_users
     ), pending_now AS (
-        -- otherwise how many pending insights each staged user has now, in one pass over
-        -- the batch's insights
-        SELECT i.user_id, count(*) AS insights
-        FROM bondhu.insights i
+        -- otherwise how many pending rows each staged user has now, in one pass over
+        -- the batch's rows
+        SELECT r.user_id, count(*) AS pending_rows
+        FROM bondhu.insight_rows r
         WHERE NOT (SELECT u.all_users FROM unchanged u)
-          AND i.user_id = ANY (users) AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
-        GROUP BY i.user_id
+          AND r.user_id = ANY (users) AND bondhu.position_pending(r.ingest_pos, covered, snapshot)
+        GROUP BY r.user_id
     ), staged_totals AS (
         -- the staged totals of the users whose profile has applied nothing the run's
         -- `covered` cursor does not cover (no self-service update moved it ahead: the
@@ -166,12 +176,12 @@ BEGIN
         CROSS JOIN LATERAL (SELECT p.applied_xmin, p.applied_xmax, p.applied_xip, p.openness, p.conscientiousness,
                                    p.extraversion, p.agreeableness, p.neuroticism
                             FROM public.user_personality_profiles p WHERE p.user_id = t.user_id OFFSET 0) p
-        -- and whose pending insights are still the ones staged: an insight rewritten,
-        -- moved or deleted since then has left the run's pending set, and the user is
+        -- and whose pending rows are still the ones staged: a row rewritten, moved,
+        -- analysed or deleted since then has left the run's pending set, and the user is
         -- computed again, so that only its last version counts
         LEFT JOIN pending_now c ON c.user_id = t.user_id
         WHERE bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered)
-          AND ((SELECT u.all_users FROM unchanged u) OR c.insights = t.n[1] + t.n[4] + t.n[5])
+          AND ((SELECT u.all_users FROM unchanged u) OR c.pending_rows = t.pending_rows)
     ), totals AS (
         SELECT * FROM staged_totals
         UNION ALL

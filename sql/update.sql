@@ -123,15 +123,18 @@ END $$;
 -- A run's totals, staged by its first step (stage_run_totals): each user's insights
 -- pending between the run's cursors, summed in one pass over the insights, so that the
 -- run's batches read their users' totals in key order instead of their insights
--- scattered over the tables. A batch uses a user's totals when the profile it locked
--- has applied nothing the run's `covered` cursor does not cover (no self-service update
--- moved it ahead) and the user's pending insights are still the ones staged; otherwise
--- it computes them again from the insights (apply_pending). UNLOGGED: what a crash
--- loses is derived, and the run it belonged to is over; the next run stages again.
+-- scattered over the tables; and the user's pending rows (insights, and interactions
+-- not analysed yet), which a batch counts again to prove the totals still hold. A batch
+-- uses a user's totals when the profile it locked has applied nothing the run's
+-- `covered` cursor does not cover (no self-service update moved it ahead) and the
+-- user's pending rows are still the ones staged; otherwise it computes them again from
+-- the insights (apply_pending). UNLOGGED: what a crash loses is derived, and the run it
+-- belonged to is over; the next run stages again.
 CREATE UNLOGGED TABLE bondhu.run_totals (
     user_id uuid PRIMARY KEY,
     n integer[] NOT NULL,
-    d numeric[] NOT NULL
+    d numeric[] NOT NULL,
+    pending_rows integer NOT NULL
 );
 
 -- Insights observed before this time are stale in the run: its start less the
@@ -141,14 +144,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT run.executed_at - make_interval(secs => (run.metadata #>> '{settings,insight_window_seconds}')::double precision)
 $$;
 
--- Every user with insights pending between the run's cursors, with their totals
--- (bondhu.run_totals). A query of its own (RETURN QUERY) so that Postgres may sum the
--- insights with parallel workers: an INSERT ... SELECT never runs in parallel.
--- enable_sort is off because the planner underestimates how many insights are pending
--- (a nightly run's 100,000 as 3,000) and would sort them all for the aggregate: it
--- hashes the users.
+-- Every user with insights pending between the run's cursors, with their totals and
+-- their pending rows (bondhu.run_totals), in one pass over the rows. A query of its own
+-- (RETURN QUERY) so that Postgres may sum the insights with parallel workers: an
+-- INSERT ... SELECT never runs in parallel. enable_sort is off because the planner
+-- underestimates how many insights are pending (a nightly run's 100,000 as 3,000) and
+-- would sort them all for the aggregate: it hashes the users. The totals are
+-- pending_sums' for the whole key range, less its profiles' cursors (which the batches
+-- check).
 CREATE FUNCTION bondhu.run_pending_totals(run bondhu.task_runs)
-RETURNS TABLE (user_id uuid, n integer[], d numeric[])
+RETURNS TABLE (user_id uuid, n integer[], d numeric[], pending_rows integer)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan SET enable_sort = off
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -156,9 +161,14 @@ DECLARE
     window_start timestamptz := bondhu.run_window_start(run);
 BEGIN
     RETURN QUERY
-    SELECT s.user_id, s.n, s.d
-    FROM bondhu.pending_sums('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
-                             run.covered, run.snapshot, '{}', window_start) s;
+    SELECT r.user_id,
+           bondhu.insight_counts(r.doc, r.observed_at >= window_start, r.source = 'chat') FILTER (WHERE r.analysed),
+           bondhu.insight_sums(r.doc, r.observed_at >= window_start, r.source = 'chat') FILTER (WHERE r.analysed),
+           count(*)::integer
+    FROM bondhu.insight_rows r
+    WHERE bondhu.position_pending(r.ingest_pos, run.covered, run.snapshot)
+    GROUP BY r.user_id
+    HAVING bool_or(r.analysed);
 END $$;
 
 -- Stages the run's totals in bondhu.run_totals (replacing what an unfinished run left).
@@ -167,18 +177,18 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     -- what an unfinished run left (DELETE, not TRUNCATE: no lock that waits for readers
     -- such as pg_dump)
     DELETE FROM bondhu.run_totals;
-    INSERT INTO bondhu.run_totals (user_id, n, d)
-    SELECT t.user_id, t.n, t.d FROM bondhu.run_pending_totals(run) t;
+    INSERT INTO bondhu.run_totals (user_id, n, d, pending_rows)
+    SELECT t.user_id, t.n, t.d, t.pending_rows FROM bondhu.run_pending_totals(run) t;
 $$;
 
 -- Takes the staged totals of `users` out of bondhu.run_totals (apply_pending): a batch
 -- leaves no rows behind, and rows taken by a statement that fails come back with its
 -- rollback.
 CREATE FUNCTION bondhu.take_staged_totals(users uuid[])
-RETURNS TABLE (user_id uuid, n integer[], d numeric[])
+RETURNS TABLE (user_id uuid, n integer[], d numeric[], pending_rows integer)
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM bondhu.run_totals t WHERE t.user_id = ANY (users)
-    RETURNING t.user_id, t.n, t.d
+    RETURNING t.user_id, t.n, t.d, t.pending_rows
 $$;
 
 -- The next batch_size staged users after the run's last one, in key order (all of them
