@@ -25,7 +25,8 @@ CREATE TABLE bondhu.schedules (
     schedule text NOT NULL,
     timezone text NOT NULL DEFAULT 'UTC',
     paused_at timestamptz,
-    -- the run time a job in another zone than pg_cron's last ran for (take_due_run)
+    -- for a job in another zone than pg_cron's: the last run time it took (take_due_run),
+    -- or when its schedule was set or resumed: only a run time after it is due
     last_due_at timestamptz
 );
 SELECT pg_catalog.pg_extension_config_dump('bondhu.schedules', '');
@@ -39,13 +40,13 @@ CREATE UNLOGGED TABLE bondhu.run_totals (
 );
 
 
-CREATE  FUNCTION bondhu."insight_totals_deserialize"(
-	"bytes" bytea, /* & [u8] */
-	"_unused" internal /* Internal */
+CREATE  FUNCTION bondhu."insight_totals_combine"(
+	"state" internal, /* Internal */
+	"other" internal /* Internal */
 ) RETURNS internal /* Internal */
-IMMUTABLE STRICT PARALLEL SAFE
+IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
+AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
 
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
@@ -64,13 +65,13 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE  FUNCTION bondhu."insight_totals_combine"(
-	"state" internal, /* Internal */
-	"other" internal /* Internal */
+CREATE  FUNCTION bondhu."insight_totals_deserialize"(
+	"bytes" bytea, /* & [u8] */
+	"_unused" internal /* Internal */
 ) RETURNS internal /* Internal */
-IMMUTABLE PARALLEL SAFE
+IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
+AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
 
 CREATE  FUNCTION bondhu."insight_totals_serialize"(
 	"state" internal /* Internal */
@@ -78,6 +79,11 @@ CREATE  FUNCTION bondhu."insight_totals_serialize"(
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
+
+CREATE FUNCTION bondhu."incarnation_changed"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'incarnation_changed_wrapper';
 
 -- Starts a run of `task`: logs it as 'running', with its run lock held, and returns it;
 -- or, while another run of the task is alive, logs and returns a 'skipped' run.
@@ -1190,25 +1196,35 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WHERE b.id = job_id
 $$;
 
--- For a job in another zone than pg_cron's: is its schedule due now (a run time in the
--- last five minutes: pg_cron may start a job late) and not taken yet? Takes it, so that
--- each run time runs once however often this is called, and moves the job to its next
--- run time.
+-- For a job in another zone than pg_cron's: is a run time of its schedule due, one after
+-- the last it took (or the five minutes before now, for a job that never took one) and
+-- not after now? pg_cron may start a job late, or not at all while it is down: a run
+-- time is never skipped for being late, and several missed ones run once. Takes the
+-- latest of them, so that each run time runs at most once however often this is
+-- called, and moves the job to its next run time.
 CREATE FUNCTION bondhu.take_due_run(job_id text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s bondhu.schedules;
     due_at timestamptz;
+    later timestamptz;
 BEGIN
     SELECT * INTO s FROM bondhu.schedules t WHERE t.id = job_id AND t.paused_at IS NULL FOR UPDATE;
     IF NOT FOUND OR NOT bondhu.cron_installed() THEN
         RETURN false;
     END IF;
     PERFORM bondhu.put_job(job_id, now());
-    due_at := bondhu.cron_next_run(s.schedule, now() - interval '5 minutes', s.timezone);
-    IF due_at > now() OR due_at IS NOT DISTINCT FROM s.last_due_at THEN
+    due_at := bondhu.cron_next_run(s.schedule, coalesce(s.last_due_at, now() - interval '5 minutes'), s.timezone);
+    IF due_at IS NULL OR due_at > now() THEN
         RETURN false;
     END IF;
+    -- the latest run time not after now (looked for within the last day: at most 1,440
+    -- steps, for a schedule of every minute)
+    LOOP
+        later := bondhu.cron_next_run(s.schedule, greatest(due_at, now() - interval '1 day'), s.timezone);
+        EXIT WHEN later IS NULL OR later > now();
+        due_at := later;
+    END LOOP;
     UPDATE bondhu.schedules t SET last_due_at = due_at WHERE t.id = job_id;
     RETURN true;
 END $$;
@@ -1300,10 +1316,15 @@ BEGIN
                   HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name to this database, '
                          'run CREATE EXTENSION pg_cron, then call bondhu_schedule() again.';
     END IF;
-    INSERT INTO bondhu.schedules AS s (id, schedule, timezone)
-    SELECT w.id, w.schedule, w.timezone
+    INSERT INTO bondhu.schedules AS s (id, schedule, timezone, last_due_at)
+    SELECT w.id, w.schedule, w.timezone, now()
     FROM bondhu.wanted_schedules(update_schedule, cleanup_schedule, bondhu_schedule.timezone) w
-    ON CONFLICT (id) DO UPDATE SET schedule = excluded.schedule, timezone = excluded.timezone, paused_at = NULL;
+    ON CONFLICT (id) DO UPDATE SET schedule = excluded.schedule, timezone = excluded.timezone, paused_at = NULL,
+        -- a new schedule, or a paused one resumed, runs from now on: no run time before
+        -- is due (take_due_run)
+        last_due_at = CASE WHEN s.paused_at IS NULL AND s.schedule = excluded.schedule
+                                AND s.timezone = excluded.timezone
+                           THEN s.last_due_at ELSE now() END;
     PERFORM bondhu.put_job(b.id, now()) FROM bondhu.jobs() b;
     RETURN jsonb_build_object('scheduled', bondhu.scheduled_jobs(), 'pg_cron_timezone', bondhu.cron_timezone());
 END $$;
@@ -1808,9 +1829,17 @@ CREATE AGGREGATE bondhu.insight_sums(doc jsonb, fresh boolean, from_chat boolean
 CREATE TRIGGER explain_checks BEFORE UPDATE ON bondhu.settings
     FOR EACH ROW EXECUTE FUNCTION bondhu.settings_explain_checks();
 
--- 0.3.0's jobs keep their schedules, read in pg_cron's zone as before.
-INSERT INTO bondhu.schedules (id, schedule, timezone)
-SELECT j.id, j.schedule, bondhu.cron_timezone() FROM bondhu.own_jobs() j
+-- Every backend forgets its cached incarnation when it changes (cursors.sql).
+CREATE TRIGGER incarnation_changed AFTER UPDATE ON bondhu.pipeline_state
+    FOR EACH ROW WHEN (OLD.incarnation IS DISTINCT FROM NEW.incarnation)
+    EXECUTE FUNCTION bondhu.incarnation_changed();
+CREATE TRIGGER incarnation_deleted AFTER DELETE ON bondhu.pipeline_state
+    FOR EACH ROW EXECUTE FUNCTION bondhu.incarnation_changed();
+
+-- 0.3.0's jobs keep their schedules, read in pg_cron's zone as before; a run time
+-- after the upgrade is due (take_due_run).
+INSERT INTO bondhu.schedules (id, schedule, timezone, last_due_at)
+SELECT j.id, j.schedule, bondhu.cron_timezone(), now() FROM bondhu.own_jobs() j
 ON CONFLICT (id) DO NOTHING;
 
 SELECT bondhu.grant_privileges();

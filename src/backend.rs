@@ -66,3 +66,12 @@ pub fn on_relcache_invalidation(callback: extern "C-unwind" fn(pg_sys::Datum, pg
     // is a plain 0.
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(callback), pg_sys::Datum::from(0usize)) }
 }
+
+/// Has every backend (this one too) drop its cache entry of relation `relid` once this
+/// transaction commits, and so run the relcache callbacks (on_relcache_invalidation)
+/// with it; nothing happens if the transaction aborts. An error (42P01) if there is no
+/// such relation.
+pub fn invalidate_relcache_at_commit(relid: pg_sys::Oid) {
+    // SAFETY: takes an oid by value; queues an invalidation message for commit.
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) }
+}

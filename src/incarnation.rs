@@ -24,6 +24,15 @@ extern "C-unwind" fn forget_incarnation(_arg: pg_sys::Datum, relid: pg_sys::Oid)
     }
 }
 
+/// AFTER UPDATE OR DELETE FOR EACH ROW on the pipeline state, when the incarnation
+/// changes (a restore's row replacing the one CREATE EXTENSION made, an operator's
+/// UPDATE, a DELETE): every backend forgets its cached incarnation once the change
+/// commits (forget_incarnation), so that no pooled connection goes on positioning
+/// insights in an incarnation that every cursor now covers.
+pub fn incarnation_changed(relation: pg_sys::Oid) {
+    backend::invalidate_relcache_at_commit(relation);
+}
+
 fn incarnation() -> i64 {
     if let Some((known, _)) = INCARNATION.get() {
         return known;

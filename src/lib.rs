@@ -31,7 +31,7 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/cursors.sql",
     name = "cursors",
-    requires = ["settings"]
+    requires = ["settings", bondhu::incarnation_changed]
 );
 pgrx::extension_sql_file!(
     "../sql/data_tables.sql",
@@ -120,6 +120,16 @@ mod bondhu {
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, TryFromDatumError> {
         crate::row_triggers::position_insight(trigger)
+    }
+
+    /// Has every backend forget its cached incarnation when it changes
+    /// (src/incarnation.rs).
+    #[pg_trigger]
+    fn incarnation_changed<'a>(
+        trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TryFromDatumError> {
+        crate::incarnation::incarnation_changed(trigger.relation().expect("a trigger's relation").oid());
+        Ok(None)
     }
 
     /// Keeps a profile's cursor bondhu's (src/row_triggers.rs).

@@ -248,7 +248,8 @@ mod tests {
     }
 
     /// A backend reads the incarnation once and keeps it. An UPDATE of the state's
-    /// row alone does not reach the cache (it invalidates no relation); once the
+    /// row that keeps the incarnation does not reach the cache (it invalidates no
+    /// relation; one that changes it does: tests/isolation/incarnation); once the
     /// table changes (DROP EXTENSION, or here ALTER TABLE, after the row was made to
     /// say another cluster as a restored one does), the cache forgets it and the next
     /// position has the new incarnation.
