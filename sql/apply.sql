@@ -123,6 +123,15 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     GROUP BY pending.user_id
 $$;
 
+-- Whose profile a self-service update has moved past the global cursor, as `ahead` of
+-- pending_sums: [user] or none (has_pending, bondhu_profile).
+CREATE FUNCTION bondhu.ahead_of(target uuid, covered bondhu.cursor) RETURNS uuid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
+                 WHERE p.user_id = target
+                   AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered))
+$$;
+
 -- Applies the run's pending insights of `users` (in key order): those the cursor `snapshot`
 -- covers and neither the cursor `covered` (the global cursor the run started from) nor
 -- the profile's own cursor does; an insight observed before window_start is stale. A

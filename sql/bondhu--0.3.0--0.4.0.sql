@@ -48,6 +48,21 @@ IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
 
+CREATE  FUNCTION bondhu."insight_totals_serialize"(
+	"state" internal /* Internal */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
+
+CREATE  FUNCTION bondhu."insight_totals_deserialize"(
+	"bytes" bytea, /* & [u8] */
+	"_unused" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
+
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
 CREATE FUNCTION bondhu.settings_explain_checks() RETURNS trigger
@@ -64,21 +79,6 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
-
-CREATE  FUNCTION bondhu."insight_totals_deserialize"(
-	"bytes" bytea, /* & [u8] */
-	"_unused" internal /* Internal */
-) RETURNS internal /* Internal */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
-
-CREATE  FUNCTION bondhu."insight_totals_serialize"(
-	"state" internal /* Internal */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
 
 CREATE FUNCTION bondhu."incarnation_changed"()
 	RETURNS TRIGGER
@@ -415,6 +415,15 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     GROUP BY pending.user_id
 $$;
 
+-- Whose profile a self-service update has moved past the global cursor, as `ahead` of
+-- pending_sums: [user] or none (has_pending, bondhu_profile).
+CREATE FUNCTION bondhu.ahead_of(target uuid, covered bondhu.cursor) RETURNS uuid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
+                 WHERE p.user_id = target
+                   AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered))
+$$;
+
 -- Applies the run's pending insights of `users` (in key order): those the cursor `snapshot`
 -- covers and neither the cursor `covered` (the global cursor the run started from) nor
 -- the profile's own cursor does; an insight observed before window_start is stale. A
@@ -586,13 +595,18 @@ END $$;
 ------------------------------------------------------------------------------------
 -- Public API
 ------------------------------------------------------------------------------------
--- Has the user insights pending now (as a self-service update would see them)? One
--- generic plan for every call, kept by plpgsql (see apply_user_pending).
+-- Has the user insights pending now (as a self-service update would see them), profile
+-- or not (a user no run has seen yet has none)? One generic plan for every call, kept by
+-- plpgsql (see apply_user_pending).
 CREATE FUNCTION bondhu.has_pending(target uuid) RETURNS boolean
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    covered bondhu.cursor := bondhu.global_cursor();
+    -- the profile's own cursor counts only when a self-service update moved it ahead
+    ahead uuid[] := bondhu.ahead_of(target, covered);
 BEGIN
-    RETURN EXISTS (SELECT FROM bondhu.pending_sums(target, target, bondhu.global_cursor(), bondhu.current_cursor(),
-                                                   ARRAY[target], '-infinity'));
+    RETURN EXISTS (SELECT FROM bondhu.pending_sums(target, target, covered, bondhu.current_cursor(), ahead,
+                                                   '-infinity'));
 END $$;
 
 -- The self-service update of bondhu_update_personality (below).
@@ -904,15 +918,6 @@ END $$;
 
 -- bondhu: what the app's frontend reads: the live profile, and the profile and its
 -- history without bondhu's internal columns.
-
--- Whose profile a self-service update has moved past the global cursor, as `ahead` of
--- pending_sums: [user] or none.
-CREATE FUNCTION bondhu.ahead_of(target uuid, covered bondhu.cursor) RETURNS uuid[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
-                 WHERE p.user_id = target
-                   AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered))
-$$;
 
 -- The profile as it will be after the user's next update: the stored traits plus what
 -- the pending insights add, by the rule and the exact arithmetic of an update, as of

@@ -1,15 +1,6 @@
 -- bondhu: what the app's frontend reads: the live profile, and the profile and its
 -- history without bondhu's internal columns.
 
--- Whose profile a self-service update has moved past the global cursor, as `ahead` of
--- pending_sums: [user] or none.
-CREATE FUNCTION bondhu.ahead_of(target uuid, covered bondhu.cursor) RETURNS uuid[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
-                 WHERE p.user_id = target
-                   AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered))
-$$;
-
 -- The profile as it will be after the user's next update: the stored traits plus what
 -- the pending insights add, by the rule and the exact arithmetic of an update, as of
 -- now. Writes nothing and is not rate limited. Callers as bondhu_update_personality: a

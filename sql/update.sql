@@ -3,13 +3,18 @@
 ------------------------------------------------------------------------------------
 -- Public API
 ------------------------------------------------------------------------------------
--- Has the user insights pending now (as a self-service update would see them)? One
--- generic plan for every call, kept by plpgsql (see apply_user_pending).
+-- Has the user insights pending now (as a self-service update would see them), profile
+-- or not (a user no run has seen yet has none)? One generic plan for every call, kept by
+-- plpgsql (see apply_user_pending).
 CREATE FUNCTION bondhu.has_pending(target uuid) RETURNS boolean
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    covered bondhu.cursor := bondhu.global_cursor();
+    -- the profile's own cursor counts only when a self-service update moved it ahead
+    ahead uuid[] := bondhu.ahead_of(target, covered);
 BEGIN
-    RETURN EXISTS (SELECT FROM bondhu.pending_sums(target, target, bondhu.global_cursor(), bondhu.current_cursor(),
-                                                   ARRAY[target], '-infinity'));
+    RETURN EXISTS (SELECT FROM bondhu.pending_sums(target, target, covered, bondhu.current_cursor(), ahead,
+                                                   '-infinity'));
 END $$;
 
 -- The self-service update of bondhu_update_personality (below).

@@ -79,6 +79,18 @@ SET ROLE authenticated;
 SELECT set_config('request.jwt.claims', json_build_object('sub', :bob, 'role', 'authenticated')::text, false) IS NOT NULL AS signed_in;
 SELECT count(*) AS bob_sees_profiles, (SELECT count(*) FROM bondhu_profile_history) AS bob_sees_history FROM bondhu_profiles;
 RESET ROLE;
+-- A user no run has seen yet has no profile: their own update applies their insights
+-- and makes it (the "anything pending?" check looked for the profile's cursor, found no
+-- profile, and answered no: 0 applied).
+\set carol '''00000000-0000-4000-8000-0000000000c3'''
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:carol, '{"openness": 2}');
+SET ROLE authenticated;
+SELECT set_config('request.jwt.claims', json_build_object('sub', :carol, 'role', 'authenticated')::text, false) IS NOT NULL AS signed_in;
+SELECT count(*) AS carol_profiles, (SELECT p -> 'pending_insights' FROM bondhu_profile(:carol) p) AS pending
+FROM bondhu_profiles;
+SELECT u -> 'insights_processed' AS applied FROM bondhu_update_personality(:carol) u;
+SELECT openness FROM bondhu_profiles;
+RESET ROLE;
 -- an operator reads anyone's live profile
 SET ROLE bondhu_operator;
 SELECT p -> 'openness' AS amy_openness FROM bondhu_profile('00000000-0000-4000-8000-0000000000a1') p;
