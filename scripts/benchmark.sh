@@ -39,10 +39,13 @@ sql -f "$ROOT/benchmark/peers.sql" >/dev/null
 sql -v users="$USERS" -v old_per_user="$OLD_PER_USER" -f "$ROOT/benchmark/data.sql" >/dev/null
 ACTIVE=$(sql -c "SELECT count(DISTINCT user_id) FROM peer.staging_new_day")
 NEW_INSIGHTS=$(sql -c "SELECT count(*) FROM peer.staging_new_day")
-fresh() { sql -c "CALL peer.reset_$1($2)" -c "VACUUM ANALYZE" >/dev/null 2>&1; }
-fresh_profiles() { sql -c "CALL peer.reset_peer_profiles()" -c "VACUUM ANALYZE peer.profiles" >/dev/null 2>&1; }
+# Each preparation ends with a CHECKPOINT: the next measurement starts with no dirty
+# pages of it to write (a checkpoint that the preparation's WAL set off would otherwise
+# run during whichever measurement comes next).
+fresh() { sql -c "CALL peer.reset_$1($2)" -c "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null 2>&1; }
+fresh_profiles() { sql -c "CALL peer.reset_peer_profiles()" -c "VACUUM ANALYZE peer.profiles" -c "CHECKPOINT" >/dev/null 2>&1; }
 # bondhu after a full run, with the realistic night's insights pending
-night() { fresh bondhu false; sql -c 'SELECT bondhu_update_all()' -c 'CALL peer.add_new_day()' -c 'VACUUM ANALYZE' >/dev/null 2>&1; }
+night() { fresh bondhu false; sql -c 'SELECT bondhu_update_all()' -c 'CALL peer.add_new_day()' -c 'VACUUM ANALYZE' -c 'CHECKPOINT' >/dev/null 2>&1; }
 
 repeat() { # name, reset command, statement
     local name=$1 reset=$2 statement=$3

@@ -47,12 +47,15 @@ CREATE TRIGGER keep_single_row BEFORE INSERT ON bondhu.pipeline_state
     FOR EACH ROW EXECUTE FUNCTION bondhu.pipeline_state_keep_single_row();
 
 -- A backend caches the incarnation (src/incarnation.rs); a change of it, however it is
--- made, has every backend forget it once committed.
+-- made (replica role included), has every backend forget it once committed.
 CREATE TRIGGER incarnation_changed AFTER UPDATE ON bondhu.pipeline_state
     FOR EACH ROW WHEN (OLD.incarnation IS DISTINCT FROM NEW.incarnation)
     EXECUTE FUNCTION bondhu.incarnation_changed();
 CREATE TRIGGER incarnation_deleted AFTER DELETE ON bondhu.pipeline_state
     FOR EACH ROW EXECUTE FUNCTION bondhu.incarnation_changed();
+-- also under session_replication_role = replica (a hand-made data-only restore)
+ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER incarnation_changed;
+ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER incarnation_deleted;
 
 -- The incarnation of this database's insight positions; starts a new one when the data
 -- is found in another cluster. cacheable is false when this call changed the state

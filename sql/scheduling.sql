@@ -45,8 +45,9 @@ CREATE TABLE bondhu.schedules (
     schedule text NOT NULL,
     timezone text NOT NULL DEFAULT 'UTC',
     paused_at timestamptz,
-    -- for a job in another zone than pg_cron's: the last run time it took (take_due_run),
-    -- or when its schedule was set or resumed: only a run time after it is due
+    -- for a job in another zone than pg_cron's: when it last took its run times
+    -- (take_due_run), or when its schedule was set or resumed: only a run time after it
+    -- is due
     last_due_at timestamptz
 );
 SELECT pg_catalog.pg_extension_config_dump('bondhu.schedules', '');
@@ -146,18 +147,17 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WHERE b.id = job_id
 $$;
 
--- For a job in another zone than pg_cron's: is a run time of its schedule due, one after
--- the last it took (or the five minutes before now, for a job that never took one) and
--- not after now? pg_cron may start a job late, or not at all while it is down: a run
--- time is never skipped for being late, and several missed ones run once. Takes the
--- latest of them, so that each run time runs at most once however often this is
--- called, and moves the job to its next run time.
+-- For a job in another zone than pg_cron's: has a run time of its schedule come since
+-- the job last took one (or, for a job that never took one, in the five minutes before
+-- now)? pg_cron may start a job late, or not at all while it is down: a run time is
+-- never skipped for being late, and all those missed run once. Takes them (every run
+-- time up to now), so that each runs at most once however often this is called, and
+-- moves the job to its next run time.
 CREATE FUNCTION bondhu.take_due_run(job_id text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s bondhu.schedules;
     due_at timestamptz;
-    later timestamptz;
 BEGIN
     SELECT * INTO s FROM bondhu.schedules t WHERE t.id = job_id AND t.paused_at IS NULL FOR UPDATE;
     IF NOT FOUND OR NOT bondhu.cron_installed() THEN
@@ -168,14 +168,7 @@ BEGIN
     IF due_at IS NULL OR due_at > now() THEN
         RETURN false;
     END IF;
-    -- the latest run time not after now (looked for within the last day: at most 1,440
-    -- steps, for a schedule of every minute)
-    LOOP
-        later := bondhu.cron_next_run(s.schedule, greatest(due_at, now() - interval '1 day'), s.timezone);
-        EXIT WHEN later IS NULL OR later > now();
-        due_at := later;
-    END LOOP;
-    UPDATE bondhu.schedules t SET last_due_at = due_at WHERE t.id = job_id;
+    UPDATE bondhu.schedules t SET last_due_at = now() WHERE t.id = job_id;
     RETURN true;
 END $$;
 

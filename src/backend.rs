@@ -22,6 +22,13 @@ pub fn top_transaction_id() -> u64 {
     unsafe { pg_sys::GetTopFullTransactionId() }.value
 }
 
+/// Does the current transaction read through one snapshot (REPEATABLE READ or
+/// SERIALIZABLE), not a new one for each statement?
+pub fn uses_transaction_snapshot() -> bool {
+    // SAFETY: reads a backend-local integer that only this backend writes.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
 /// Is session_replication_role `replica` (as in logical replication's apply)?
 pub fn replica_role() -> bool {
     // SAFETY: reads a backend-local integer that only this backend writes.

@@ -52,7 +52,13 @@ fn incarnation() -> i64 {
     })
     .unwrap_or_else(|e| error!("bondhu: cannot read the pipeline state: {e}"));
     let incarnation = i64::from(incarnation.expect("resolve_incarnation returns a row"));
-    if let (Some(true), Some(state)) = (cacheable, state) {
+    // Read through a transaction snapshot, the state may be older than a change whose
+    // invalidation this backend has already taken (forget_incarnation): kept, it would
+    // outlive the transaction and the change. Only a statement's own snapshot is
+    // remembered.
+    if let (Some(true), Some(state), false) =
+        (cacheable, state, backend::uses_transaction_snapshot())
+    {
         if !FORGET_REGISTERED.get() {
             backend::on_relcache_invalidation(forget_incarnation);
             FORGET_REGISTERED.set(true);

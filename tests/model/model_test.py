@@ -26,6 +26,23 @@ TOLERANCE = 1e-9
 CHAT = 'chat_personality_insights'
 ENT = 'entertainment_interactions'
 
+# A self-service update as PostgREST makes it for a signed-in user: the role
+# authenticated (SET role, undone when the function returns, error or not) and the
+# user's id as the JWT's sub. The rate limit is off (self_update_min_interval 0): a call
+# may still be refused (PT429) when another session's update started later.
+SIGNED_IN_SQL = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN CREATE ROLE authenticated NOLOGIN; END IF;
+END $$;
+SELECT bondhu.grant_privileges();
+UPDATE bondhu.settings SET self_update_min_interval = '0';
+CREATE FUNCTION public.model_signed_in_update(target uuid) RETURNS jsonb LANGUAGE plpgsql SET role = authenticated AS $$
+BEGIN
+    PERFORM set_config('request.jwt.claims', json_build_object('sub', target, 'role', 'authenticated')::text, true);
+    RETURN bondhu_update_personality(target);
+END $$;
+"""
+
 APP_TRIGGER_SQL = """
 CREATE FUNCTION public.app_analyse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -277,6 +294,14 @@ class Model:
         txn.claimed |= elig
         return pred
 
+    def pending_for(self, txn, user):
+        """The versions of `user` a statement of txn finds pending: those it may apply that
+        no committed statement, nor txn itself, has applied."""
+        return {r.ver for r in self.view_all(txn).values()
+                if r.ver is not None and self.versions[r.ver].user == user
+                and self.versions[r.ver].tid != txn.tid
+                and r.ver not in self.applied_online and r.ver not in txn.claimed}
+
     def profile_delete(self, txn, user, step):
         p = PDel(self.nid(), txn.tid, step, user)
         self.pdels[p.pid] = p
@@ -393,6 +418,8 @@ def render(op):
     if k == 'profile_delete':
         return 'DELETE FROM user_personality_profiles WHERE user_id = %s' % q(op['user']), None
     if k == 'self_update':
+        if op.get('signed_in'):
+            return 'SELECT model_signed_in_update(%s)' % q(op['user']), None
         return 'SELECT bondhu_update_personality(%s)' % q(op['user']), None
     if k == 'update_all':
         return 'SELECT bondhu_update_all()', None
@@ -485,6 +512,7 @@ class Cluster:
             cur = c.cursor()
             cur.execute(self.create_ext)
             cur.execute(APP_TRIGGER_SQL)
+            cur.execute(SIGNED_IN_SQL)
         finally:
             c.close()
 
@@ -725,9 +753,13 @@ class Runner:
             if not m.installed:
                 return False
             txn, implicit = self.txn_for(s)
+            # a signed-in user's update that finds nothing pending does nothing: no lock,
+            # no profile, no rate-limit slot
+            quiet_call = op.get('signed_in') and not m.pending_for(txn, op['user'])
             step, res, e = self.sql(s, op)
             if not res.ok:
-                self.failed_stmt(s, txn, implicit, res, e)
+                self.failed_stmt(s, txn, implicit, res, e,
+                                 allowed=('55P03', 'PT429') if op.get('signed_in') else ('55P03',))
                 return True
             out = res.rows[0][0]
             if not isinstance(out, dict):
@@ -772,6 +804,9 @@ class Runner:
                     raise Failure('step:status', 'step %d %s: update_all returned %s' % (step, s, json.dumps(out)))
                 txn.run_lock = True
                 pred = m.update(txn, None, step, failed)
+            elif quiet_call:
+                pred = 0
+                self.note(e, 'signed in, nothing pending')
             else:
                 pred = m.update(txn, op['user'], step)
             got = out.get('insights_processed')
@@ -1109,7 +1144,8 @@ class Runner:
         # self-update: usually a user with something pending
         pending = {m.versions[r.ver].user for r in m.view_all(txn).values() if r.ver is not None}
         pool = [u for u in free if u in pending] or free
-        return {'k': kind, 's': s, 'user': rng.choice(pool if pool and rng.random() < 0.9 else USERS)}
+        return {'k': kind, 's': s, 'user': rng.choice(pool if pool and rng.random() < 0.9 else USERS),
+                'signed_in': rng.random() < 0.5}
 
     def generate(self):
         m, rng = self.model, self.rng
