@@ -128,7 +128,9 @@ mod bondhu {
     fn incarnation_changed<'a>(
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TryFromDatumError> {
-        crate::incarnation::incarnation_changed(trigger.relation().expect("a trigger's relation").oid());
+        crate::incarnation::incarnation_changed(
+            trigger.relation().expect("a trigger's relation").oid(),
+        );
         Ok(None)
     }
 
