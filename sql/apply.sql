@@ -35,14 +35,14 @@ CREATE VIEW bondhu.insights AS
 -- insight. Parallel safe: parallel workers each sum a part of the insights, and the
 -- leader combines their states (handed over as bytes).
 CREATE AGGREGATE bondhu.insight_counts(doc jsonb, fresh boolean, from_chat boolean) (
-    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 128,
     FINALFUNC = bondhu.insight_counts_final,
     COMBINEFUNC = bondhu.insight_totals_combine,
     SERIALFUNC = bondhu.insight_totals_serialize, DESERIALFUNC = bondhu.insight_totals_deserialize,
     PARALLEL = SAFE
 );
 CREATE AGGREGATE bondhu.insight_sums(doc jsonb, fresh boolean, from_chat boolean) (
-    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 128,
     FINALFUNC = bondhu.insight_sums_final,
     COMBINEFUNC = bondhu.insight_totals_combine,
     SERIALFUNC = bondhu.insight_totals_serialize, DESERIALFUNC = bondhu.insight_totals_deserialize,

@@ -41,14 +41,6 @@ CREATE UNLOGGED TABLE bondhu.run_totals (
 );
 
 
-CREATE  FUNCTION bondhu."insight_totals_combine"(
-	"state" internal, /* Internal */
-	"other" internal /* Internal */
-) RETURNS internal /* Internal */
-IMMUTABLE PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
-
 CREATE  FUNCTION bondhu."insight_totals_deserialize"(
 	"bytes" bytea, /* & [u8] */
 	"_unused" internal /* Internal */
@@ -56,13 +48,6 @@ CREATE  FUNCTION bondhu."insight_totals_deserialize"(
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
-
-CREATE  FUNCTION bondhu."insight_totals_serialize"(
-	"state" internal /* Internal */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
 
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
@@ -81,10 +66,62 @@ BEGIN
     RETURN NEW;
 END $$;
 
+CREATE  FUNCTION bondhu."insight_totals_combine"(
+	"state" internal, /* Internal */
+	"other" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
+
+CREATE  FUNCTION bondhu."insight_totals_serialize"(
+	"state" internal /* Internal */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
+
 CREATE FUNCTION bondhu."incarnation_changed"()
 	RETURNS TRIGGER
 	LANGUAGE c
 	AS 'MODULE_PATHNAME', 'incarnation_changed_wrapper';
+
+-- The incarnation of this database's insight positions; starts a new one when the data
+-- is found in another cluster. cacheable is false when this call changed the state
+-- (the change is not committed yet, so a backend must not remember it).
+CREATE OR REPLACE FUNCTION bondhu.resolve_incarnation(OUT incarnation integer, OUT cacheable boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    this_cluster bigint := (SELECT c.system_identifier FROM pg_catalog.pg_control_system() c);
+    known bondhu.pipeline_state;
+BEGIN
+    SELECT * INTO known FROM bondhu.pipeline_state;
+    IF FOUND AND known.system_identifier = this_cluster THEN
+        incarnation := known.incarnation;
+        cacheable := true;
+        RETURN;
+    END IF;
+    IF NOT FOUND THEN
+        -- Positions already in the tables (adopted or surviving data) stay below ours,
+        -- and so do the profiles' cursors, which outlive the insights they applied (a
+        -- purge, then a reinstall): a cursor above our positions would cover them.
+        INSERT INTO bondhu.pipeline_state
+            (incarnation, system_identifier, applied_xmin, applied_xmax, applied_xip)
+        SELECT greatest(1, (max(p) >> 48) + 1), this_cluster, 3, 3, '{}'
+        FROM (SELECT max(ingest_pos) AS p FROM public.chat_personality_insights
+              UNION ALL
+              SELECT max(ingest_pos) FROM public.entertainment_interactions
+              UNION ALL
+              SELECT max(applied_xmax) FROM public.user_personality_profiles) existing
+        ON CONFLICT (single_row) DO NOTHING;
+    ELSE
+        UPDATE bondhu.pipeline_state s
+        SET incarnation = s.incarnation + 1, system_identifier = this_cluster
+        WHERE s.system_identifier <> this_cluster;
+    END IF;
+    SELECT s.incarnation INTO STRICT incarnation FROM bondhu.pipeline_state s;
+    cacheable := false;
+END $$;
 
 -- Starts a run of `task`: logs it as 'running', with its run lock held, and returns it;
 -- or, while another run of the task is alive, logs and returns a 'skipped' run.
@@ -1809,14 +1846,14 @@ END $$;
 DROP AGGREGATE bondhu.insight_counts(jsonb, boolean, boolean);
 DROP AGGREGATE bondhu.insight_sums(jsonb, boolean, boolean);
 CREATE AGGREGATE bondhu.insight_counts(doc jsonb, fresh boolean, from_chat boolean) (
-    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 128,
     FINALFUNC = bondhu.insight_counts_final,
     COMBINEFUNC = bondhu.insight_totals_combine,
     SERIALFUNC = bondhu.insight_totals_serialize, DESERIALFUNC = bondhu.insight_totals_deserialize,
     PARALLEL = SAFE
 );
 CREATE AGGREGATE bondhu.insight_sums(doc jsonb, fresh boolean, from_chat boolean) (
-    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 256,
+    SFUNC = bondhu.insight_totals_step, STYPE = internal, SSPACE = 128,
     FINALFUNC = bondhu.insight_sums_final,
     COMBINEFUNC = bondhu.insight_totals_combine,
     SERIALFUNC = bondhu.insight_totals_serialize, DESERIALFUNC = bondhu.insight_totals_deserialize,
@@ -1835,6 +1872,9 @@ CREATE TRIGGER incarnation_deleted AFTER DELETE ON bondhu.pipeline_state
     FOR EACH ROW EXECUTE FUNCTION bondhu.incarnation_changed();
 ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER incarnation_changed;
 ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER incarnation_deleted;
+
+-- DROP EXTENSION keeps the application's tables under replica role too (drop_extension.sql).
+ALTER EVENT TRIGGER bondhu_drop_extension ENABLE ALWAYS;
 
 -- 0.3.0's jobs keep their schedules, read in pg_cron's zone as before; a run time
 -- after the upgrade is due (take_due_run).

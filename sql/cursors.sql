@@ -73,13 +73,17 @@ BEGIN
         RETURN;
     END IF;
     IF NOT FOUND THEN
-        -- Positions already in the tables (adopted or surviving data) stay below ours.
+        -- Positions already in the tables (adopted or surviving data) stay below ours,
+        -- and so do the profiles' cursors, which outlive the insights they applied (a
+        -- purge, then a reinstall): a cursor above our positions would cover them.
         INSERT INTO bondhu.pipeline_state
             (incarnation, system_identifier, applied_xmin, applied_xmax, applied_xip)
         SELECT greatest(1, (max(p) >> 48) + 1), this_cluster, 3, 3, '{}'
         FROM (SELECT max(ingest_pos) AS p FROM public.chat_personality_insights
               UNION ALL
-              SELECT max(ingest_pos) FROM public.entertainment_interactions) existing
+              SELECT max(ingest_pos) FROM public.entertainment_interactions
+              UNION ALL
+              SELECT max(applied_xmax) FROM public.user_personality_profiles) existing
         ON CONFLICT (single_row) DO NOTHING;
     ELSE
         UPDATE bondhu.pipeline_state s

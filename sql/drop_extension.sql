@@ -20,3 +20,6 @@ END $$;
 
 CREATE EVENT TRIGGER bondhu_drop_extension ON ddl_command_start
     WHEN TAG IN ('DROP EXTENSION') EXECUTE FUNCTION bondhu.on_drop_extension();
+-- also under session_replication_role = replica (restore and migration scripts set it):
+-- otherwise the application's tables would be dropped as members, with their rows
+ALTER EVENT TRIGGER bondhu_drop_extension ENABLE ALWAYS;

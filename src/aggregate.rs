@@ -12,19 +12,90 @@ use pgrx::{AnyElement, AnyNumeric, Internal, PgMemoryContexts};
 use std::str::FromStr;
 
 /// What the pending insights of one user add up to: the state of the aggregates
-/// bondhu.insight_counts and bondhu.insight_sums, which share it.
+/// bondhu.insight_counts and bondhu.insight_sums, which share it. 128 bytes (SSPACE in
+/// sql/apply.sql), 8-byte aligned as palloc gives: a run's staging holds one for each
+/// user with pending insights, so their size decides when its hash aggregate spills.
 #[derive(Default)]
+#[repr(C)]
 struct InsightTotals {
     /// applied, from chat, from entertainment, rejected, stale, ignored keys, and the
     /// rejected by reason: not an object, a trait not a number, a trait over the limit
     counts: [i32; 9],
     /// the sum of each trait's adjustments in fixed point
-    fixed: [i128; 5],
+    fixed: [FixedSum; 5],
     /// the sum of each trait's adjustments finer than the fixed point
-    finer: [Option<NumericSum>; 5],
+    finer: FinerSums,
 }
 // Kept in Postgres memory, which is freed without running Rust destructors.
 const _: () = assert!(!std::mem::needs_drop::<InsightTotals>());
+const _: () = assert!(std::mem::size_of::<InsightTotals>() == 128);
+const _: () = assert!(std::mem::align_of::<InsightTotals>() <= 8);
+
+/// A sum in fixed point (an i128), stored as bytes: an i128 field would make the state
+/// 16-byte aligned, which palloc does not give.
+#[derive(Clone, Copy, Default)]
+struct FixedSum([u8; 16]);
+
+impl FixedSum {
+    fn get(self) -> i128 {
+        i128::from_ne_bytes(self.0)
+    }
+
+    /// Adds `value`; 22003 when the sum goes beyond what fixed point holds.
+    fn add(&mut self, value: i128) {
+        let Some(sum) = self.get().checked_add(value) else {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                "bondhu: the adjustments of one user add up beyond 10^14"
+            );
+        };
+        self.0 = sum.to_ne_bytes();
+    }
+}
+
+/// Each trait's sum of adjustments finer than the fixed point. Such adjustments are
+/// rare, so the sums live out of the state, in the aggregate's memory, made with the
+/// first of them (null until then).
+struct FinerSums(*mut [Option<NumericSum>; 5]);
+
+impl Default for FinerSums {
+    fn default() -> Self {
+        FinerSums(std::ptr::null_mut())
+    }
+}
+
+impl FinerSums {
+    /// Trait i's sum, if any.
+    fn get(&self, i: usize) -> Option<NumericSum> {
+        // SAFETY: null, or made by `sums_mut` in the memory of the state that holds it,
+        // live with it.
+        unsafe { self.0.as_ref() }.and_then(|sums| sums[i])
+    }
+
+    /// The sums, made (all absent) in `memory` when there are none yet.
+    fn sums_mut(&mut self, memory: AggregateMemory) -> &mut [Option<NumericSum>; 5] {
+        if self.0.is_null() {
+            self.0 = memory.alloc([None; 5]);
+        }
+        // SAFETY: made just above or before, in the memory of the state that holds it.
+        unsafe { &mut *self.0 }
+    }
+
+    /// Adds `numeric` to trait i's sum.
+    fn add(&mut self, i: usize, numeric: Numeric<'_>, memory: AggregateMemory) {
+        let sums = self.sums_mut(memory);
+        sums[i] = Some(NumericSum::add(sums[i], numeric, memory));
+    }
+
+    /// Adds `sum`, if any, to trait i's sum.
+    fn add_sum(&mut self, i: usize, sum: Option<NumericSum>, memory: AggregateMemory) {
+        if sum.is_some() {
+            let sums = self.sums_mut(memory);
+            sums[i] = NumericSum::add_sum(sums[i], sum, memory);
+        }
+    }
+}
 
 const APPLIED: usize = 0;
 const FROM_CHAT: usize = 1;
@@ -70,17 +141,21 @@ impl AggregateMemory {
         AggregateMemory(unsafe { pg_sys::CurrentMemoryContext })
     }
 
-    /// A new state, zero. palloc aligns to 8 bytes; the i128 sums need 16.
+    /// A new state, zero.
     fn new_totals(self) -> pg_sys::Datum {
-        let align = std::mem::align_of::<InsightTotals>();
-        let size = std::mem::size_of::<InsightTotals>() + align - 1;
-        // SAFETY: the context is the aggregate's (AggregateMemory::of); the allocation
-        // has room for an aligned InsightTotals, written before use.
+        pg_sys::Datum::from(self.alloc(InsightTotals::default()))
+    }
+
+    /// `value`, moved into this context (palloc aligns to 8 bytes, which T must not
+    /// exceed).
+    fn alloc<T>(self, value: T) -> *mut T {
+        const { assert!(std::mem::align_of::<T>() <= 8) };
+        // SAFETY: the context is the aggregate's (AggregateMemory::of) or the current
+        // one; the allocation has T's size and alignment, and is written before use.
         unsafe {
-            let raw = pg_sys::MemoryContextAlloc(self.0, size) as usize;
-            let totals = ((raw + align - 1) & !(align - 1)) as *mut InsightTotals;
-            totals.write(InsightTotals::default());
-            pg_sys::Datum::from(totals)
+            let raw = pg_sys::MemoryContextAlloc(self.0, std::mem::size_of::<T>()) as *mut T;
+            raw.write(value);
+            raw
         }
     }
 
@@ -233,13 +308,9 @@ pub unsafe fn step(
     totals.counts[IGNORED_KEYS] += insight::unknown_keys(object.len(), &values) as i32;
     for (i, (fixed, numeric)) in adjustments.into_iter().enumerate() {
         match (fixed, numeric) {
-            (decimal::Fixed::Exact(v), _) => {
-                totals.fixed[i] = add_fixed(totals.fixed[i], v);
-            }
+            (decimal::Fixed::Exact(v), _) => totals.fixed[i].add(v),
             // Finer than the fixed point (rare): a numeric sum, in the aggregate's memory.
-            (_, Some(numeric)) => {
-                totals.finer[i] = Some(NumericSum::add(totals.finer[i], numeric, memory));
-            }
+            (_, Some(numeric)) => totals.finer.add(i, numeric, memory),
             (_, None) => unreachable!("only an absent trait has no numeric, and it is exact"),
         }
     }
@@ -268,18 +339,14 @@ pub unsafe fn counts(state: Internal) -> Option<Vec<i32>> {
 pub unsafe fn sums(state: Internal) -> Option<Vec<AnyNumeric>> {
     // SAFETY: the caller's promise.
     let totals = unsafe { totals(&state) }?;
-    let sums = totals
-        .fixed
-        .iter()
-        .zip(&totals.finer)
-        .map(|(&fixed, finer)| {
-            let sum = AnyNumeric::from_str(&decimal::to_decimal_string(fixed))
-                .expect("a decimal literal is a numeric");
-            match finer {
-                Some(finer) => sum + finer.value(),
-                None => sum,
-            }
-        });
+    let sums = totals.fixed.iter().enumerate().map(|(i, fixed)| {
+        let sum = AnyNumeric::from_str(&decimal::to_decimal_string(fixed.get()))
+            .expect("a decimal literal is a numeric");
+        match totals.finer.get(i) {
+            Some(finer) => sum + finer.value(),
+            None => sum,
+        }
+    });
     Some(sums.collect())
 }
 
@@ -309,22 +376,10 @@ pub unsafe fn combine(
         *count += more;
     }
     for i in 0..totals.fixed.len() {
-        totals.fixed[i] = add_fixed(totals.fixed[i], other.fixed[i]);
-        totals.finer[i] = NumericSum::add_sum(totals.finer[i], other.finer[i], memory);
+        totals.fixed[i].add(other.fixed[i].get());
+        totals.finer.add_sum(i, other.finer.get(i), memory);
     }
     state
-}
-
-/// a + b, or 22003 when the sum of a user's adjustments goes beyond what fixed point holds.
-fn add_fixed(a: i128, b: i128) -> i128 {
-    let Some(sum) = a.checked_add(b) else {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-            "bondhu: the adjustments of one user add up beyond 10^14"
-        );
-    };
-    sum
 }
 
 /// The totals as bytes, for a parallel worker to hand its partial state to the leader:
@@ -345,9 +400,11 @@ pub unsafe fn serialize(state: Internal) -> Vec<u8> {
     totals
         .fixed
         .iter()
-        .for_each(|f| bytes.extend(f.to_le_bytes()));
-    for finer in &totals.finer {
-        let text = finer.map(|f| f.value().to_string()).unwrap_or_default();
+        .for_each(|f| bytes.extend(f.get().to_le_bytes()));
+    for i in 0..totals.fixed.len() {
+        let text = (totals.finer.get(i))
+            .map(|f| f.value().to_string())
+            .unwrap_or_default();
         bytes.extend((text.len() as u32).to_le_bytes());
         bytes.extend(text.as_bytes());
     }
@@ -378,14 +435,14 @@ pub unsafe fn deserialize(bytes: &[u8], fcinfo: pg_sys::FunctionCallInfo) -> Int
         *count = i32::from_le_bytes(take(4).try_into().expect("4 bytes"));
     }
     for fixed in totals.fixed.iter_mut() {
-        *fixed = i128::from_le_bytes(take(16).try_into().expect("16 bytes"));
+        fixed.add(i128::from_le_bytes(take(16).try_into().expect("16 bytes")));
     }
-    for finer in totals.finer.iter_mut() {
+    for i in 0..totals.fixed.len() {
         let len = u32::from_le_bytes(take(4).try_into().expect("4 bytes")) as usize;
         if len > 0 {
             let text = std::str::from_utf8(take(len)).expect("serialize wrote text");
             let numeric = AnyNumeric::from_str(text).expect("serialize wrote a numeric");
-            *finer = Some(NumericSum(
+            totals.finer.sums_mut(memory)[i] = Some(NumericSum(
                 memory.run(|| numeric.into_datum().expect("a numeric datum")),
             ));
         }

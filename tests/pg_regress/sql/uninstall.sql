@@ -67,3 +67,33 @@ SELECT bondhu_update_all() ->> 'insights_processed' AS nothing_pending;
 INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 3}');
 SELECT bondhu_update_all() ->> 'insights_processed' AS written_after_reinstall;
 SELECT openness FROM user_personality_profiles WHERE user_id = :ben;
+
+-- The insight tables emptied (a purge) while the profiles keep cursors of the newest
+-- incarnation: a reinstall starts above those cursors, so what is written next is not
+-- taken for applied.
+DELETE FROM chat_personality_insights;
+DELETE FROM entertainment_interactions;
+SELECT incarnation AS incarnation_before FROM bondhu.pipeline_state;
+DROP EXTENSION bondhu;
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 10}');
+CREATE EXTENSION bondhu;
+SELECT incarnation AS incarnation_after FROM bondhu.pipeline_state;
+SELECT bondhu_update_all() ->> 'insights_processed' AS written_while_uninstalled;
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": -4}');
+SELECT bondhu_update_all() ->> 'insights_processed' AS written_after;
+-- the same when an operator deletes the pipeline state row
+DELETE FROM chat_personality_insights;
+DELETE FROM bondhu.pipeline_state;
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 1}');
+SELECT bondhu_update_all() ->> 'insights_processed' AS written_after_state_deleted;
+SELECT openness FROM user_personality_profiles WHERE user_id = :ben;
+
+-- DROP EXTENSION under session_replication_role = replica (a restore or migration
+-- script) keeps the application's tables too: the event trigger fires ALWAYS.
+SET session_replication_role = replica;
+DROP EXTENSION bondhu;
+RESET session_replication_role;
+SELECT (SELECT count(*) FROM chat_personality_insights) AS chat, (SELECT count(*) FROM user_personality_profiles) AS profiles,
+       to_regclass('public.bondhu_kept_state') IS NOT NULL AS state_kept;
+CREATE EXTENSION bondhu;
+SELECT bondhu_update_all() ->> 'insights_processed' AS nothing_pending_after_replica_drop;
