@@ -14,6 +14,7 @@ DROP FUNCTION bondhu.cleanup_slice(run_id uuid, slice_length interval);
 DROP FUNCTION bondhu.apply_update_batch(run_id uuid, batch_size integer);
 DROP FUNCTION bondhu.apply_pending(p_first uuid, p_last uuid, p_global bondhu.cursor, p_new bondhu.cursor, p_task_id uuid, p_trigger text);
 DROP FUNCTION bondhu.own_run(run_id uuid, task text);
+DROP FUNCTION bondhu.lock_key(task text);
 DROP FUNCTION bondhu.cleanup_summary(run bondhu.task_runs);
 DROP FUNCTION bondhu.finish_cleanup_run(run_id uuid);
 DROP FUNCTION bondhu.finish_update_run(run_id uuid);
@@ -40,14 +41,14 @@ CREATE UNLOGGED TABLE bondhu.run_totals (
     pending_rows integer NOT NULL
 );
 
+-- The run locks, row locks no other role may take: an advisory lock's key any role could
+-- hold (run_log.sql).
+CREATE TABLE bondhu.run_locks (
+    task_name text PRIMARY KEY
+        CONSTRAINT known_task CHECK (task_name IN ('personality_update', 'insights_cleanup'))
+);
+INSERT INTO bondhu.run_locks (task_name) VALUES ('personality_update'), ('insights_cleanup');
 
-CREATE  FUNCTION bondhu."insight_totals_deserialize"(
-	"bytes" bytea, /* & [u8] */
-	"_unused" internal /* Internal */
-) RETURNS internal /* Internal */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
 
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
@@ -73,6 +74,14 @@ CREATE  FUNCTION bondhu."insight_totals_combine"(
 IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
+
+CREATE  FUNCTION bondhu."insight_totals_deserialize"(
+	"bytes" bytea, /* & [u8] */
+	"_unused" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
 
 CREATE  FUNCTION bondhu."insight_totals_serialize"(
 	"state" internal /* Internal */
@@ -123,6 +132,31 @@ BEGIN
     cacheable := false;
 END $$;
 
+-- Takes the task's run lock for this transaction, unless another run of the task is
+-- alive: then logs a 'skipped' run and returns it.
+CREATE OR REPLACE FUNCTION bondhu.lock_run(task text, OUT skipped bondhu.task_runs)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- A live run between two of its transactions holds no lock: its row says it. The
+    -- row is checked again, in a statement of its own (a new snapshot, fresh activity
+    -- statistics), once the lock is held: a run that committed its row meanwhile shows.
+    IF NOT bondhu.live_run_exists(task) THEN
+        PERFORM FROM bondhu.run_locks l WHERE l.task_name = task FOR UPDATE SKIP LOCKED;
+        IF FOUND THEN
+            PERFORM pg_stat_clear_snapshot();
+            IF NOT bondhu.live_run_exists(task) THEN
+                PERFORM bondhu.mark_interrupted_runs(task);
+                RETURN;
+            END IF;
+        END IF;
+    END IF;
+    INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
+    VALUES (task, 'skipped', clock_timestamp(), 0,
+            CASE task WHEN 'personality_update' THEN 'another personality update was running'
+                      ELSE 'another cleanup was running' END)
+    RETURNING * INTO skipped;
+END $$;
+
 -- Starts a run of `task`: logs it as 'running', with its run lock held, and returns it;
 -- or, while another run of the task is alive, logs and returns a 'skipped' run.
 CREATE FUNCTION bondhu.start_run(task text) RETURNS bondhu.task_runs
@@ -154,7 +188,7 @@ BEGIN
         RAISE EXCEPTION 'bondhu: % is not an unfinished run of this session', run_id
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    PERFORM pg_advisory_xact_lock(bondhu.lock_key(run.task_name));
+    PERFORM FROM bondhu.run_locks l WHERE l.task_name = run.task_name FOR UPDATE;
     -- read again under the lock (in a procedure's run, a step's lock is new)
     SELECT * INTO STRICT run FROM bondhu.task_runs t WHERE t.id = run_id;
     RETURN run;

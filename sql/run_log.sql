@@ -103,8 +103,8 @@ COMMENT ON VIEW public.system_tasks IS 'Every personality_update and insights_cl
 --           that is left when the step is NULL) and adds its counts to the run's row;
 --   finish: finish_run closes the row with the run's status, then does the task's own
 --           ending (a completed update moves the global cursor; a cleanup prunes the log).
--- The run lock is a transaction-level advisory lock, so that no error, cancel or
--- transaction block can leave it held: a single-transaction run holds it throughout; a
+-- The run lock is a transaction-level row lock (bondhu.run_locks), so that no error,
+-- cancel or transaction block can leave it held: a single-transaction run holds it throughout; a
 -- procedure's run takes it again in every transaction it commits (own_run), and between
 -- them its 'running' row, alive while its CALL is (run_is_alive), keeps other runs out.
 -- A run whose session moved on shows as failed in system_tasks at once, and is marked
@@ -114,11 +114,15 @@ COMMENT ON VIEW public.system_tasks IS 'Every personality_update and insights_cl
 -- (and a step size), and act only on a run of the caller's own session: its cursors and
 -- progress are in its row.
 
--- Advisory lock keys of bondhu's tasks: class 'bndh', one object id per task.
-CREATE FUNCTION bondhu.lock_key(task text) RETURNS bigint
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT (x'626e6468'::bigint << 32) | CASE task WHEN 'personality_update' THEN 1 WHEN 'insights_cleanup' THEN 2 END
-$$;
+-- The run locks: one row per task, locked FOR UPDATE by each transaction of its run. A
+-- row lock, not an advisory lock: advisory lock keys are open to every role, so any role
+-- able to connect could hold a task's key and have its every run skipped. No role has a
+-- privilege on this table.
+CREATE TABLE bondhu.run_locks (
+    task_name text PRIMARY KEY
+        CONSTRAINT known_task CHECK (task_name IN ('personality_update', 'insights_cleanup'))
+);
+INSERT INTO bondhu.run_locks (task_name) VALUES ('personality_update'), ('insights_cleanup');
 
 -- Marks a task's runs left 'running' by a session that moved on.
 CREATE FUNCTION bondhu.mark_interrupted_runs(task text) RETURNS void
@@ -138,11 +142,14 @@ BEGIN
     -- A live run between two of its transactions holds no lock: its row says it. The
     -- row is checked again, in a statement of its own (a new snapshot, fresh activity
     -- statistics), once the lock is held: a run that committed its row meanwhile shows.
-    IF NOT bondhu.live_run_exists(task) AND pg_try_advisory_xact_lock(bondhu.lock_key(task)) THEN
-        PERFORM pg_stat_clear_snapshot();
-        IF NOT bondhu.live_run_exists(task) THEN
-            PERFORM bondhu.mark_interrupted_runs(task);
-            RETURN;
+    IF NOT bondhu.live_run_exists(task) THEN
+        PERFORM FROM bondhu.run_locks l WHERE l.task_name = task FOR UPDATE SKIP LOCKED;
+        IF FOUND THEN
+            PERFORM pg_stat_clear_snapshot();
+            IF NOT bondhu.live_run_exists(task) THEN
+                PERFORM bondhu.mark_interrupted_runs(task);
+                RETURN;
+            END IF;
         END IF;
     END IF;
     INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
@@ -191,7 +198,7 @@ BEGIN
         RAISE EXCEPTION 'bondhu: % is not an unfinished run of this session', run_id
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    PERFORM pg_advisory_xact_lock(bondhu.lock_key(run.task_name));
+    PERFORM FROM bondhu.run_locks l WHERE l.task_name = run.task_name FOR UPDATE;
     -- read again under the lock (in a procedure's run, a step's lock is new)
     SELECT * INTO STRICT run FROM bondhu.task_runs t WHERE t.id = run_id;
     RETURN run;

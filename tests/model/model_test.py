@@ -155,7 +155,7 @@ class Txn:
         self.stmts = []  # update statements (ids) that survive so far
         self.pdels = []  # profile deletes (ids)
         self.claimed = set()  # versions its statements applied (for the per-step prediction)
-        self.run_lock = False  # holds update_all's run lock (an advisory xact lock)
+        self.run_lock = False  # holds update_all's run lock (a row lock for the transaction)
         self.replica = False  # SET LOCAL session_replication_role = replica
         self.savepoints = []
         self.gid = None
