@@ -86,34 +86,32 @@ $$;
 ------------------------------------------------------------------------------------
 -- Applying pending insights
 ------------------------------------------------------------------------------------
--- The pending insights of the users from first_user to last_user, summed per user: those
--- the cursor `snapshot` covers and neither the cursor `covered` (the global cursor a run
--- started from) nor, for the users in `ahead` (whose profile a self-service update moved
--- past `covered`), the profile's own cursor does. An insight observed before
--- window_start is stale. One row per user with any: n, the counts {applied, from chat,
--- from entertainment, rejected, stale, ignored keys, rejected as not an object, for a
--- trait not a number, for a trait over 100}; d, the applied adjustments of each
--- trait added up exactly. Only the users in `ahead` are joined with their profile.
--- Read for one user at a time, by apply_pending (a user whose staged totals do not
--- hold), apply_user_pending, has_pending and bondhu_profile(); a run stages everyone's
--- totals with run_pending_totals. (No SET clause: the planner inlines it into their
--- statements.)
-CREATE FUNCTION bondhu.pending_sums(first_user uuid, last_user uuid, covered bondhu.cursor, snapshot bondhu.cursor,
-                                    ahead uuid[], window_start timestamptz)
+-- The pending insights of the user `target`, summed: those the cursor `snapshot` covers
+-- and neither the cursor `covered` (the global cursor a run started from) nor, when
+-- `own_cursor`, the profile's own cursor does. An insight observed before window_start
+-- is stale. One row when there are any: n, the counts {applied, from chat, from
+-- entertainment, rejected, stale, ignored keys, rejected as not an object, for a trait
+-- not a number, for a trait over 100}; d, the applied adjustments of each trait added
+-- up exactly. The profile is joined only when `own_cursor`: when a self-service update
+-- may have moved it past `covered` (moved_ahead), or always by a caller that holds it.
+-- Read by apply_pending (a user whose staged totals do not hold), apply_user_pending,
+-- has_pending and bondhu_profile(); a run stages everyone's totals with
+-- run_pending_totals. (No SET clause: the planner inlines it into their statements.)
+CREATE FUNCTION bondhu.pending_sums(target uuid, covered bondhu.cursor, snapshot bondhu.cursor,
+                                    own_cursor boolean, window_start timestamptz)
 RETURNS TABLE (user_id uuid, n integer[], d numeric[])
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     WITH pending AS (
         SELECT i.user_id, i.source, i.doc, i.observed_at
         FROM bondhu.insights i
-        WHERE bondhu.position_pending(i.ingest_pos, covered, snapshot)
-          AND i.user_id BETWEEN first_user AND last_user
-          AND i.user_id <> ALL (ahead)
+        WHERE NOT own_cursor AND i.user_id = target
+          AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
         UNION ALL
         SELECT i.user_id, i.source, i.doc, i.observed_at
         FROM bondhu.insights i
         JOIN public.user_personality_profiles p ON p.user_id = i.user_id
-        WHERE bondhu.position_pending(i.ingest_pos, covered, snapshot)
-          AND i.user_id = ANY (ahead)
+        WHERE own_cursor AND i.user_id = target
+          AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
           AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
     )
     SELECT pending.user_id,
@@ -123,13 +121,14 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     GROUP BY pending.user_id
 $$;
 
--- Whose profile a self-service update has moved past the global cursor, as `ahead` of
--- pending_sums: [user] or none (has_pending, bondhu_profile).
-CREATE FUNCTION bondhu.ahead_of(target uuid, covered bondhu.cursor) RETURNS uuid[]
+-- Has a self-service update moved the profile of `target` past the global cursor
+-- `covered`? Then its own cursor counts (pending_sums' own_cursor): has_pending,
+-- bondhu_profile. False when there is no profile.
+CREATE FUNCTION bondhu.moved_ahead(target uuid, covered bondhu.cursor) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
-                 WHERE p.user_id = target
-                   AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered))
+    SELECT EXISTS (SELECT FROM public.user_personality_profiles p
+                   WHERE p.user_id = target
+                     AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered))
 $$;
 
 -- Applies the run's pending insights of `users` (in key order): those the cursor `snapshot`
@@ -196,8 +195,7 @@ BEGIN
         UNION ALL
         SELECT s.user_id, s.n, s.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
         FROM public.user_personality_profiles p
-        CROSS JOIN LATERAL bondhu.pending_sums(p.user_id, p.user_id, covered, snapshot, ARRAY[p.user_id],
-                                               window_start) s
+        CROSS JOIN LATERAL bondhu.pending_sums(p.user_id, covered, snapshot, true, window_start) s
         WHERE p.user_id = ANY (users) AND p.user_id NOT IN (SELECT t.user_id FROM staged_totals t)
     ), updated AS (
         UPDATE public.user_personality_profiles p SET
@@ -258,7 +256,7 @@ BEGIN
     WITH totals AS (
         SELECT s.user_id, s.n, s.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
         FROM public.user_personality_profiles p
-        CROSS JOIN LATERAL bondhu.pending_sums(target, target, covered, snapshot, ARRAY[target], window_start) s
+        CROSS JOIN LATERAL bondhu.pending_sums(target, covered, snapshot, true, window_start) s
         WHERE p.user_id = target
     ), updated AS (
         UPDATE public.user_personality_profiles p SET

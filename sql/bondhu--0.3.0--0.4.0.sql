@@ -50,6 +50,29 @@ CREATE TABLE bondhu.run_locks (
 INSERT INTO bondhu.run_locks (task_name) VALUES ('personality_update'), ('insights_cleanup');
 
 
+CREATE  FUNCTION bondhu."insight_totals_deserialize"(
+	"bytes" bytea, /* & [u8] */
+	"_unused" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
+
+CREATE  FUNCTION bondhu."insight_totals_serialize"(
+	"state" internal /* Internal */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
+
+CREATE  FUNCTION bondhu."insight_totals_combine"(
+	"state" internal, /* Internal */
+	"other" internal /* Internal */
+) RETURNS internal /* Internal */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
+
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
 CREATE FUNCTION bondhu.settings_explain_checks() RETURNS trigger
@@ -66,29 +89,6 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
-
-CREATE  FUNCTION bondhu."insight_totals_combine"(
-	"state" internal, /* Internal */
-	"other" internal /* Internal */
-) RETURNS internal /* Internal */
-IMMUTABLE PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
-
-CREATE  FUNCTION bondhu."insight_totals_deserialize"(
-	"bytes" bytea, /* & [u8] */
-	"_unused" internal /* Internal */
-) RETURNS internal /* Internal */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_deserialize_wrapper';
-
-CREATE  FUNCTION bondhu."insight_totals_serialize"(
-	"state" internal /* Internal */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'insight_totals_serialize_wrapper';
 
 CREATE FUNCTION bondhu."incarnation_changed"()
 	RETURNS TRIGGER
@@ -450,34 +450,32 @@ COMMENT ON FUNCTION public.bondhu_insight_problems(jsonb) IS
 ------------------------------------------------------------------------------------
 -- Applying pending insights
 ------------------------------------------------------------------------------------
--- The pending insights of the users from first_user to last_user, summed per user: those
--- the cursor `snapshot` covers and neither the cursor `covered` (the global cursor a run
--- started from) nor, for the users in `ahead` (whose profile a self-service update moved
--- past `covered`), the profile's own cursor does. An insight observed before
--- window_start is stale. One row per user with any: n, the counts {applied, from chat,
--- from entertainment, rejected, stale, ignored keys, rejected as not an object, for a
--- trait not a number, for a trait over 100}; d, the applied adjustments of each
--- trait added up exactly. Only the users in `ahead` are joined with their profile.
--- Read for one user at a time, by apply_pending (a user whose staged totals do not
--- hold), apply_user_pending, has_pending and bondhu_profile(); a run stages everyone's
--- totals with run_pending_totals. (No SET clause: the planner inlines it into their
--- statements.)
-CREATE FUNCTION bondhu.pending_sums(first_user uuid, last_user uuid, covered bondhu.cursor, snapshot bondhu.cursor,
-                                    ahead uuid[], window_start timestamptz)
+-- The pending insights of the user `target`, summed: those the cursor `snapshot` covers
+-- and neither the cursor `covered` (the global cursor a run started from) nor, when
+-- `own_cursor`, the profile's own cursor does. An insight observed before window_start
+-- is stale. One row when there are any: n, the counts {applied, from chat, from
+-- entertainment, rejected, stale, ignored keys, rejected as not an object, for a trait
+-- not a number, for a trait over 100}; d, the applied adjustments of each trait added
+-- up exactly. The profile is joined only when `own_cursor`: when a self-service update
+-- may have moved it past `covered` (moved_ahead), or always by a caller that holds it.
+-- Read by apply_pending (a user whose staged totals do not hold), apply_user_pending,
+-- has_pending and bondhu_profile(); a run stages everyone's totals with
+-- run_pending_totals. (No SET clause: the planner inlines it into their statements.)
+CREATE FUNCTION bondhu.pending_sums(target uuid, covered bondhu.cursor, snapshot bondhu.cursor,
+                                    own_cursor boolean, window_start timestamptz)
 RETURNS TABLE (user_id uuid, n integer[], d numeric[])
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     WITH pending AS (
         SELECT i.user_id, i.source, i.doc, i.observed_at
         FROM bondhu.insights i
-        WHERE bondhu.position_pending(i.ingest_pos, covered, snapshot)
-          AND i.user_id BETWEEN first_user AND last_user
-          AND i.user_id <> ALL (ahead)
+        WHERE NOT own_cursor AND i.user_id = target
+          AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
         UNION ALL
         SELECT i.user_id, i.source, i.doc, i.observed_at
         FROM bondhu.insights i
         JOIN public.user_personality_profiles p ON p.user_id = i.user_id
-        WHERE bondhu.position_pending(i.ingest_pos, covered, snapshot)
-          AND i.user_id = ANY (ahead)
+        WHERE own_cursor AND i.user_id = target
+          AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
           AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
     )
     SELECT pending.user_id,
@@ -487,13 +485,14 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     GROUP BY pending.user_id
 $$;
 
--- Whose profile a self-service update has moved past the global cursor, as `ahead` of
--- pending_sums: [user] or none (has_pending, bondhu_profile).
-CREATE FUNCTION bondhu.ahead_of(target uuid, covered bondhu.cursor) RETURNS uuid[]
+-- Has a self-service update moved the profile of `target` past the global cursor
+-- `covered`? Then its own cursor counts (pending_sums' own_cursor): has_pending,
+-- bondhu_profile. False when there is no profile.
+CREATE FUNCTION bondhu.moved_ahead(target uuid, covered bondhu.cursor) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY(SELECT p.user_id FROM public.user_personality_profiles p
-                 WHERE p.user_id = target
-                   AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered))
+    SELECT EXISTS (SELECT FROM public.user_personality_profiles p
+                   WHERE p.user_id = target
+                     AND NOT bondhu.cursor_within(p.applied_xmin, p.applied_xmax, p.applied_xip, covered))
 $$;
 
 -- Applies the run's pending insights of `users` (in key order): those the cursor `snapshot`
@@ -560,8 +559,7 @@ BEGIN
         UNION ALL
         SELECT s.user_id, s.n, s.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
         FROM public.user_personality_profiles p
-        CROSS JOIN LATERAL bondhu.pending_sums(p.user_id, p.user_id, covered, snapshot, ARRAY[p.user_id],
-                                               window_start) s
+        CROSS JOIN LATERAL bondhu.pending_sums(p.user_id, covered, snapshot, true, window_start) s
         WHERE p.user_id = ANY (users) AND p.user_id NOT IN (SELECT t.user_id FROM staged_totals t)
     ), updated AS (
         UPDATE public.user_personality_profiles p SET
@@ -622,7 +620,7 @@ BEGIN
     WITH totals AS (
         SELECT s.user_id, s.n, s.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
         FROM public.user_personality_profiles p
-        CROSS JOIN LATERAL bondhu.pending_sums(target, target, covered, snapshot, ARRAY[target], window_start) s
+        CROSS JOIN LATERAL bondhu.pending_sums(target, covered, snapshot, true, window_start) s
         WHERE p.user_id = target
     ), updated AS (
         UPDATE public.user_personality_profiles p SET
@@ -675,10 +673,9 @@ LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET search_path = pg_c
 DECLARE
     covered bondhu.cursor := bondhu.global_cursor();
     -- the profile's own cursor counts only when a self-service update moved it ahead
-    ahead uuid[] := bondhu.ahead_of(target, covered);
+    ahead boolean := bondhu.moved_ahead(target, covered);
 BEGIN
-    RETURN EXISTS (SELECT FROM bondhu.pending_sums(target, target, covered, bondhu.current_cursor(), ahead,
-                                                   '-infinity'));
+    RETURN EXISTS (SELECT FROM bondhu.pending_sums(target, covered, bondhu.current_cursor(), ahead, '-infinity'));
 END $$;
 
 -- The self-service update of bondhu_update_personality (below).
@@ -776,9 +773,9 @@ $$;
 -- (RETURN QUERY) so that Postgres may sum the insights with parallel workers: an
 -- INSERT ... SELECT never runs in parallel. enable_sort is off because the planner
 -- underestimates how many insights are pending (a nightly run's 100,000 as 3,000) and
--- would sort them all for the aggregate: it hashes the users. The totals are
--- pending_sums' for the whole key range, less its profiles' cursors (which the batches
--- check).
+-- would sort them all for the aggregate: it hashes the users. The totals are what
+-- pending_sums gives each user without the profile's own cursor (which the batches
+-- check), computed alike: keep the two aggregates' arguments the same.
 CREATE FUNCTION bondhu.run_pending_totals(run bondhu.task_runs)
 RETURNS TABLE (user_id uuid, n integer[], d numeric[], pending_rows integer)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan SET enable_sort = off
@@ -1005,7 +1002,7 @@ DECLARE
     profile public.user_personality_profiles;
     covered bondhu.cursor;
     snapshot bondhu.cursor;
-    ahead uuid[];
+    ahead boolean;
     pending record;
     stored double precision[];
     live double precision[];
@@ -1021,9 +1018,9 @@ BEGIN
     snapshot := bondhu.current_cursor();
     covered := bondhu.global_cursor();
     -- a constant of the statement, not a call for each insight
-    ahead := bondhu.ahead_of(target, covered);
+    ahead := bondhu.moved_ahead(target, covered);
     SELECT * INTO pending
-    FROM bondhu.pending_sums(target, target, covered, snapshot, ahead, now() - cfg.insight_window);
+    FROM bondhu.pending_sums(target, covered, snapshot, ahead, now() - cfg.insight_window);
     stored := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
                     coalesce(profile.neuroticism, 50)];

@@ -15,7 +15,7 @@ DECLARE
     profile public.user_personality_profiles;
     covered bondhu.cursor;
     snapshot bondhu.cursor;
-    ahead uuid[];
+    ahead boolean;
     pending record;
     stored double precision[];
     live double precision[];
@@ -31,9 +31,9 @@ BEGIN
     snapshot := bondhu.current_cursor();
     covered := bondhu.global_cursor();
     -- a constant of the statement, not a call for each insight
-    ahead := bondhu.ahead_of(target, covered);
+    ahead := bondhu.moved_ahead(target, covered);
     SELECT * INTO pending
-    FROM bondhu.pending_sums(target, target, covered, snapshot, ahead, now() - cfg.insight_window);
+    FROM bondhu.pending_sums(target, covered, snapshot, ahead, now() - cfg.insight_window);
     stored := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
                     coalesce(profile.neuroticism, 50)];

@@ -11,10 +11,9 @@ LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET search_path = pg_c
 DECLARE
     covered bondhu.cursor := bondhu.global_cursor();
     -- the profile's own cursor counts only when a self-service update moved it ahead
-    ahead uuid[] := bondhu.ahead_of(target, covered);
+    ahead boolean := bondhu.moved_ahead(target, covered);
 BEGIN
-    RETURN EXISTS (SELECT FROM bondhu.pending_sums(target, target, covered, bondhu.current_cursor(), ahead,
-                                                   '-infinity'));
+    RETURN EXISTS (SELECT FROM bondhu.pending_sums(target, covered, bondhu.current_cursor(), ahead, '-infinity'));
 END $$;
 
 -- The self-service update of bondhu_update_personality (below).
@@ -154,9 +153,9 @@ $$;
 -- (RETURN QUERY) so that Postgres may sum the insights with parallel workers: an
 -- INSERT ... SELECT never runs in parallel. enable_sort is off because the planner
 -- underestimates how many insights are pending (a nightly run's 100,000 as 3,000) and
--- would sort them all for the aggregate: it hashes the users. The totals are
--- pending_sums' for the whole key range, less its profiles' cursors (which the batches
--- check).
+-- would sort them all for the aggregate: it hashes the users. The totals are what
+-- pending_sums gives each user without the profile's own cursor (which the batches
+-- check), computed alike: keep the two aggregates' arguments the same.
 CREATE FUNCTION bondhu.run_pending_totals(run bondhu.task_runs)
 RETURNS TABLE (user_id uuid, n integer[], d numeric[], pending_rows integer)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan SET enable_sort = off
