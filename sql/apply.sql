@@ -209,7 +209,9 @@ BEGIN
             applied_xmax = (snapshot).xmax_pos,
             applied_xip = (snapshot).xip_pos
         FROM totals t
-        WHERE p.user_id = t.user_id
+        -- the batch's profiles by key, not every profile hashed: the planner misjudges
+        -- how many users the second half of totals brings
+        WHERE p.user_id = t.user_id AND p.user_id = ANY (users)
         RETURNING p.user_id, t.n[1] AS applied, t.n[2] AS chat, t.n[3] AS entertainment, t.n[4] AS rejected,
                   t.n[5] AS stale, t.n[6] AS ignored,
                   jsonb_build_object('not_an_object', t.n[7], 'not_a_number', t.n[8], 'over_100', t.n[9])

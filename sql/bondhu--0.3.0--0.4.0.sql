@@ -50,6 +50,23 @@ CREATE TABLE bondhu.run_locks (
 INSERT INTO bondhu.run_locks (task_name) VALUES ('personality_update'), ('insights_cleanup');
 
 
+-- The one CHECK that ties two settings together fails with a hint saying which to
+-- change first (a CHECK constraint cannot carry one); the others say enough themselves.
+CREATE FUNCTION bondhu.settings_explain_checks() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.insight_retention < NEW.insight_window THEN
+        RAISE EXCEPTION 'bondhu.settings: insight_retention (%) must be at least insight_window (%)',
+            NEW.insight_retention, NEW.insight_window
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'insight_retention_covers_insight_window',
+                  DETAIL = 'Cleanup would delete insights that are not applied yet.',
+                  HINT = CASE WHEN NEW.insight_window IS DISTINCT FROM OLD.insight_window
+                              THEN 'To lengthen insight_window, raise insight_retention first, or both in one UPDATE.'
+                              ELSE 'To shorten insight_retention, shorten insight_window first, or both in one UPDATE.' END;
+    END IF;
+    RETURN NEW;
+END $$;
+
 CREATE  FUNCTION bondhu."insight_totals_deserialize"(
 	"bytes" bytea, /* & [u8] */
 	"_unused" internal /* Internal */
@@ -72,23 +89,6 @@ CREATE  FUNCTION bondhu."insight_totals_combine"(
 IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'insight_totals_combine_wrapper';
-
--- The one CHECK that ties two settings together fails with a hint saying which to
--- change first (a CHECK constraint cannot carry one); the others say enough themselves.
-CREATE FUNCTION bondhu.settings_explain_checks() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NEW.insight_retention < NEW.insight_window THEN
-        RAISE EXCEPTION 'bondhu.settings: insight_retention (%) must be at least insight_window (%)',
-            NEW.insight_retention, NEW.insight_window
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'insight_retention_covers_insight_window',
-                  DETAIL = 'Cleanup would delete insights that are not applied yet.',
-                  HINT = CASE WHEN NEW.insight_window IS DISTINCT FROM OLD.insight_window
-                              THEN 'To lengthen insight_window, raise insight_retention first, or both in one UPDATE.'
-                              ELSE 'To shorten insight_retention, shorten insight_window first, or both in one UPDATE.' END;
-    END IF;
-    RETURN NEW;
-END $$;
 
 CREATE FUNCTION bondhu."incarnation_changed"()
 	RETURNS TRIGGER
@@ -573,7 +573,9 @@ BEGIN
             applied_xmax = (snapshot).xmax_pos,
             applied_xip = (snapshot).xip_pos
         FROM totals t
-        WHERE p.user_id = t.user_id
+        -- the batch's profiles by key, not every profile hashed: the planner misjudges
+        -- how many users the second half of totals brings
+        WHERE p.user_id = t.user_id AND p.user_id = ANY (users)
         RETURNING p.user_id, t.n[1] AS applied, t.n[2] AS chat, t.n[3] AS entertainment, t.n[4] AS rejected,
                   t.n[5] AS stale, t.n[6] AS ignored,
                   jsonb_build_object('not_an_object', t.n[7], 'not_a_number', t.n[8], 'over_100', t.n[9])
@@ -701,23 +703,28 @@ BEGIN
         PERFORM bondhu.require_own_profile(target, 'bondhu_update_personality');
     END IF;
 
-    IF NOT operator AND NOT bondhu.has_pending(target) THEN
-        -- The rate limit counts what costs: a call that finds nothing pending uses no
-        -- slot, and writes nothing (no lock, no transaction id).
-        SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;
-        SELECT * INTO applied FROM bondhu.apply_user_pending(NULL, NULL, NULL, NULL, NULL) LIMIT 0;
-    ELSE
+    -- what a call that applies nothing returns (no row: every count 0)
+    SELECT * INTO applied FROM bondhu.apply_user_pending(NULL, NULL, NULL, NULL, NULL) LIMIT 0;
+    -- The rate limit counts what costs: a call that finds nothing pending uses no slot,
+    -- and writes nothing (no lock, no transaction id); one that finds nothing left once
+    -- it holds the lock (another call or a run applied it while it waited) uses no slot
+    -- either.
+    IF operator OR bondhu.has_pending(target) THEN
         INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
         ON CONFLICT (user_id) DO NOTHING;
         SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
-        IF NOT operator THEN
-            PERFORM bondhu.admit_self_update(target);
+        IF operator OR bondhu.has_pending(target) THEN
+            IF NOT operator THEN
+                PERFORM bondhu.admit_self_update(target);
+            END IF;
+            -- Taken after the lock: covers whatever the previous holder of the lock applied.
+            snapshot := bondhu.current_cursor();
+            SELECT * INTO applied
+            FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot, now() - cfg.insight_window,
+                                           cfg.dampening);
         END IF;
-        -- Taken after the lock: covers whatever the previous holder of the lock applied.
-        snapshot := bondhu.current_cursor();
-        SELECT * INTO applied
-        FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot, now() - cfg.insight_window,
-                                       cfg.dampening);
+    ELSE
+        SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;
     END IF;
     traits := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),

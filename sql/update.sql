@@ -39,23 +39,28 @@ BEGIN
         PERFORM bondhu.require_own_profile(target, 'bondhu_update_personality');
     END IF;
 
-    IF NOT operator AND NOT bondhu.has_pending(target) THEN
-        -- The rate limit counts what costs: a call that finds nothing pending uses no
-        -- slot, and writes nothing (no lock, no transaction id).
-        SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;
-        SELECT * INTO applied FROM bondhu.apply_user_pending(NULL, NULL, NULL, NULL, NULL) LIMIT 0;
-    ELSE
+    -- what a call that applies nothing returns (no row: every count 0)
+    SELECT * INTO applied FROM bondhu.apply_user_pending(NULL, NULL, NULL, NULL, NULL) LIMIT 0;
+    -- The rate limit counts what costs: a call that finds nothing pending uses no slot,
+    -- and writes nothing (no lock, no transaction id); one that finds nothing left once
+    -- it holds the lock (another call or a run applied it while it waited) uses no slot
+    -- either.
+    IF operator OR bondhu.has_pending(target) THEN
         INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
         ON CONFLICT (user_id) DO NOTHING;
         SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
-        IF NOT operator THEN
-            PERFORM bondhu.admit_self_update(target);
+        IF operator OR bondhu.has_pending(target) THEN
+            IF NOT operator THEN
+                PERFORM bondhu.admit_self_update(target);
+            END IF;
+            -- Taken after the lock: covers whatever the previous holder of the lock applied.
+            snapshot := bondhu.current_cursor();
+            SELECT * INTO applied
+            FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot, now() - cfg.insight_window,
+                                           cfg.dampening);
         END IF;
-        -- Taken after the lock: covers whatever the previous holder of the lock applied.
-        snapshot := bondhu.current_cursor();
-        SELECT * INTO applied
-        FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot, now() - cfg.insight_window,
-                                       cfg.dampening);
+    ELSE
+        SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;
     END IF;
     traits := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
