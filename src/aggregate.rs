@@ -37,6 +37,10 @@ const _: () = assert!(std::mem::align_of::<InsightTotals>() <= 8);
 struct FixedSum([u8; 16]);
 
 impl FixedSum {
+    fn new(value: i128) -> Self {
+        FixedSum(value.to_ne_bytes())
+    }
+
     fn get(self) -> i128 {
         i128::from_ne_bytes(self.0)
     }
@@ -50,7 +54,7 @@ impl FixedSum {
                 "bondhu: the adjustments of one user add up beyond 10^14"
             );
         };
-        self.0 = sum.to_ne_bytes();
+        *self = FixedSum::new(sum);
     }
 }
 
@@ -435,7 +439,7 @@ pub unsafe fn deserialize(bytes: &[u8], fcinfo: pg_sys::FunctionCallInfo) -> Int
         *count = i32::from_le_bytes(take(4).try_into().expect("4 bytes"));
     }
     for fixed in totals.fixed.iter_mut() {
-        fixed.add(i128::from_le_bytes(take(16).try_into().expect("16 bytes")));
+        *fixed = FixedSum::new(i128::from_le_bytes(take(16).try_into().expect("16 bytes")));
     }
     for i in 0..totals.fixed.len() {
         let len = u32::from_le_bytes(take(4).try_into().expect("4 bytes")) as usize;
