@@ -95,9 +95,13 @@ CREATE FUNCTION bondhu."incarnation_changed"()
 	LANGUAGE c
 	AS 'MODULE_PATHNAME', 'incarnation_changed_wrapper';
 
--- The incarnation of this database's insight positions; starts a new one when the data
--- is found in another cluster. cacheable is false when this call changed the state
--- (the change is not committed yet, so a backend must not remember it).
+-- The incarnation of this database's insight positions; starts a new one when the state
+-- is not this cluster's own: made in another cluster (another system_identifier), or in
+-- a copy of this one (a base backup or a disk snapshot keeps the system_identifier)
+-- whose transactions ran ahead: its cursor, in its own incarnation, is past the next
+-- transaction id here, so it would cover positions this cluster has yet to give.
+-- cacheable is false when this call changed the state (the change is not committed
+-- yet, so a backend must not remember it).
 CREATE OR REPLACE FUNCTION bondhu.resolve_incarnation(OUT incarnation integer, OUT cacheable boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -105,7 +109,10 @@ DECLARE
     known bondhu.pipeline_state;
 BEGIN
     SELECT * INTO known FROM bondhu.pipeline_state;
-    IF FOUND AND known.system_identifier = this_cluster THEN
+    IF FOUND AND known.system_identifier = this_cluster
+       AND NOT (known.applied_xmax >> 48 = known.incarnation
+                AND known.applied_xmax - (known.applied_xmax >> 48 << 48)
+                    > pg_snapshot_xmax(pg_current_snapshot())::text::bigint) THEN
         incarnation := known.incarnation;
         cacheable := true;
         RETURN;
@@ -124,9 +131,11 @@ BEGIN
               SELECT max(applied_xmax) FROM public.user_personality_profiles) existing
         ON CONFLICT (single_row) DO NOTHING;
     ELSE
+        -- (the row as read: a concurrent call that started the new one first leaves
+        -- nothing to do)
         UPDATE bondhu.pipeline_state s
         SET incarnation = s.incarnation + 1, system_identifier = this_cluster
-        WHERE s.system_identifier <> this_cluster;
+        WHERE s.incarnation = known.incarnation;
     END IF;
     SELECT s.incarnation INTO STRICT incarnation FROM bondhu.pipeline_state s;
     cacheable := false;
@@ -1878,6 +1887,54 @@ BEGIN
         EXECUTE format('GRANT SELECT ON %s TO authenticated', tables);
     END IF;
 END $$;
+
+-- Deleting a profile marks its applied insights without bondhu.marking_applied: only
+-- logical replication's workers have their given positions ignored (data_tables.sql).
+CREATE OR REPLACE FUNCTION bondhu.forget_profiles() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica AS $$
+DECLARE
+    g bondhu.cursor := bondhu.global_cursor();
+BEGIN
+    PERFORM bondhu.require_superuser_owned_tables();
+    UPDATE public.chat_personality_insights c SET ingest_pos = 2
+    FROM public.user_personality_profiles p
+    WHERE p.user_id = c.user_id AND (TG_OP = 'TRUNCATE' OR p.user_id = OLD.user_id)
+      AND c.ingest_pos > 2
+      AND (bondhu.position_applied(c.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
+           OR bondhu.position_applied(c.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip));
+    UPDATE public.entertainment_interactions e SET ingest_pos = 2
+    FROM public.user_personality_profiles p
+    WHERE p.user_id = e.user_id AND (TG_OP = 'TRUNCATE' OR p.user_id = OLD.user_id)
+      AND e.ingest_pos > 2
+      AND (bondhu.position_applied(e.ingest_pos, (g).xmin_pos, (g).xmax_pos, (g).xip_pos)
+           OR bondhu.position_applied(e.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip));
+    RETURN OLD;
+END $$;
+
+-- A restored state that is not this cluster's own starts a new incarnation in the
+-- restore's transaction (cursors.sql).
+CREATE OR REPLACE FUNCTION bondhu.pipeline_state_keep_single_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM bondhu.pipeline_state) THEN
+        UPDATE bondhu.pipeline_state SET
+            incarnation = NEW.incarnation, system_identifier = NEW.system_identifier,
+            applied_xmin = NEW.applied_xmin, applied_xmax = NEW.applied_xmax,
+            applied_xip = NEW.applied_xip, advanced_at = NEW.advanced_at;
+        -- a state that is not this cluster's own starts a new incarnation now, in the
+        -- restore's transaction: every backend forgets the one it knew when it commits
+        PERFORM bondhu.resolve_incarnation();
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+
+-- A data-only restore under session_replication_role = replica (Supabase's recipe)
+-- replaces the rows CREATE EXTENSION made (cursors.sql, settings.sql).
+ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER keep_single_row;
+ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER keep_single_row;
+ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER keep_single_row_truncate;
 
 -- The aggregates, now parallel safe with their combine, serial and deserial functions
 -- (apply.sql): an aggregate's support functions cannot be altered.

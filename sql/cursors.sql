@@ -29,8 +29,9 @@ COMMENT ON TABLE bondhu.pipeline_state IS
     'Where the pipeline stands: every insight below this cursor is applied to every profile.';
 SELECT pg_catalog.pg_extension_config_dump('bondhu.pipeline_state', '');
 
--- CREATE EXTENSION makes the row; pg_restore's COPY after it brings the dumped one,
--- which replaces it (the dumped system_identifier then starts a new incarnation).
+-- CREATE EXTENSION makes the row; a restore's COPY after it (pg_restore, or a data-only
+-- script) brings the dumped one, which replaces it (the dumped system_identifier then
+-- starts a new incarnation).
 CREATE FUNCTION bondhu.pipeline_state_keep_single_row() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -39,12 +40,18 @@ BEGIN
             incarnation = NEW.incarnation, system_identifier = NEW.system_identifier,
             applied_xmin = NEW.applied_xmin, applied_xmax = NEW.applied_xmax,
             applied_xip = NEW.applied_xip, advanced_at = NEW.advanced_at;
+        -- a state that is not this cluster's own starts a new incarnation now, in the
+        -- restore's transaction: every backend forgets the one it knew when it commits
+        PERFORM bondhu.resolve_incarnation();
         RETURN NULL;
     END IF;
     RETURN NEW;
 END $$;
 CREATE TRIGGER keep_single_row BEFORE INSERT ON bondhu.pipeline_state
     FOR EACH ROW EXECUTE FUNCTION bondhu.pipeline_state_keep_single_row();
+-- also under session_replication_role = replica: a data-only restore (Supabase's
+-- recipe sets it) brings the dumped row too
+ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER keep_single_row;
 
 -- A backend caches the incarnation (src/incarnation.rs); a change of it, however it is
 -- made (replica role included), has every backend forget it once committed.
@@ -57,9 +64,13 @@ CREATE TRIGGER incarnation_deleted AFTER DELETE ON bondhu.pipeline_state
 ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER incarnation_changed;
 ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER incarnation_deleted;
 
--- The incarnation of this database's insight positions; starts a new one when the data
--- is found in another cluster. cacheable is false when this call changed the state
--- (the change is not committed yet, so a backend must not remember it).
+-- The incarnation of this database's insight positions; starts a new one when the state
+-- is not this cluster's own: made in another cluster (another system_identifier), or in
+-- a copy of this one (a base backup or a disk snapshot keeps the system_identifier)
+-- whose transactions ran ahead: its cursor, in its own incarnation, is past the next
+-- transaction id here, so it would cover positions this cluster has yet to give.
+-- cacheable is false when this call changed the state (the change is not committed
+-- yet, so a backend must not remember it).
 CREATE FUNCTION bondhu.resolve_incarnation(OUT incarnation integer, OUT cacheable boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -67,7 +78,10 @@ DECLARE
     known bondhu.pipeline_state;
 BEGIN
     SELECT * INTO known FROM bondhu.pipeline_state;
-    IF FOUND AND known.system_identifier = this_cluster THEN
+    IF FOUND AND known.system_identifier = this_cluster
+       AND NOT (known.applied_xmax >> 48 = known.incarnation
+                AND known.applied_xmax - (known.applied_xmax >> 48 << 48)
+                    > pg_snapshot_xmax(pg_current_snapshot())::text::bigint) THEN
         incarnation := known.incarnation;
         cacheable := true;
         RETURN;
@@ -86,9 +100,11 @@ BEGIN
               SELECT max(applied_xmax) FROM public.user_personality_profiles) existing
         ON CONFLICT (single_row) DO NOTHING;
     ELSE
+        -- (the row as read: a concurrent call that started the new one first leaves
+        -- nothing to do)
         UPDATE bondhu.pipeline_state s
         SET incarnation = s.incarnation + 1, system_identifier = this_cluster
-        WHERE s.system_identifier <> this_cluster;
+        WHERE s.incarnation = known.incarnation;
     END IF;
     SELECT s.incarnation INTO STRICT incarnation FROM bondhu.pipeline_state s;
     cacheable := false;

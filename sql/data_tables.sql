@@ -92,13 +92,12 @@ COMMENT ON TABLE public.personality_profile_history IS
 -- (position 2) before the profile goes, so that not even a global cursor that starts
 -- again (DROP and CREATE EXTENSION) applies it again. TRUNCATE does the same for every
 -- profile.
--- It marks them as replication's apply would write them (session_replication_role =
--- replica), so that the application's own triggers do not fire for bondhu's change,
--- and tells bondhu's position trigger that this position is bondhu's own
--- (bondhu.marking_applied; only a superuser's write honours it).
+-- It marks them under session_replication_role = replica, so that the application's
+-- own triggers do not fire for bondhu's change; bondhu's position trigger keeps the
+-- position, written by the extension's owner, a superuser.
 CREATE FUNCTION bondhu.forget_profiles() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET session_replication_role = replica SET bondhu.marking_applied = on AS $$
+SET session_replication_role = replica AS $$
 DECLARE
     g bondhu.cursor := bondhu.global_cursor();
 BEGIN

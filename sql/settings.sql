@@ -21,8 +21,9 @@ COMMENT ON TABLE bondhu.settings IS
     'bondhu settings for this database (one row). Change with UPDATE bondhu.settings SET ...; reset a value with SET col = DEFAULT.';
 CREATE UNIQUE INDEX settings_single_row ON bondhu.settings ((true));
 
--- pg_dump restores this configuration table with COPY after CREATE EXTENSION has
--- already inserted the default row: an insert into the table overwrites that row.
+-- A restore (pg_restore, or a data-only script) copies this configuration table after
+-- CREATE EXTENSION has already inserted the default row: an insert into the table
+-- overwrites that row.
 CREATE FUNCTION bondhu.settings_keep_single_row() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -47,6 +48,10 @@ CREATE TRIGGER keep_single_row BEFORE INSERT OR DELETE ON bondhu.settings
     FOR EACH ROW EXECUTE FUNCTION bondhu.settings_keep_single_row();
 CREATE TRIGGER keep_single_row_truncate BEFORE TRUNCATE ON bondhu.settings
     FOR EACH STATEMENT EXECUTE FUNCTION bondhu.settings_keep_single_row();
+-- also under session_replication_role = replica: a data-only restore (Supabase's
+-- recipe sets it) brings the dumped row too
+ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER keep_single_row;
+ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER keep_single_row_truncate;
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
 CREATE FUNCTION bondhu.settings_explain_checks() RETURNS trigger

@@ -2,7 +2,6 @@
 //! user, the transaction, settings, the relation cache), behind safe functions: the
 //! calls into Postgres that need no pointer from bondhu's callers.
 use pgrx::prelude::*;
-use std::ffi::CStr;
 
 /// Is the current user a superuser?
 pub fn is_superuser() -> bool {
@@ -29,21 +28,14 @@ pub fn uses_transaction_snapshot() -> bool {
     unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }
 
-/// Is session_replication_role `replica` (as in logical replication's apply)?
-pub fn replica_role() -> bool {
-    // SAFETY: reads a backend-local integer that only this backend writes.
-    unsafe { pg_sys::SessionReplicationRole == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32 }
-}
-
-/// Is the setting `name` (a custom one need not exist) `on`?
-pub fn setting_is_on(name: &CStr) -> bool {
-    // SAFETY: name is a C string; GetConfigOption returns NULL (missing_ok) or a
-    // string owned by the GUC machinery, valid until the setting changes: it is read
-    // at once.
-    unsafe {
-        let value = pg_sys::GetConfigOption(name.as_ptr(), true, false);
-        !value.is_null() && CStr::from_ptr(value).to_bytes() == b"on"
-    }
+/// Is this backend one of logical replication's workers (an apply worker, a parallel
+/// apply worker, or a table synchronization worker's initial COPY)? Only these write
+/// rows as another database sent them; a session that sets session_replication_role
+/// = replica (a data-only restore, a migration script) is not one of them.
+pub fn logical_replication_worker() -> bool {
+    // SAFETY: reads whether this backend's logical replication worker slot is set; takes
+    // no pointers. IsLogicalWorker() has this signature from PostgreSQL 11 on.
+    unsafe { pg_sys::IsLogicalWorker() }
 }
 
 /// Runs f as role `owner`, as a SECURITY DEFINER function would. An error inside

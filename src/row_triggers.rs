@@ -181,15 +181,6 @@ fn name_is(name: &pg_sys::NameData, wanted: &str) -> bool {
         .eq(wanted.bytes())
 }
 
-/// Is this write logical replication's apply (session_replication_role = replica),
-/// and not bondhu marking insights applied (bondhu.forget_profiles sets
-/// bondhu.marking_applied for its own writes, which it makes as replica so that the
-/// application's triggers stay out of them)?
-fn replicated_write() -> bool {
-    // an ordinary write looks up no setting
-    backend::replica_role() && !backend::setting_is_on(c"bondhu.marking_applied")
-}
-
 /// BEFORE INSERT OR UPDATE FOR EACH ROW on both insight tables, enabled ALWAYS (it
 /// fires for logical replication's apply too). Argument: the document column.
 /// bondhu alone positions insights:
@@ -197,10 +188,12 @@ fn replicated_write() -> bool {
 /// - UPDATE: a row whose document or user changes is a new insight and gets this
 ///   transaction's position; any other update keeps the row's position;
 /// - a position given by the writer is refused with 42501 (superusers excepted:
-///   restoring a dump). So nobody hides an insight, re-applies one, or blocks others;
-/// - under session_replication_role = replica (logical replication's apply, which
-///   runs as a superuser and brings the publisher's positions along) a given
-///   position is ignored: positions are this cluster's.
+///   restoring a dump, with pg_restore or as a data-only script under
+///   session_replication_role = replica). So nobody hides an insight, re-applies one,
+///   or blocks others;
+/// - in logical replication's workers (apply, and the initial table copy), which
+///   bring the publisher's positions along, a given position is ignored: positions
+///   are this database's.
 pub fn position_insight<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, pgrx::datum::TryFromDatumError> {
@@ -215,9 +208,9 @@ pub fn position_insight<'a>(
         .into_owned();
     let rows = Rows::of(trigger);
     let given = rows.get(true, "ingest_pos").map(|v| v.datum);
-    let replica = replicated_write();
+    let replicated = backend::logical_replication_worker();
     let position = if trigger.old().is_none() {
-        if given.is_some() && !replica {
+        if given.is_some() && !replicated {
             refuse_unless_superuser("ingest_pos");
             given
         } else {
@@ -225,7 +218,7 @@ pub fn position_insight<'a>(
         }
     } else {
         let stored = rows.get(false, "ingest_pos").map(|v| v.datum);
-        if given != stored && !replica {
+        if given != stored && !replicated {
             refuse_unless_superuser("ingest_pos");
             given
         } else if rows.changed("user_id") || rows.changed(&document) {

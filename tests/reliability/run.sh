@@ -1,4 +1,6 @@
-# Reliability: concurrency, kills, dump and restore into a new cluster, hostile input.
+# Reliability: concurrency, kills, dump and restore into a new cluster (pg_restore, and
+# Supabase's data-only recipe under replica role), logical replication, a dump restored
+# into a copy of its cluster, hostile input.
 # Each scenario ends with tests/reliability/invariant.sql: every profile = 50 + 0.1 x
 # the sum of its insights, and the history accounts for every insight exactly once.
 #
@@ -16,8 +18,9 @@
 #   SOAK_SECONDS  how long the concurrency scenario runs (default 20)
 # The cluster must have bondhu installed in its PostgreSQL and a database bondhu_cron
 # that pg_cron is configured for (cron.database_name); the scenarios create and drop
-# their own databases there and start a second cluster in
-# target/restore-cluster-pgVERSION on port CLUSTER_PORT + 2 for the restore.
+# their own databases there and start clusters of their own: one in
+# target/restore-cluster-pgVERSION on port CLUSTER_PORT + 2 for the restores and logical
+# replication, and an original and its copy on CLUSTER_PORT + 3 and + 4.
 # Each check is reported with `record NAME STATUS`: scripts/test.sh's own when it
 # sources this file; run alone, one defined here, and the exit status is the number
 # of failed checks.
@@ -231,7 +234,124 @@ invariant_holds "$line"
 record "dump/restore: every insight applied exactly once in the new cluster" $?
 [ "$(restore_psql -Atc "SELECT incarnation FROM bondhu.pipeline_state")" = 2 ]
 record "dump/restore: the new cluster is a new incarnation" $?
+
+log "a data-only restore under session_replication_role = replica (Supabase's recipe)"
+# supabase db dump writes schema.sql and data.sql (pg_dump --schema-only and
+# --data-only); Supabase's docs restore them with
+#   psql --single-transaction -v ON_ERROR_STOP=1 -f schema.sql -c 'SET session_replication_role = replica' -f data.sql
+# Under replica role only triggers enabled ALWAYS fire, and the writes are a superuser's.
+for part in schema data; do
+    sudo -u postgres "$PG_BIN/pg_dump" -h "$CLUSTER_DIR" -p "$CLUSTER_PORT" -U postgres --"$part"-only \
+        -f "$RESULTS/bondhu-$part.sql" bondhu_cron
+done
+psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d postgres \
+    -c "DROP DATABASE bondhu_cron WITH (FORCE)" -c "CREATE DATABASE bondhu_cron"
+restore_psql --single-transaction -f "$RESULTS/bondhu-schema.sql" -c "SET session_replication_role = replica" \
+    -f "$RESULTS/bondhu-data.sql" >"$RESULTS/data-only-restore.log" 2>&1
+record "data-only restore: psql --single-transaction with ON_ERROR_STOP succeeds" $?
+after=$(restore_psql -Atc "SELECT format('%s/%s/%s', (SELECT count(*) FROM user_personality_profiles),
+                           (SELECT count(*) FROM personality_profile_history), (SELECT count(*) FROM system_tasks))")
+echo "profiles/history/runs before: $before, restored: $after"
+[ "$before" = "$after" ]
+record "data-only restore: profiles, history and run log all restored" $?
+# the dumped positions and cursors are kept (a superuser's): pending insights apply
+# once, applied ones never again
+restore_psql -c "SELECT bondhu_update_all()" >/dev/null
+restore_psql -c "INSERT INTO chat_personality_insights (user_id, adjustments)
+                 SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{\"openness\": 0.25}'
+                 FROM generate_series(1, 300) u"
+restore_psql -c "SELECT bondhu_update_all()" >/dev/null
+line=$(psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_cron -f "$HERE/invariant.sql"); echo "$line"
+invariant_holds "$line"
+record "data-only restore: every insight applied exactly once in the new cluster" $?
+[ "$(restore_psql -Atc "SELECT incarnation FROM bondhu.pipeline_state")" = 2 ]
+record "data-only restore: the new cluster is a new incarnation" $?
+
+log "logical replication: a subscriber positions the insights it receives"
+# In the restore cluster, with wal_level = logical: a publisher database and a subscriber
+# database, each with bondhu. The publisher's positions (its transactions) mean nothing
+# to the subscriber: kept, the subscriber's cursor, taken after the publisher wrote,
+# would cover them and the insights would never apply there.
+restore_psql -c "ALTER SYSTEM SET wal_level = logical" >/dev/null
+stop_cluster "$RESTORE_DIR"; start_cluster "$RESTORE_DIR" "$RESTORE_PORT" bondhu_cron
+for db in bondhu_publisher bondhu_subscriber; do
+    psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d postgres -c "CREATE DATABASE $db"
+    restore_psql -d "$db" -c "CREATE EXTENSION bondhu"
+done
+restore_psql -d bondhu_publisher -c "
+    INSERT INTO chat_personality_insights (user_id, adjustments)
+    SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, jsonb_build_object('openness', u % 7 - 3)
+    FROM generate_series(1, 100) u, generate_series(1, 3)" \
+    -c "CREATE PUBLICATION bondhu_insights FOR TABLE chat_personality_insights" \
+    -c "SELECT FROM pg_create_logical_replication_slot('bondhu_subscriber', 'pgoutput')"
+# the subscriber's global cursor now covers every transaction the publisher has committed
+restore_psql -d bondhu_subscriber -c "SELECT bondhu_update_all()" >/dev/null
+restore_psql -d bondhu_subscriber -c "CREATE SUBSCRIPTION bondhu_insights
+    CONNECTION 'host=$RESTORE_DIR port=$RESTORE_PORT dbname=bondhu_publisher user=postgres'
+    PUBLICATION bondhu_insights WITH (create_slot = false, slot_name = 'bondhu_subscriber')"
+# rows the initial copy brings (300), then rows the apply worker brings (100)
+restore_psql -d bondhu_publisher -c "
+    INSERT INTO chat_personality_insights (user_id, adjustments)
+    SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{\"openness\": 0.5}'
+    FROM generate_series(1, 100) u"
+for _ in $(seq 1 600); do
+    [ "$(restore_psql -d bondhu_subscriber -Atc "SELECT count(*) FROM chat_personality_insights")" = 400 ] && break
+    sleep 0.1
+done
+applied=$(restore_psql -d bondhu_subscriber -Atc "SELECT bondhu_update_all() ->> 'insights_processed'")
+echo "insights applied on the subscriber: $applied of 400"
+[ "$applied" = 400 ]
+record "logical replication: every insight the subscriber receives is applied there" $?
+line=$(psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_subscriber -f "$HERE/invariant.sql"); echo "$line"
+invariant_holds "$line"
+record "logical replication: the subscriber's profiles count each insight exactly once" $?
+restore_psql -d bondhu_subscriber -c "DROP SUBSCRIPTION bondhu_insights" >/dev/null
 stop_cluster "$RESTORE_DIR"
+
+log "a copy of a cluster (same system_identifier) restores a dump of the original, which ran ahead"
+# A base backup or a disk snapshot keeps the system_identifier. The original then runs
+# 5,000 more transactions than the copy: its dumped cursor is past the copy's next
+# transaction id, and would cover the copy's new insights.
+ORIGINAL_DIR=$ROOT/target/original-cluster-pg$PG_VERSION
+COPY_DIR=$ROOT/target/copy-cluster-pg$PG_VERSION
+for dir in "$ORIGINAL_DIR" "$COPY_DIR"; do stop_cluster "$dir"; rm -rf "$dir"; done
+start_cluster "$ORIGINAL_DIR" $((CLUSTER_PORT + 3)) bondhu_cron
+stop_cluster "$ORIGINAL_DIR"
+cp -a "$ORIGINAL_DIR" "$COPY_DIR"
+printf "port = %s\nunix_socket_directories = '%s'\n" $((CLUSTER_PORT + 4)) "$COPY_DIR" >>"$COPY_DIR/postgresql.conf"
+start_cluster "$ORIGINAL_DIR" $((CLUSTER_PORT + 3)) bondhu_cron
+start_cluster "$COPY_DIR" $((CLUSTER_PORT + 4)) bondhu_cron
+original_psql() { psql -X -q -v ON_ERROR_STOP=1 -h "$ORIGINAL_DIR" -p $((CLUSTER_PORT + 3)) -U postgres "$@"; }
+copy_psql() { psql -X -q -v ON_ERROR_STOP=1 -h "$COPY_DIR" -p $((CLUSTER_PORT + 4)) -U postgres "$@"; }
+original_psql -d postgres -c "CREATE DATABASE bondhu_clone"
+original_psql -d bondhu_clone -c "CREATE EXTENSION bondhu" \
+    -c "DO \$\$ BEGIN FOR i IN 1..5000 LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END \$\$" \
+    -c "INSERT INTO chat_personality_insights (user_id, adjustments)
+        SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, jsonb_build_object('openness', u % 5 - 2)
+        FROM generate_series(1, 100) u, generate_series(1, 2)" \
+    -c "SELECT FROM bondhu_update_all()" \
+    -c "INSERT INTO chat_personality_insights (user_id, adjustments)
+        SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{\"openness\": 1}'
+        FROM generate_series(1, 100) u"
+sudo -u postgres "$PG_BIN/pg_dump" -h "$ORIGINAL_DIR" -p $((CLUSTER_PORT + 3)) -U postgres -Fc \
+    -f "$RESULTS/original.pgdump" bondhu_clone
+copy_psql -d postgres -c "CREATE DATABASE bondhu_clone"
+sudo -u postgres "$PG_BIN/pg_restore" -h "$COPY_DIR" -p $((CLUSTER_PORT + 4)) -U postgres --exit-on-error \
+    -d bondhu_clone "$RESULTS/original.pgdump"
+[ "$(original_psql -d bondhu_clone -Atc "SELECT system_identifier FROM pg_control_system()")" = \
+  "$(copy_psql -d bondhu_clone -Atc "SELECT system_identifier FROM pg_control_system()")" ]
+record "copy of a cluster: the same system_identifier, restored without error" $?
+copy_psql -d bondhu_clone -c "INSERT INTO chat_personality_insights (user_id, adjustments)
+    SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{\"openness\": 0.5}'
+    FROM generate_series(1, 100) u"
+applied=$(copy_psql -d bondhu_clone -Atc "SELECT bondhu_update_all() ->> 'insights_processed'")
+echo "insights applied in the copy: $applied of 200 (100 pending in the dump, 100 written after the restore)"
+line=$(copy_psql -d bondhu_clone -f "$HERE/invariant.sql"); echo "$line"
+[ "$applied" = 200 ] && invariant_holds "$line"
+record "copy of a cluster: the dump's pending insights and the copy's new ones applied once" $?
+[ "$(copy_psql -d bondhu_clone -Atc "SELECT incarnation FROM bondhu.pipeline_state")" = 2 ]
+record "copy of a cluster: the restored state starts a new incarnation" $?
+for dir in "$ORIGINAL_DIR" "$COPY_DIR"; do stop_cluster "$dir"; rm -rf "$dir"; done
 
 log "hostile input: a generated corpus of insight documents"
 fresh_bondhu_db bondhu_hostile

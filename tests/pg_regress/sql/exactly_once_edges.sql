@@ -97,11 +97,11 @@ MERGE INTO entertainment_interactions e USING (SELECT uid(603) AS id) s ON e.id 
     WHEN MATCHED THEN UPDATE SET personality_insights = '{"openness": 10}';
 INSERT INTO entertainment_interactions (id, user_id, personality_insights) VALUES (uid(604), uid(6), '{"openness": 10}')
     ON CONFLICT (id) DO UPDATE SET personality_insights = excluded.personality_insights;
--- logical replication's apply runs as replica, as a superuser, and brings the
--- publisher's positions along: they are ignored (2 would hide the insight)
+-- under session_replication_role = replica (a migration script; bondhu's triggers are
+-- enabled ALWAYS; logical replication's workers: tests/reliability)
 SET session_replication_role = replica;
-UPDATE entertainment_interactions SET personality_insights = '{"openness": 10}', ingest_pos = 2 WHERE id = uid(605);
-INSERT INTO chat_personality_insights (user_id, adjustments, ingest_pos) VALUES (uid(6), '{"openness": 10}', 2);
+UPDATE entertainment_interactions SET personality_insights = '{"openness": 10}' WHERE id = uid(605);
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (uid(6), '{"openness": 10}');
 RESET session_replication_role;
 -- after a JSON null placeholder
 UPDATE entertainment_interactions SET personality_insights = '{"openness": 10}' WHERE id = uid(606);
