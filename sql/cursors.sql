@@ -78,10 +78,13 @@ DECLARE
     known bondhu.pipeline_state;
 BEGIN
     SELECT * INTO known FROM bondhu.pipeline_state;
-    IF FOUND AND known.system_identifier = this_cluster
-       AND NOT (known.applied_xmax >> 48 = known.incarnation
-                AND known.applied_xmax - (known.applied_xmax >> 48 << 48)
-                    > pg_snapshot_xmax(pg_current_snapshot())::text::bigint) THEN
+    -- (a standby, which cannot write, takes the state as it is: its snapshots may lag
+    -- behind the transaction ids of the state it has replayed)
+    IF FOUND AND (pg_is_in_recovery()
+                  OR known.system_identifier = this_cluster
+                     AND NOT (known.applied_xmax >> 48 = known.incarnation
+                              AND known.applied_xmax - (known.applied_xmax >> 48 << 48)
+                                  > pg_snapshot_xmax(pg_current_snapshot())::text::bigint)) THEN
         incarnation := known.incarnation;
         cacheable := true;
         RETURN;

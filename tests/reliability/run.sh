@@ -20,7 +20,8 @@
 # that pg_cron is configured for (cron.database_name); the scenarios create and drop
 # their own databases there and start clusters of their own: one in
 # target/restore-cluster-pgVERSION on port CLUSTER_PORT + 2 for the restores and logical
-# replication, and an original and its copy on CLUSTER_PORT + 3 and + 4.
+# replication, its standby on CLUSTER_PORT + 5, and an original and its copy on
+# CLUSTER_PORT + 3 and + 4.
 # Each check is reported with `record NAME STATUS`: scripts/test.sh's own when it
 # sources this file; run alone, one defined here, and the exit status is the number
 # of failed checks.
@@ -236,14 +237,14 @@ record "dump/restore: every insight applied exactly once in the new cluster" $?
 record "dump/restore: the new cluster is a new incarnation" $?
 
 log "a data-only restore under session_replication_role = replica (Supabase's recipe)"
-# supabase db dump writes schema.sql and data.sql (pg_dump --schema-only and
-# --data-only); Supabase's docs restore them with
+# supabase db dump writes schema.sql and data.sql (pg_dump --schema-only, and
+# --data-only --column-inserts); Supabase's docs restore them with
 #   psql --single-transaction -v ON_ERROR_STOP=1 -f schema.sql -c 'SET session_replication_role = replica' -f data.sql
 # Under replica role only triggers enabled ALWAYS fire, and the writes are a superuser's.
-for part in schema data; do
-    sudo -u postgres "$PG_BIN/pg_dump" -h "$CLUSTER_DIR" -p "$CLUSTER_PORT" -U postgres --"$part"-only \
-        -f "$RESULTS/bondhu-$part.sql" bondhu_cron
-done
+sudo -u postgres "$PG_BIN/pg_dump" -h "$CLUSTER_DIR" -p "$CLUSTER_PORT" -U postgres --schema-only \
+    -f "$RESULTS/bondhu-schema.sql" bondhu_cron
+sudo -u postgres "$PG_BIN/pg_dump" -h "$CLUSTER_DIR" -p "$CLUSTER_PORT" -U postgres --data-only --column-inserts \
+    -f "$RESULTS/bondhu-data.sql" bondhu_cron
 psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d postgres \
     -c "DROP DATABASE bondhu_cron WITH (FORCE)" -c "CREATE DATABASE bondhu_cron"
 restore_psql --single-transaction -f "$RESULTS/bondhu-schema.sql" -c "SET session_replication_role = replica" \
@@ -306,6 +307,27 @@ line=$(psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_sub
 invariant_holds "$line"
 record "logical replication: the subscriber's profiles count each insight exactly once" $?
 restore_psql -d bondhu_subscriber -c "DROP SUBSCRIPTION bondhu_insights" >/dev/null
+
+log "a physical standby (a read replica) answers the live profile and the metrics"
+# Supabase's read replicas: the same reads there as on the primary, nothing written.
+STANDBY_DIR=$ROOT/target/standby-cluster-pg$PG_VERSION
+stop_cluster "$STANDBY_DIR"; rm -rf "$STANDBY_DIR"
+mkdir -p "$STANDBY_DIR" && chown postgres:postgres "$STANDBY_DIR" && chmod 700 "$STANDBY_DIR"
+restore_psql -d bondhu_subscriber -c "INSERT INTO chat_personality_insights (user_id, adjustments)
+    VALUES ('00000000-0000-0000-0000-000000000001', '{\"openness\": 2}')"  # pending
+sudo -u postgres "$PG_BIN/pg_basebackup" -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -D "$STANDBY_DIR" -R -X stream
+printf "port = %s\nunix_socket_directories = '%s'\n" $((CLUSTER_PORT + 5)) "$STANDBY_DIR" >>"$STANDBY_DIR/postgresql.conf"
+start_cluster "$STANDBY_DIR" $((CLUSTER_PORT + 5)) bondhu_cron
+standby_psql() { psql -X -q -v ON_ERROR_STOP=1 -h "$STANDBY_DIR" -p $((CLUSTER_PORT + 5)) -U postgres -d bondhu_subscriber "$@"; }
+reads="SELECT bondhu_profile('00000000-0000-0000-0000-000000000001') - 'as_of' - 'next_update_at',
+              bondhu_metrics() #>> '{backlog,pending_insights}'"
+on_primary=$(restore_psql -d bondhu_subscriber -Atc "$reads")
+on_standby=$(standby_psql -Atc "SELECT pg_is_in_recovery()" -c "$reads" 2>&1)
+echo "primary: $on_primary"; echo "standby: $on_standby"
+[ "$on_standby" = "t
+$on_primary" ]
+record "standby: bondhu_profile() and bondhu_metrics() answer as on the primary" $?
+stop_cluster "$STANDBY_DIR"; rm -rf "$STANDBY_DIR"
 stop_cluster "$RESTORE_DIR"
 
 log "a copy of a cluster (same system_identifier) restores a dump of the original, which ran ahead"
