@@ -99,7 +99,8 @@ CREATE FUNCTION bondhu."incarnation_changed"()
 -- is not this cluster's own: made in another cluster (another system_identifier), or in
 -- a copy of this one (a base backup or a disk snapshot keeps the system_identifier)
 -- whose transactions ran ahead: its cursor, in its own incarnation, is past the next
--- transaction id here, so it would cover positions this cluster has yet to give.
+-- transaction id here, so it would cover positions this cluster has yet to give. (A
+-- restore that replaces the row starts a new one at once: keep_single_row.)
 -- cacheable is false when this call changed the state (the change is not committed
 -- yet, so a backend must not remember it).
 CREATE OR REPLACE FUNCTION bondhu.resolve_incarnation(OUT incarnation integer, OUT cacheable boolean)
@@ -1891,11 +1892,12 @@ BEGIN
     END IF;
 END $$;
 
--- Deleting a profile marks its applied insights without bondhu.marking_applied: only
--- logical replication's workers have their given positions ignored (data_tables.sql).
+-- Deleting a profile marks its applied insights with bondhu.writing_positions, not
+-- bondhu.marking_applied: only logical replication's workers have given positions
+-- ignored, and bondhu's own writes are kept there too (data_tables.sql).
 CREATE OR REPLACE FUNCTION bondhu.forget_profiles() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET session_replication_role = replica AS $$
+SET session_replication_role = replica SET bondhu.writing_positions = on AS $$
 DECLARE
     g bondhu.cursor := bondhu.global_cursor();
 BEGIN
@@ -1915,19 +1917,34 @@ BEGIN
     RETURN OLD;
 END $$;
 
--- A restored state that is not this cluster's own starts a new incarnation in the
--- restore's transaction (cursors.sql).
+-- A late change positioned again is bondhu's own write, kept in logical replication's
+-- workers too (data_tables.sql).
+CREATE OR REPLACE FUNCTION bondhu.position_late_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET bondhu.writing_positions = on AS $$
+BEGIN
+    IF NEW.ingest_pos IS DISTINCT FROM bondhu.ingest_position() THEN
+        EXECUTE format('UPDATE %s SET ingest_pos = bondhu.ingest_position() WHERE id = $1', TG_RELID::regclass)
+        USING NEW.id;
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- A restored state starts a new incarnation in the restore's transaction (cursors.sql).
 CREATE OR REPLACE FUNCTION bondhu.pipeline_state_keep_single_row() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF EXISTS (SELECT FROM bondhu.pipeline_state) THEN
+        -- The restored state starts a new incarnation at once, in the restore's
+        -- transaction (every backend forgets the one it knew when it commits): its
+        -- positions and cursors may be another cluster's, or those of a copy of this
+        -- one that ran ahead (a profile's cursor past our next transaction id would
+        -- cover the insights we write next). All of them then sort below ours, and so
+        -- do any this database wrote before the restore.
         UPDATE bondhu.pipeline_state SET
-            incarnation = NEW.incarnation, system_identifier = NEW.system_identifier,
+            incarnation = greatest(incarnation, NEW.incarnation) + 1,
+            system_identifier = (SELECT c.system_identifier FROM pg_catalog.pg_control_system() c),
             applied_xmin = NEW.applied_xmin, applied_xmax = NEW.applied_xmax,
             applied_xip = NEW.applied_xip, advanced_at = NEW.advanced_at;
-        -- a state that is not this cluster's own starts a new incarnation now, in the
-        -- restore's transaction: every backend forgets the one it knew when it commits
-        PERFORM bondhu.resolve_incarnation();
         RETURN NULL;
     END IF;
     RETURN NEW;

@@ -30,19 +30,22 @@ COMMENT ON TABLE bondhu.pipeline_state IS
 SELECT pg_catalog.pg_extension_config_dump('bondhu.pipeline_state', '');
 
 -- CREATE EXTENSION makes the row; a restore's COPY after it (pg_restore, or a data-only
--- script) brings the dumped one, which replaces it (the dumped system_identifier then
--- starts a new incarnation).
+-- script) brings the dumped one, which replaces it and starts a new incarnation.
 CREATE FUNCTION bondhu.pipeline_state_keep_single_row() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF EXISTS (SELECT FROM bondhu.pipeline_state) THEN
+        -- The restored state starts a new incarnation at once, in the restore's
+        -- transaction (every backend forgets the one it knew when it commits): its
+        -- positions and cursors may be another cluster's, or those of a copy of this
+        -- one that ran ahead (a profile's cursor past our next transaction id would
+        -- cover the insights we write next). All of them then sort below ours, and so
+        -- do any this database wrote before the restore.
         UPDATE bondhu.pipeline_state SET
-            incarnation = NEW.incarnation, system_identifier = NEW.system_identifier,
+            incarnation = greatest(incarnation, NEW.incarnation) + 1,
+            system_identifier = (SELECT c.system_identifier FROM pg_catalog.pg_control_system() c),
             applied_xmin = NEW.applied_xmin, applied_xmax = NEW.applied_xmax,
             applied_xip = NEW.applied_xip, advanced_at = NEW.advanced_at;
-        -- a state that is not this cluster's own starts a new incarnation now, in the
-        -- restore's transaction: every backend forgets the one it knew when it commits
-        PERFORM bondhu.resolve_incarnation();
         RETURN NULL;
     END IF;
     RETURN NEW;
@@ -68,7 +71,8 @@ ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER incarnation_deleted;
 -- is not this cluster's own: made in another cluster (another system_identifier), or in
 -- a copy of this one (a base backup or a disk snapshot keeps the system_identifier)
 -- whose transactions ran ahead: its cursor, in its own incarnation, is past the next
--- transaction id here, so it would cover positions this cluster has yet to give.
+-- transaction id here, so it would cover positions this cluster has yet to give. (A
+-- restore that replaces the row starts a new one at once: keep_single_row.)
 -- cacheable is false when this call changed the state (the change is not committed
 -- yet, so a backend must not remember it).
 CREATE FUNCTION bondhu.resolve_incarnation(OUT incarnation integer, OUT cacheable boolean)

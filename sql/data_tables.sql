@@ -93,11 +93,12 @@ COMMENT ON TABLE public.personality_profile_history IS
 -- again (DROP and CREATE EXTENSION) applies it again. TRUNCATE does the same for every
 -- profile.
 -- It marks them under session_replication_role = replica, so that the application's
--- own triggers do not fire for bondhu's change; bondhu's position trigger keeps the
--- position, written by the extension's owner, a superuser.
+-- own triggers do not fire for bondhu's change, and tells bondhu's position trigger
+-- that the position is bondhu's own (bondhu.writing_positions: kept, written by the
+-- extension's owner, a superuser, also inside logical replication's workers).
 CREATE FUNCTION bondhu.forget_profiles() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET session_replication_role = replica AS $$
+SET session_replication_role = replica SET bondhu.writing_positions = on AS $$
 DECLARE
     g bondhu.cursor := bondhu.global_cursor();
 BEGIN
@@ -120,9 +121,10 @@ END $$;
 -- AFTER UPDATE on both insight tables, for a row whose document or user changed while
 -- its position did not: an application's BEFORE trigger that sorts after bondhu's
 -- (zz_bondhu_position_insight) changed it after bondhu looked. The row gets this
--- transaction's position, as bondhu's trigger would have given it.
+-- transaction's position, as bondhu's trigger would have given it (bondhu.writing_positions:
+-- inside logical replication's workers too, where given positions are otherwise ignored).
 CREATE FUNCTION bondhu.position_late_change() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET bondhu.writing_positions = on AS $$
 BEGIN
     IF NEW.ingest_pos IS DISTINCT FROM bondhu.ingest_position() THEN
         EXECUTE format('UPDATE %s SET ingest_pos = bondhu.ingest_position() WHERE id = $1', TG_RELID::regclass)

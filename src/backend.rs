@@ -2,6 +2,7 @@
 //! user, the transaction, settings, the relation cache), behind safe functions: the
 //! calls into Postgres that need no pointer from bondhu's callers.
 use pgrx::prelude::*;
+use std::ffi::CStr;
 
 /// Is the current user a superuser?
 pub fn is_superuser() -> bool {
@@ -36,6 +37,17 @@ pub fn logical_replication_worker() -> bool {
     // SAFETY: reads whether this backend's logical replication worker slot is set; takes
     // no pointers. IsLogicalWorker() has this signature from PostgreSQL 11 on.
     unsafe { pg_sys::IsLogicalWorker() }
+}
+
+/// Is the setting `name` (a custom one need not exist) `on`?
+pub fn setting_is_on(name: &CStr) -> bool {
+    // SAFETY: name is a C string; GetConfigOption returns NULL (missing_ok) or a
+    // string owned by the GUC machinery, valid until the setting changes: it is read
+    // at once.
+    unsafe {
+        let value = pg_sys::GetConfigOption(name.as_ptr(), true, false);
+        !value.is_null() && CStr::from_ptr(value).to_bytes() == b"on"
+    }
 }
 
 /// Runs f as role `owner`, as a SECURITY DEFINER function would. An error inside

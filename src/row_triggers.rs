@@ -181,6 +181,15 @@ fn name_is(name: &pg_sys::NameData, wanted: &str) -> bool {
         .eq(wanted.bytes())
 }
 
+/// Is this write one that logical replication's workers make as the publisher sent it
+/// (not bondhu's own, which its functions mark with bondhu.writing_positions: a
+/// profile delete that marks insights applied, a late change positioned again; these
+/// run in a worker too when it replicates the write that fires them)?
+fn replicated_write() -> bool {
+    // an ordinary session looks up no setting
+    backend::logical_replication_worker() && !backend::setting_is_on(c"bondhu.writing_positions")
+}
+
 /// BEFORE INSERT OR UPDATE FOR EACH ROW on both insight tables, enabled ALWAYS (it
 /// fires for logical replication's apply too). Argument: the document column.
 /// bondhu alone positions insights:
@@ -208,7 +217,7 @@ pub fn position_insight<'a>(
         .into_owned();
     let rows = Rows::of(trigger);
     let given = rows.get(true, "ingest_pos").map(|v| v.datum);
-    let replicated = backend::logical_replication_worker();
+    let replicated = replicated_write();
     let position = if trigger.old().is_none() {
         if given.is_some() && !replicated {
             refuse_unless_superuser("ingest_pos");

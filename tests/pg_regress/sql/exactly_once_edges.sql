@@ -170,6 +170,15 @@ UPDATE user_personality_profiles SET applied_xmax = 0 WHERE user_id = uid(1);
 INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (uid(7), '{"openness": 10}');
 UPDATE user_personality_profiles SET updated_at = updated_at WHERE user_id = uid(1);
 RESET ROLE;
+-- under session_replication_role = replica too (a data-only restore's setting, which a
+-- role may be granted): only a superuser's given position is kept
+GRANT SET ON PARAMETER session_replication_role TO edge_writer;
+SET ROLE edge_writer;
+SET session_replication_role = replica;
+INSERT INTO chat_personality_insights (user_id, adjustments, ingest_pos) VALUES (uid(7), '{"openness": 10}', 2);
+RESET session_replication_role;
+RESET ROLE;
+REVOKE SET ON PARAMETER session_replication_role FROM edge_writer;
 -- An owner that is no superuser could disable bondhu's triggers, or add its own that
 -- bondhu's functions would run with their privileges: bondhu refuses to work on such
 -- tables.
