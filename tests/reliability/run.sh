@@ -216,25 +216,32 @@ restore_psql() { psql -X -q -v ON_ERROR_STOP=1 -h "$RESTORE_DIR" -p "$RESTORE_PO
 psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d postgres -c "CREATE DATABASE bondhu_cron"
 sudo -u postgres "$PG_BIN/pg_restore" -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres --exit-on-error -d bondhu_cron "$RESULTS/bondhu.pgdump"
 record "dump/restore: pg_restore without error" $?
-after=$(restore_psql -Atc "SELECT format('%s/%s/%s', (SELECT count(*) FROM user_personality_profiles),
-                           (SELECT count(*) FROM personality_profile_history), (SELECT count(*) FROM system_tasks))")
-echo "profiles/history/runs before: $before, restored: $after"
-[ "$before" = "$after" ]
-record "dump/restore: profiles, history and run log all restored" $?
+# The checks after a restore into the restore cluster's bondhu_cron (`before` holds the
+# source's counts): profiles, history and run log all there; pending insights apply
+# once, applied ones never again, and 300 written after the restore apply too; the
+# restore started a new incarnation.
+check_restored() { # label
+    local after line
+    after=$(restore_psql -Atc "SELECT format('%s/%s/%s', (SELECT count(*) FROM user_personality_profiles),
+                               (SELECT count(*) FROM personality_profile_history), (SELECT count(*) FROM system_tasks))")
+    echo "profiles/history/runs before: $before, restored: $after"
+    [ "$before" = "$after" ]
+    record "$1: profiles, history and run log all restored" $?
+    restore_psql -c "SELECT bondhu_update_all()" >/dev/null
+    restore_psql -c "INSERT INTO chat_personality_insights (user_id, adjustments)
+                     SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{\"openness\": 0.25}'
+                     FROM generate_series(1, 300) u"
+    restore_psql -c "SELECT bondhu_update_all()" >/dev/null
+    line=$(psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_cron -f "$HERE/invariant.sql"); echo "$line"
+    invariant_holds "$line"
+    record "$1: every insight applied exactly once in the new cluster" $?
+    [ "$(restore_psql -Atc "SELECT incarnation FROM bondhu.pipeline_state")" = 2 ]
+    record "$1: the new cluster is a new incarnation" $?
+}
+check_restored "dump/restore"
 [ "$(restore_psql -Atc "SELECT string_agg(jobname || ' ' || schedule, ', ' ORDER BY jobname) FROM cron.job")" = \
   "bondhu_insights_cleanup 15 4 * * 6, bondhu_personality_update 30 1 * * *" ]
 record "dump/restore: the schedules came along" $?
-# pending insights apply once, applied ones never again; insights written after the restore apply too
-restore_psql -c "SELECT bondhu_update_all()" >/dev/null
-restore_psql -c "INSERT INTO chat_personality_insights (user_id, adjustments)
-                 SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{\"openness\": 0.25}'
-                 FROM generate_series(1, 300) u"
-restore_psql -c "SELECT bondhu_update_all()" >/dev/null
-line=$(psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_cron -f "$HERE/invariant.sql"); echo "$line"
-invariant_holds "$line"
-record "dump/restore: every insight applied exactly once in the new cluster" $?
-[ "$(restore_psql -Atc "SELECT incarnation FROM bondhu.pipeline_state")" = 2 ]
-record "dump/restore: the new cluster is a new incarnation" $?
 
 log "a data-only restore under session_replication_role = replica (Supabase's recipe)"
 # supabase db dump writes schema.sql and data.sql (pg_dump --schema-only, and
@@ -250,23 +257,8 @@ psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d postgres \
 restore_psql --single-transaction -f "$RESULTS/bondhu-schema.sql" -c "SET session_replication_role = replica" \
     -f "$RESULTS/bondhu-data.sql" >"$RESULTS/data-only-restore.log" 2>&1
 record "data-only restore: psql --single-transaction with ON_ERROR_STOP succeeds" $?
-after=$(restore_psql -Atc "SELECT format('%s/%s/%s', (SELECT count(*) FROM user_personality_profiles),
-                           (SELECT count(*) FROM personality_profile_history), (SELECT count(*) FROM system_tasks))")
-echo "profiles/history/runs before: $before, restored: $after"
-[ "$before" = "$after" ]
-record "data-only restore: profiles, history and run log all restored" $?
-# the dumped positions and cursors are kept (a superuser's): pending insights apply
-# once, applied ones never again
-restore_psql -c "SELECT bondhu_update_all()" >/dev/null
-restore_psql -c "INSERT INTO chat_personality_insights (user_id, adjustments)
-                 SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{\"openness\": 0.25}'
-                 FROM generate_series(1, 300) u"
-restore_psql -c "SELECT bondhu_update_all()" >/dev/null
-line=$(psql -X -q -h "$RESTORE_DIR" -p "$RESTORE_PORT" -U postgres -d bondhu_cron -f "$HERE/invariant.sql"); echo "$line"
-invariant_holds "$line"
-record "data-only restore: every insight applied exactly once in the new cluster" $?
-[ "$(restore_psql -Atc "SELECT incarnation FROM bondhu.pipeline_state")" = 2 ]
-record "data-only restore: the new cluster is a new incarnation" $?
+# the dumped positions and cursors are kept (a superuser's)
+check_restored "data-only restore"
 
 log "logical replication: a subscriber positions the insights it receives"
 # In the restore cluster, with wal_level = logical: a publisher database and a subscriber
