@@ -1950,6 +1950,15 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- Logical replication's workers leave the pipeline state alone (cursors.sql).
+CREATE FUNCTION bondhu."ignore_replicated"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'ignore_replicated_wrapper';
+CREATE TRIGGER ignore_replicated BEFORE INSERT OR UPDATE OR DELETE ON bondhu.pipeline_state
+    FOR EACH ROW EXECUTE FUNCTION bondhu.ignore_replicated();
+ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER ignore_replicated;
+
 -- A data-only restore under session_replication_role = replica (Supabase's recipe)
 -- replaces the rows CREATE EXTENSION made (cursors.sql, settings.sql).
 ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER keep_single_row;

@@ -56,6 +56,13 @@ CREATE TRIGGER keep_single_row BEFORE INSERT ON bondhu.pipeline_state
 -- recipe sets it) brings the dumped row too
 ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER keep_single_row;
 
+-- Logical replication's workers leave the state alone (a subscription FOR ALL TABLES
+-- includes this table): the publisher's incarnation and cursors would cover the
+-- subscriber's own insights. It fires before keep_single_row (name order).
+CREATE TRIGGER ignore_replicated BEFORE INSERT OR UPDATE OR DELETE ON bondhu.pipeline_state
+    FOR EACH ROW EXECUTE FUNCTION bondhu.ignore_replicated();
+ALTER TABLE bondhu.pipeline_state ENABLE ALWAYS TRIGGER ignore_replicated;
+
 -- A backend caches the incarnation (src/incarnation.rs); a change of it, however it is
 -- made (replica role included), has every backend forget it once committed.
 CREATE TRIGGER incarnation_changed AFTER UPDATE ON bondhu.pipeline_state

@@ -31,7 +31,11 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../sql/cursors.sql",
     name = "cursors",
-    requires = ["settings", bondhu::incarnation_changed]
+    requires = [
+        "settings",
+        bondhu::incarnation_changed,
+        bondhu::ignore_replicated
+    ]
 );
 pgrx::extension_sql_file!(
     "../sql/data_tables.sql",
@@ -120,6 +124,14 @@ mod bondhu {
         trigger: &'a PgTrigger<'a>,
     ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, TryFromDatumError> {
         crate::row_triggers::position_insight(trigger)
+    }
+
+    /// Keeps the pipeline state this database's (src/row_triggers.rs).
+    #[pg_trigger]
+    fn ignore_replicated<'a>(
+        trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, TryFromDatumError> {
+        Ok(crate::row_triggers::ignore_replicated(trigger))
     }
 
     /// Has every backend forget its cached incarnation when it changes

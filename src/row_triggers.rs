@@ -190,6 +190,19 @@ fn replicated_write() -> bool {
     backend::logical_replication_worker() && !backend::setting_is_on(c"bondhu.writing_positions")
 }
 
+/// BEFORE INSERT OR UPDATE OR DELETE FOR EACH ROW on the pipeline state, enabled ALWAYS:
+/// logical replication's workers leave it alone (a subscription FOR ALL TABLES includes
+/// it), since the publisher's incarnation and cursors would cover the subscriber's own
+/// insights. Anyone else's write goes ahead.
+pub fn ignore_replicated<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Option<PgHeapTuple<'a, AllocatedByPostgres>> {
+    if backend::logical_replication_worker() {
+        return None;
+    }
+    trigger.new().or_else(|| trigger.old())
+}
+
 /// BEFORE INSERT OR UPDATE FOR EACH ROW on both insight tables, enabled ALWAYS (it
 /// fires for logical replication's apply too). Argument: the document column.
 /// bondhu alone positions insights:

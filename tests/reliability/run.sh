@@ -275,22 +275,34 @@ restore_psql -d bondhu_publisher -c "
     INSERT INTO chat_personality_insights (user_id, adjustments)
     SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, jsonb_build_object('openness', u % 7 - 3)
     FROM generate_series(1, 100) u, generate_series(1, 3)" \
-    -c "CREATE PUBLICATION bondhu_insights FOR TABLE chat_personality_insights" \
+    -c "CREATE PUBLICATION bondhu_insights FOR TABLE chat_personality_insights, bondhu.pipeline_state" \
     -c "SELECT FROM pg_create_logical_replication_slot('bondhu_subscriber', 'pgoutput')"
 # the subscriber's global cursor now covers every transaction the publisher has committed
 restore_psql -d bondhu_subscriber -c "SELECT bondhu_update_all()" >/dev/null
+subscriber_state="SELECT format('%s %s %s', incarnation, system_identifier, applied_xmax) FROM bondhu.pipeline_state"
+state_before=$(restore_psql -d bondhu_subscriber -Atc "$subscriber_state")
 restore_psql -d bondhu_subscriber -c "CREATE SUBSCRIPTION bondhu_insights
     CONNECTION 'host=$RESTORE_DIR port=$RESTORE_PORT dbname=bondhu_publisher user=postgres'
     PUBLICATION bondhu_insights WITH (create_slot = false, slot_name = 'bondhu_subscriber')"
-# rows the initial copy brings (300), then rows the apply worker brings (100)
+# rows the initial copy brings (300), then the publisher's state moved by its own run
+# (the publication includes it, as FOR ALL TABLES would), then rows the apply worker
+# brings (100)
+restore_psql -d bondhu_publisher -c "SELECT bondhu_update_all()" >/dev/null
 restore_psql -d bondhu_publisher -c "
     INSERT INTO chat_personality_insights (user_id, adjustments)
     SELECT ('00000000-0000-0000-0000-' || lpad(u::text, 12, '0'))::uuid, '{\"openness\": 0.5}'
     FROM generate_series(1, 100) u"
+# until both tables are synchronized (then the apply worker has every change) and the
+# last rows are there
 for _ in $(seq 1 600); do
-    [ "$(restore_psql -d bondhu_subscriber -Atc "SELECT count(*) FROM chat_personality_insights")" = 400 ] && break
+    [ "$(restore_psql -d bondhu_subscriber -Atc "SELECT (SELECT count(*) FROM chat_personality_insights) = 400
+        AND NOT EXISTS (SELECT FROM pg_subscription_rel WHERE srsubstate <> 'r')")" = t ] && break
     sleep 0.1
 done
+state_after=$(restore_psql -d bondhu_subscriber -Atc "$subscriber_state")
+echo "subscriber's pipeline state (incarnation, system_identifier, cursor xmax) before: $state_before, after: $state_after"
+[ "$state_before" = "$state_after" ]
+record "logical replication: the subscriber's pipeline state stays its own" $?
 applied=$(restore_psql -d bondhu_subscriber -Atc "SELECT bondhu_update_all() ->> 'insights_processed'")
 echo "insights applied on the subscriber: $applied of 400"
 [ "$applied" = 400 ]
