@@ -193,10 +193,15 @@ BEGIN
     ), totals AS (
         SELECT * FROM staged_totals
         UNION ALL
+        -- the rest of the batch's users, computed again: only they are looked up (the
+        -- batch's users are filtered first, not every profile of the batch read)
         SELECT s.user_id, s.n, s.d, p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism
-        FROM public.user_personality_profiles p
+        FROM unnest(users) u(user_id)
+        CROSS JOIN LATERAL (SELECT p.user_id, p.openness, p.conscientiousness, p.extraversion, p.agreeableness,
+                                   p.neuroticism
+                            FROM public.user_personality_profiles p WHERE p.user_id = u.user_id OFFSET 0) p
         CROSS JOIN LATERAL bondhu.pending_sums(p.user_id, covered, snapshot, true, window_start) s
-        WHERE p.user_id = ANY (users) AND p.user_id NOT IN (SELECT t.user_id FROM staged_totals t)
+        WHERE u.user_id NOT IN (SELECT t.user_id FROM staged_totals t)
     ), updated AS (
         UPDATE public.user_personality_profiles p SET
             openness = bondhu.adjusted_trait(p.openness, t.d[1], dampening),

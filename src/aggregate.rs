@@ -232,6 +232,25 @@ impl NumericSum {
     }
 }
 
+/// A fixed-point value as a numeric (decimal::to_numeric_data: the numeric that
+/// numeric_in would make of its decimal literal, without the text).
+pub(crate) fn fixed_numeric(value: i128) -> AnyNumeric {
+    let data = decimal::to_numeric_data(value);
+    let size = pg_sys::VARHDRSZ + data.len();
+    // SAFETY: a varlena of `size` bytes in the current memory context, its header
+    // set and its data written before it is read; AnyNumeric copies it.
+    unsafe {
+        let varlena = pg_sys::palloc(size).cast::<pg_sys::varlena>();
+        pgrx::varlena::set_varsize_4b(varlena, size as i32);
+        std::ptr::copy_nonoverlapping(
+            data.as_ptr(),
+            varlena.cast::<u8>().add(pg_sys::VARHDRSZ),
+            data.len(),
+        );
+        AnyNumeric::from_datum(pg_sys::Datum::from(varlena), false).expect("not null")
+    }
+}
+
 /// The totals in an aggregate's state; None when there is no state yet.
 ///
 /// # Safety
@@ -344,8 +363,7 @@ pub unsafe fn sums(state: Internal) -> Option<Vec<AnyNumeric>> {
     // SAFETY: the caller's promise.
     let totals = unsafe { totals(&state) }?;
     let sums = totals.fixed.iter().enumerate().map(|(i, fixed)| {
-        let sum = AnyNumeric::from_str(&decimal::to_decimal_string(fixed.get()))
-            .expect("a decimal literal is a numeric");
+        let sum = fixed_numeric(fixed.get());
         match totals.finer.get(i) {
             Some(finer) => sum + finer.value(),
             None => sum,

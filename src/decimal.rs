@@ -120,7 +120,65 @@ pub fn within(value: Fixed, limit: i32) -> bool {
     }
 }
 
-/// A fixed-point value as a decimal literal, without trailing zeros: "-12.5", "0".
+/// A fixed-point value as numeric.c stores it (the bytes after the varlena header),
+/// byte for byte what numeric_in makes of `to_decimal_string(value)`: the short form
+/// (every fixed-point value fits it: display scale at most 24, weight -6 to 3), whose
+/// 2-byte header holds the sign, the display scale (the literal's decimals, trailing
+/// zeros trimmed) and the weight, then the base-10000 digits without leading or
+/// trailing zero digits (native byte order). Zero has no digits, scale 0, weight 0.
+/// Building it directly spares the numeric's text and its parsing.
+pub fn to_numeric_data(value: i128) -> Vec<u8> {
+    const SHORT: u16 = 0x8000;
+    const SHORT_NEGATIVE: u16 = 0x2000;
+    const SHORT_DSCALE_SHIFT: u16 = 7;
+    const SHORT_WEIGHT_NEGATIVE: u16 = 0x0040;
+    const SHORT_WEIGHT_MASK: u16 = 0x003F;
+    let mut magnitude = value.unsigned_abs();
+    // base-10000 digits, least significant first: digit i has weight i - FRACTION_DIGITS
+    let mut digits = Vec::with_capacity(10);
+    while magnitude > 0 {
+        digits.push((magnitude % 10_000) as u16);
+        magnitude /= 10_000;
+    }
+    let Some(top) = digits.iter().rposition(|&d| d != 0) else {
+        return SHORT.to_ne_bytes().to_vec();
+    };
+    let bottom = digits
+        .iter()
+        .position(|&d| d != 0)
+        .expect("a digit is not zero");
+    let weight = top as i32 - FRACTION_DIGITS;
+    // decimals: those of the fraction's digits down to the last one not zero
+    let fraction = value.unsigned_abs() % ONE as u128;
+    let scale = if fraction == 0 {
+        0
+    } else {
+        let mut trailing = 0;
+        let mut rest = fraction;
+        while rest.is_multiple_of(10) {
+            rest /= 10;
+            trailing += 1;
+        }
+        4 * FRACTION_DIGITS as u16 - trailing
+    };
+    let header = SHORT
+        | if value < 0 { SHORT_NEGATIVE } else { 0 }
+        | scale << SHORT_DSCALE_SHIFT
+        | if weight < 0 { SHORT_WEIGHT_NEGATIVE } else { 0 }
+        | (weight as u16 & SHORT_WEIGHT_MASK);
+    let mut data = header.to_ne_bytes().to_vec();
+    data.extend(
+        digits[bottom..=top]
+            .iter()
+            .rev()
+            .flat_map(|d| d.to_ne_bytes()),
+    );
+    data
+}
+
+/// A fixed-point value as a decimal literal, without trailing zeros: "-12.5", "0". The
+/// reference to_numeric_data is tested against.
+#[cfg(any(test, feature = "pg_test"))]
 pub fn to_decimal_string(value: i128) -> String {
     if value == 0 {
         return "0".to_string();
@@ -229,6 +287,53 @@ mod tests {
         assert!(!within(Fixed::Finer(-100 * ONE), 100));
         assert!(within(Fixed::Finer(99 * ONE), 100));
         assert!(!within(Fixed::Large, 100));
+    }
+
+    #[test]
+    fn numeric_data_round_trips() {
+        for value in [
+            0,
+            1,
+            -1,
+            ONE,
+            12 * ONE + ONE / 2,
+            -3 * ONE / 10_000,
+            100 * ONE,
+            -9_999 * ONE - 1,
+        ] {
+            assert_eq!(
+                from_numeric_data(&to_numeric_data(value)),
+                Fixed::Exact(value)
+            );
+        }
+        // from 10^4 up, a digit has weight 1, which from_numeric_data does not decode
+        assert_eq!(
+            from_numeric_data(&to_numeric_data(10_000 * ONE)),
+            Fixed::Large
+        );
+    }
+
+    #[test]
+    fn numeric_data_headers() {
+        // zero: the short header alone
+        assert_eq!(to_numeric_data(0), 0x8000u16.to_ne_bytes());
+        // 12.5: scale 1, weight 0, digits 12 and 5000
+        assert_eq!(
+            to_numeric_data(12 * ONE + ONE / 2),
+            data(0x8000 | 1 << 7, None, &[12, 5000])
+        );
+        // -0.0003: negative, scale 4, weight -1, the digit 3
+        assert_eq!(
+            to_numeric_data(-3 * ONE / 10_000),
+            data(0x8000 | 0x2000 | 4 << 7 | 0x0040 | 0x3F, None, &[3])
+        );
+        // 10^-24: scale 24, weight -6
+        assert_eq!(
+            to_numeric_data(1),
+            data(0x8000 | 24 << 7 | 0x0040 | 0x3A, None, &[1])
+        );
+        // -7: a whole number has scale 0 and no fraction digits
+        assert_eq!(to_numeric_data(-7 * ONE), data(0x8000 | 0x2000, None, &[7]));
     }
 
     #[test]

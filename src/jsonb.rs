@@ -82,30 +82,26 @@ impl<'a> Object<'a> {
         (header(self.root) & pg_sys::JB_CMASK) as usize
     }
 
-    /// The value under `key` (a binary search in the container).
+    /// The value under `key` (a binary search in the container, into a value on the
+    /// stack: no allocation a lookup).
     pub fn get(self, key: &str) -> Value<Numeric<'a>> {
-        let mut wanted = pg_sys::JsonbValue {
-            type_: pg_sys::jbvType::jbvString,
-            ..Default::default()
-        };
-        wanted.val.string = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1 {
-            len: key.len() as c_int,
-            val: key.as_ptr() as *mut c_char,
-        };
+        let mut found = pg_sys::JsonbValue::default();
         // SAFETY: root is an object container of a live document; the key's bytes
-        // outlive the call, which only reads them; a value found is a JsonbValue in
-        // memory of this call, and a numeric one points into the document.
+        // outlive the call, which only reads them; `found` is written only when the key
+        // is there, and a numeric value points into the document.
         unsafe {
-            let found = pg_sys::findJsonbValueFromContainer(
+            if pg_sys::getKeyJsonValueFromContainer(
                 self.root.as_ptr(),
-                pg_sys::JB_FOBJECT,
-                &mut wanted,
-            );
-            if found.is_null() {
+                key.as_ptr() as *const c_char,
+                key.len() as c_int,
+                &mut found,
+            )
+            .is_null()
+            {
                 Value::Absent
-            } else if (*found).type_ == pg_sys::jbvType::jbvNumeric {
+            } else if found.type_ == pg_sys::jbvType::jbvNumeric {
                 Value::Number(Numeric {
-                    numeric: NonNull::new((*found).val.numeric.cast()).expect("a numeric"),
+                    numeric: NonNull::new(found.val.numeric.cast()).expect("a numeric"),
                     value: PhantomData,
                 })
             } else {

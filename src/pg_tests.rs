@@ -177,6 +177,35 @@ mod tests {
         assert_eq!(got_sums, Some(expected));
     }
 
+    /// The numerics the sums are made of, built from the fixed point directly
+    /// (decimal::to_numeric_data), are byte for byte what numeric_in makes of the
+    /// decimal literal: same value, same display scale, same digits.
+    #[pg_test]
+    fn fixed_point_numerics_equal_numeric_in() {
+        let mut rng = Rng(0xD161_7500);
+        let mut values: Vec<i128> = (0..2000)
+            .map(|i| rng.number([1, 100, 10_000, 100_000_000_000_000][i % 4]))
+            .collect();
+        values.extend([0, 1, -1, ONE, -ONE, i128::MAX, i128::MIN, i128::MIN + 1]);
+        let built: Vec<AnyNumeric> = values
+            .iter()
+            .map(|&v| crate::aggregate::fixed_numeric(v))
+            .collect();
+        let literals: Vec<String> = values
+            .iter()
+            .map(|&v| decimal::to_decimal_string(v))
+            .collect();
+        let (compared, differing) = Spi::get_two_with_args::<i64, Vec<String>>(
+            "SELECT count(*), array_agg(x ORDER BY o) FILTER
+                        (WHERE numeric_send(n) IS DISTINCT FROM numeric_send(x::numeric))
+             FROM unnest($1::numeric[], $2::text[]) WITH ORDINALITY AS u(n, x, o)",
+            &[built.into(), literals.into()],
+        )
+        .expect("numeric_in reads every literal");
+        assert_eq!(compared, Some(values.len() as i64));
+        assert_eq!(differing, None);
+    }
+
     /// A parallel aggregate (workers' partial states serialized, handed to the leader,
     /// combined) gives what the serial one does, group by group: over the generated
     /// documents and ones finer than the fixed point (the numeric sums of the state).
