@@ -133,12 +133,23 @@ pub fn to_numeric_data(value: i128) -> Vec<u8> {
     const SHORT_DSCALE_SHIFT: u16 = 7;
     const SHORT_WEIGHT_NEGATIVE: u16 = 0x0040;
     const SHORT_WEIGHT_MASK: u16 = 0x003F;
-    let mut magnitude = value.unsigned_abs();
-    // base-10000 digits, least significant first: digit i has weight i - FRACTION_DIGITS
-    let mut digits = Vec::with_capacity(10);
-    while magnitude > 0 {
-        digits.push((magnitude % 10_000) as u16);
-        magnitude /= 10_000;
+    // base-10000 digits, least significant first: digit i has weight i - FRACTION_DIGITS.
+    // The magnitude (< 2^127) in three u64 parts of 16 decimal digits each: two u128
+    // divisions instead of one for each digit.
+    const PART: u128 = 10_000_000_000_000_000;
+    let magnitude = value.unsigned_abs();
+    let parts = [
+        magnitude % PART,
+        magnitude / PART % PART,
+        magnitude / PART / PART,
+    ]
+    .map(|p| p as u64);
+    let mut digits = [0u16; 12];
+    for (k, mut part) in parts.into_iter().enumerate() {
+        for digit in &mut digits[4 * k..4 * k + 4] {
+            *digit = (part % 10_000) as u16;
+            part /= 10_000;
+        }
     }
     let Some(top) = digits.iter().rposition(|&d| d != 0) else {
         return SHORT.to_ne_bytes().to_vec();
@@ -148,18 +159,17 @@ pub fn to_numeric_data(value: i128) -> Vec<u8> {
         .position(|&d| d != 0)
         .expect("a digit is not zero");
     let weight = top as i32 - FRACTION_DIGITS;
-    // decimals: those of the fraction's digits down to the last one not zero
-    let fraction = value.unsigned_abs() % ONE as u128;
-    let scale = if fraction == 0 {
+    // decimals: down to the last one not zero, in the lowest digit not zero
+    let scale = if bottom >= FRACTION_DIGITS as usize {
         0
     } else {
-        let mut trailing = 0;
-        let mut rest = fraction;
-        while rest.is_multiple_of(10) {
-            rest /= 10;
-            trailing += 1;
+        let mut decimals = 4 * (FRACTION_DIGITS as u16 - bottom as u16);
+        let mut last = digits[bottom];
+        while last.is_multiple_of(10) {
+            last /= 10;
+            decimals -= 1;
         }
-        4 * FRACTION_DIGITS as u16 - trailing
+        decimals
     };
     let header = SHORT
         | if value < 0 { SHORT_NEGATIVE } else { 0 }
