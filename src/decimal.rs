@@ -63,18 +63,22 @@ pub fn from_base10000(negative: bool, weight: i32, digits: impl IntoIterator<Ite
     }
 }
 
+// The bits of a numeric's 2-byte header (numeric.c): its form and sign, and the short
+// form's sign, display scale and weight.
+const SIGN_MASK: u16 = 0xC000;
+const NEGATIVE: u16 = 0x4000;
+const SHORT: u16 = 0x8000;
+const SPECIAL: u16 = 0xC000;
+const SHORT_NEGATIVE: u16 = 0x2000;
+const SHORT_DSCALE_SHIFT: u16 = 7;
+const SHORT_WEIGHT_NEGATIVE: u16 = 0x0040;
+const SHORT_WEIGHT_MASK: u16 = 0x003F;
+
 /// The value of a numeric from its data, as numeric.c lays it out: a 2-byte header,
 /// for the long form a 2-byte weight, then base-10000 digits (native byte order).
 /// NaN and infinities, which JSON cannot hold, count as large; so does data too short
 /// for its header.
 pub fn from_numeric_data(data: &[u8]) -> Fixed {
-    const SIGN_MASK: u16 = 0xC000;
-    const NEGATIVE: u16 = 0x4000;
-    const SHORT: u16 = 0x8000;
-    const SPECIAL: u16 = 0xC000;
-    const SHORT_NEGATIVE: u16 = 0x2000;
-    const SHORT_WEIGHT_NEGATIVE: u16 = 0x0040;
-    const SHORT_WEIGHT_MASK: u16 = 0x003F;
     let Some((&[h0, h1], rest)) = data.split_first_chunk::<2>() else {
         return Fixed::Large;
     };
@@ -128,11 +132,6 @@ pub fn within(value: Fixed, limit: i32) -> bool {
 /// trailing zero digits (native byte order). Zero has no digits, scale 0, weight 0.
 /// Building it directly spares the numeric's text and its parsing.
 pub fn to_numeric_data(value: i128) -> Vec<u8> {
-    const SHORT: u16 = 0x8000;
-    const SHORT_NEGATIVE: u16 = 0x2000;
-    const SHORT_DSCALE_SHIFT: u16 = 7;
-    const SHORT_WEIGHT_NEGATIVE: u16 = 0x0040;
-    const SHORT_WEIGHT_MASK: u16 = 0x003F;
     // base-10000 digits, least significant first: digit i has weight i - FRACTION_DIGITS.
     // The magnitude (< 2^127) in three u64 parts of 16 decimal digits each: two u128
     // divisions instead of one for each digit.
