@@ -74,17 +74,15 @@ const SHORT_DSCALE_SHIFT: u16 = 7;
 const SHORT_WEIGHT_NEGATIVE: u16 = 0x0040;
 const SHORT_WEIGHT_MASK: u16 = 0x003F;
 
-/// The value of a numeric from its data, as numeric.c lays it out: a 2-byte header,
-/// for the long form a 2-byte weight, then base-10000 digits (native byte order).
-/// NaN and infinities, which JSON cannot hold, count as large; so does data too short
-/// for its header.
-pub fn from_numeric_data(data: &[u8]) -> Fixed {
-    let Some((&[h0, h1], rest)) = data.split_first_chunk::<2>() else {
-        return Fixed::Large;
-    };
+/// A numeric's data, as numeric.c lays it out: a 2-byte header, for the long form a
+/// 2-byte weight, then base-10000 digits (native byte order). Gives its sign, weight
+/// and digits; None for NaN and infinities (which JSON cannot hold) and for data too
+/// short for its header.
+fn numeric_parts(data: &[u8]) -> Option<(bool, i32, impl Iterator<Item = u16> + '_)> {
+    let (&[h0, h1], rest) = data.split_first_chunk::<2>()?;
     let header = u16::from_ne_bytes([h0, h1]);
     let (negative, weight, digits) = match header & SIGN_MASK {
-        SPECIAL => return Fixed::Large,
+        SPECIAL => return None,
         SHORT => {
             let magnitude = i32::from(header & SHORT_WEIGHT_MASK);
             let weight = if header & SHORT_WEIGHT_NEGATIVE != 0 {
@@ -95,9 +93,7 @@ pub fn from_numeric_data(data: &[u8]) -> Fixed {
             (header & SHORT_NEGATIVE != 0, weight, rest)
         }
         sign => {
-            let Some((&[w0, w1], digits)) = rest.split_first_chunk::<2>() else {
-                return Fixed::Large;
-            };
+            let (&[w0, w1], digits) = rest.split_first_chunk::<2>()?;
             (
                 sign == NEGATIVE,
                 i32::from(i16::from_ne_bytes([w0, w1])),
@@ -105,13 +101,93 @@ pub fn from_numeric_data(data: &[u8]) -> Fixed {
             )
         }
     };
-    from_base10000(
-        negative,
-        weight,
-        digits
-            .chunks_exact(2)
-            .map(|d| u16::from_ne_bytes([d[0], d[1]])),
-    )
+    let digits = digits
+        .chunks_exact(2)
+        .map(|d| u16::from_ne_bytes([d[0], d[1]]));
+    Some((negative, weight, digits))
+}
+
+/// The value of a numeric from its data (numeric_parts). NaN and infinities count as
+/// large; so does data too short for its header.
+pub fn from_numeric_data(data: &[u8]) -> Fixed {
+    match numeric_parts(data) {
+        Some((negative, weight, digits)) => from_base10000(negative, weight, digits),
+        None => Fixed::Large,
+    }
+}
+
+/// mantissa × 10^-scale, exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decimal {
+    pub mantissa: i128,
+    pub scale: u32,
+}
+
+impl Decimal {
+    /// The mantissa of the same value at `scale` (>= self.scale); None past an i128.
+    pub fn mantissa_at(self, scale: u32) -> Option<i128> {
+        self.mantissa
+            .checked_mul(10i128.checked_pow(scale.checked_sub(self.scale)?)?)
+    }
+
+    /// The exact product; None past an i128.
+    pub fn checked_mul(self, other: Self) -> Option<Self> {
+        Some(Decimal {
+            mantissa: self.mantissa.checked_mul(other.mantissa)?,
+            scale: self.scale.checked_add(other.scale)?,
+        })
+    }
+
+    /// The exact sum; None past an i128.
+    pub fn checked_add(self, other: Self) -> Option<Self> {
+        let scale = self.scale.max(other.scale);
+        Some(Decimal {
+            mantissa: self
+                .mantissa_at(scale)?
+                .checked_add(other.mantissa_at(scale)?)?,
+            scale,
+        })
+    }
+}
+
+/// The exact value of a numeric from its data (numeric_parts) as mantissa × 10^-scale,
+/// without trailing zeros after the decimal point (the scale is the fewest decimals
+/// that hold it): 12.5 is (125, 1), -300 is (-300, 0). None for NaN, infinities, and a
+/// mantissa beyond an i128. Built with multiplications only (no 128-bit division).
+pub fn mantissa_and_scale(data: &[u8]) -> Option<Decimal> {
+    let (negative, weight, digits) = numeric_parts(data)?;
+    // the base-10000 digits as one integer, the last digit, the integer of the ones
+    // before it, and how many there are
+    let (mut mantissa, mut prefix, mut last, mut count) = (0i128, 0i128, 0u16, 0i32);
+    for digit in digits {
+        prefix = mantissa;
+        mantissa = mantissa
+            .checked_mul(10_000)?
+            .checked_add(i128::from(digit))?;
+        (last, count) = (digit, count + 1);
+    }
+    let power = weight - (count - 1);
+    if mantissa == 0 {
+        return Some(Decimal {
+            mantissa: 0,
+            scale: 0,
+        });
+    }
+    let (mantissa, scale) = if power >= 0 {
+        (
+            mantissa.checked_mul(10_000i128.checked_pow(power as u32)?)?,
+            0,
+        )
+    } else {
+        // the last digit's trailing decimal zeros leave the mantissa (numeric.c
+        // stores no trailing zero digit): prefix × 10^(4 - zeros) + last / 10^zeros
+        let zeros = (1..4).take_while(|&z| last % 10u16.pow(z) == 0).count() as u32;
+        let scale = 4 * power.unsigned_abs() - zeros;
+        let mantissa = prefix * 10i128.pow(4 - zeros) + i128::from(last / 10u16.pow(zeros));
+        (mantissa, scale)
+    };
+    let mantissa = if negative { -mantissa } else { mantissa };
+    Some(Decimal { mantissa, scale })
 }
 
 /// Is the value at most `limit` (a whole number) in magnitude?
@@ -285,6 +361,47 @@ mod tests {
         // too short for a header, or for the long form's weight
         assert_eq!(from_numeric_data(&[0x80]), Fixed::Large);
         assert_eq!(from_numeric_data(&0u16.to_ne_bytes()), Fixed::Large);
+    }
+
+    #[test]
+    fn mantissas_and_scales() {
+        let decimal = |mantissa, scale| Decimal { mantissa, scale };
+        // 12.5: digits 12 and 5000 at weight 0
+        assert_eq!(
+            mantissa_and_scale(&data(0x8000 | 1 << 7, None, &[12, 5000])),
+            Some(decimal(125, 1))
+        );
+        // -0.0003: the digit 3 at weight -1
+        assert_eq!(
+            mantissa_and_scale(&data(0x8000 | 0x2000 | 4 << 7 | 0x0040 | 0x3F, None, &[3])),
+            Some(decimal(-3, 4))
+        );
+        // 3e8 (long form, weight 2): a whole number, scale 0
+        assert_eq!(
+            mantissa_and_scale(&data(0x0000, Some(2), &[3])),
+            Some(decimal(300_000_000, 0))
+        );
+        // 0.1: the digit 1000 at weight -1
+        assert_eq!(
+            mantissa_and_scale(&data(0x8000 | 1 << 7 | 0x0040 | 0x3F, None, &[1000])),
+            Some(decimal(1, 1))
+        );
+        assert_eq!(
+            mantissa_and_scale(&data(0x8000, None, &[])),
+            Some(decimal(0, 0))
+        );
+        // 10^-24 and a whole fixed-point value, as to_numeric_data writes them
+        assert_eq!(
+            mantissa_and_scale(&to_numeric_data(1)),
+            Some(decimal(1, 24))
+        );
+        assert_eq!(
+            mantissa_and_scale(&to_numeric_data(-12 * ONE - ONE / 4)),
+            Some(decimal(-1225, 2))
+        );
+        // NaN, and a mantissa past an i128 (11 digits of 10000: 10^40)
+        assert_eq!(mantissa_and_scale(&data(0xC000, None, &[])), None);
+        assert_eq!(mantissa_and_scale(&data(0x0000, Some(10), &[1; 11])), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! digits, without copying them or going through text (pgrx's JsonB would go through
 //! text, which costs more than the whole check). The raw reads live here, behind
 //! three types made only from a live jsonb value: a [`Document`], its [`Object`], and
-//! a [`Numeric`] stored in it. Each borrows the value it was read from.
+//! a [`Numeric`] stored in it. Each borrows the value it was read from. A numeric
+//! argument (the trait math's) is read the same way ([`numeric_data`]).
 use crate::decimal;
 use crate::insight::Value;
 use pgrx::prelude::*;
@@ -120,15 +121,26 @@ impl Numeric<'_> {
 
     /// Its value in fixed point (src/decimal.rs reads numeric.c's layout).
     pub fn fixed(self) -> decimal::Fixed {
-        // SAFETY: numeric is a numeric varlena inside a live detoasted document; its
-        // data is varsize_any_exhdr bytes long.
-        let data = unsafe {
-            let varlena = self.numeric.as_ptr();
-            std::slice::from_raw_parts(
-                pgrx::varlena::vardata_any(varlena).cast::<u8>(),
-                pgrx::varlena::varsize_any_exhdr(varlena),
-            )
-        };
-        decimal::from_numeric_data(data)
+        // SAFETY: numeric is a numeric varlena inside a live detoasted document.
+        decimal::from_numeric_data(unsafe { numeric_data(self.datum()) })
+    }
+}
+
+/// The data of a numeric datum (a document's number, or a function's numeric
+/// argument), after its varlena header, as src/decimal.rs reads it: in place, copied
+/// only if it is toasted.
+///
+/// # Safety
+///
+/// `datum` is a numeric, not NULL, that outlives the data's use ('a).
+pub unsafe fn numeric_data<'a>(datum: pg_sys::Datum) -> &'a [u8] {
+    // SAFETY: (the caller's) a numeric varlena; detoasting a packed one returns it as
+    // it is, its data varsize_any_exhdr bytes long.
+    unsafe {
+        let varlena = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+        std::slice::from_raw_parts(
+            pgrx::varlena::vardata_any(varlena).cast::<u8>(),
+            pgrx::varlena::varsize_any_exhdr(varlena),
+        )
     }
 }

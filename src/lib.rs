@@ -1,10 +1,10 @@
 //! bondhu: the Bondhu personality update pipeline inside PostgreSQL.
 //!
 //! The data model and the set-based pipeline live in `sql/` (loaded in the order below);
-//! Rust keeps the pure logic (positions, cron schedules, decimals, the document rule)
-//! and what must be fast per row or see Postgres's internals (the aggregate, the row
-//! triggers, the incarnation cache, DROP EXTENSION's parse tree), one module each. This
-//! file holds only the SQL-callable wrappers.
+//! Rust keeps the pure logic (positions, cron schedules, decimals, the document rule,
+//! the trait math) and what must be fast per row or see Postgres's internals (the
+//! aggregate, the row triggers, the incarnation cache, DROP EXTENSION's parse tree), one
+//! module each. This file holds only the SQL-callable wrappers.
 use pgrx::prelude::*;
 
 mod aggregate;
@@ -19,6 +19,7 @@ mod jsonb;
 mod pg_tests;
 pub mod position;
 mod row_triggers;
+pub mod trait_math;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -61,7 +62,8 @@ pgrx::extension_sql_file!(
         bondhu::insight_sums_final,
         bondhu::insight_totals_combine,
         bondhu::insight_totals_serialize,
-        bondhu::insight_totals_deserialize
+        bondhu::insight_totals_deserialize,
+        bondhu::adjusted_trait_fixed_point
     ]
 );
 pgrx::extension_sql_file!("../sql/update.sql", name = "update", requires = ["apply"]);
@@ -241,6 +243,32 @@ mod bondhu {
     fn insight_sums_final(state: Internal) -> Option<Vec<AnyNumeric>> {
         // SAFETY: the state is the aggregate's (see above insight_totals_step).
         unsafe { crate::aggregate::sums(state) }
+    }
+
+    /// bondhu.adjusted_trait's value, computed in integers (src/trait_math.rs); NULL
+    /// where the values are beyond that computation (or total or dampening is NULL),
+    /// and then bondhu.adjusted_trait computes it in numeric (sql/apply.sql).
+    #[pg_extern(sql = r#"
+        CREATE FUNCTION bondhu.adjusted_trait_fixed_point(current double precision, total numeric,
+                                                          dampening numeric)
+        RETURNS double precision IMMUTABLE PARALLEL SAFE
+        LANGUAGE c AS 'MODULE_PATHNAME', 'adjusted_trait_fixed_point_wrapper';
+    "#)]
+    fn adjusted_trait_fixed_point(fcinfo: pg_sys::FunctionCallInfo) -> Option<f64> {
+        use pgrx::fcinfo::{pg_arg_is_null, pg_getarg, pg_getarg_datum_raw};
+        // SAFETY: fcinfo is this call's, as pgrx passes it, with the SQL signature's
+        // three arguments: a double, then two numerics, read only when not NULL.
+        unsafe {
+            if pg_arg_is_null(fcinfo, 1) || pg_arg_is_null(fcinfo, 2) {
+                return None;
+            }
+            let numeric = |n| {
+                crate::decimal::mantissa_and_scale(crate::jsonb::numeric_data(pg_getarg_datum_raw(
+                    fcinfo, n,
+                )))
+            };
+            crate::trait_math::adjusted_trait(pg_getarg::<f64>(fcinfo, 0), numeric(1)?, numeric(2)?)
+        }
     }
 
     /// Refuses an invalid cron schedule given as argument `argument`, with 22023.

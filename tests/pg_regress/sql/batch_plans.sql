@@ -1,0 +1,54 @@
+-- A batch of up to 10,000 users runs one plan, made once a session; a larger one is
+-- planned for its users (apply_pending). Each insight counts once whichever plan runs:
+-- 10,001 users, five rounds of one insight each, every round crossing the threshold
+-- another way in the same session, with the caller's own planner settings (which
+-- apply_pending sets for itself and gives back).
+CREATE EXTENSION bondhu;
+CREATE FUNCTION user_n(n integer) RETURNS uuid LANGUAGE sql IMMUTABLE AS
+$$ SELECT ('00000000-0000-0000-0000-' || lpad(n::text, 12, '0'))::uuid $$;
+CREATE PROCEDURE new_round() LANGUAGE sql AS $$
+    INSERT INTO chat_personality_insights (user_id, adjustments)
+    SELECT user_n(u), jsonb_build_object('openness', 1, 'neuroticism', -(u % 7)) FROM generate_series(1, 10001) u
+$$;
+-- Every profile after `rounds` rounds: openness 50 + 0.1 a round, neuroticism
+-- 50 - 0.1 x (u % 7) a round; the history has each user's insight of each round once.
+CREATE FUNCTION wrong_after(rounds integer) RETURNS TABLE (wrong_profiles bigint, history_rows bigint,
+                                                           history_insights bigint, pending bigint)
+LANGUAGE sql AS $$
+    SELECT (SELECT count(*) FROM user_personality_profiles p
+            WHERE p.openness <> (50 + 0.1 * rounds)::float8
+               OR p.neuroticism <> (50 - 0.1 * rounds * (right(p.user_id::text, 12)::int % 7))::float8),
+           (SELECT count(*) FROM personality_profile_history),
+           (SELECT sum(insights_processed) FROM personality_profile_history),
+           (SELECT (bondhu_metrics() -> 'backlog' ->> 'pending_insights')::bigint)
+$$;
+
+-- 1: update_all, one batch of 10,001 users (a plan for them)
+CALL new_round();
+SELECT r -> 'users_processed' AS users, r -> 'insights_processed' AS n FROM bondhu_update_all() r;
+SELECT * FROM wrong_after(1);
+-- 2: batches of 10,000 and 1 (the session's one plan), the caller in force_custom_plan
+SET plan_cache_mode = force_custom_plan;
+CALL new_round();
+CALL bondhu_run_update_all(10000);
+SELECT * FROM wrong_after(2);
+SHOW plan_cache_mode;
+-- 3: one batch of 10,001 in the same session (a plan for them again), the caller in
+-- force_generic_plan
+SET plan_cache_mode = force_generic_plan;
+CALL new_round();
+CALL bondhu_run_update_all(10001);
+SELECT * FROM wrong_after(3);
+SHOW plan_cache_mode;
+-- 4: batches of 5,000, without hash aggregation or hash joins
+SET enable_hashagg = off;
+SET enable_hashjoin = off;
+CALL new_round();
+CALL bondhu_run_update_all(5000);
+SELECT * FROM wrong_after(4);
+-- 5: update_all again, the caller still in force_generic_plan
+CALL new_round();
+SELECT r -> 'users_processed' AS users, r -> 'insights_processed' AS n FROM bondhu_update_all() r;
+SELECT * FROM wrong_after(5);
+SELECT status, count(*) AS runs, sum(users_processed) AS users, sum(records_processed) AS insights
+FROM system_tasks GROUP BY status;
