@@ -121,23 +121,32 @@ impl Numeric<'_> {
 
     /// Its value in fixed point (src/decimal.rs reads numeric.c's layout).
     pub fn fixed(self) -> decimal::Fixed {
-        // SAFETY: numeric is a numeric varlena inside a live detoasted document.
-        decimal::from_numeric_data(unsafe { numeric_data(self.datum()) })
+        // SAFETY: numeric is a numeric varlena inside a live detoasted document (a
+        // number in a jsonb is never toasted on its own).
+        decimal::from_numeric_data(unsafe { varlena_data(self.numeric.as_ptr()) })
     }
 }
 
-/// The data of a numeric datum (a document's number, or a function's numeric
-/// argument), after its varlena header, as src/decimal.rs reads it: in place, copied
-/// only if it is toasted.
+/// The data of a numeric datum (a function's numeric argument), after its varlena
+/// header, as src/decimal.rs reads it: in place, copied only if it is toasted.
 ///
 /// # Safety
 ///
 /// `datum` is a numeric, not NULL, that outlives the data's use ('a).
 pub unsafe fn numeric_data<'a>(datum: pg_sys::Datum) -> &'a [u8] {
-    // SAFETY: (the caller's) a numeric varlena; detoasting a packed one returns it as
-    // it is, its data varsize_any_exhdr bytes long.
+    // SAFETY: (the caller's) a numeric; detoasting a packed one returns it as it is, a
+    // toasted one as a copy in the current memory context.
+    unsafe { varlena_data(pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr())) }
+}
+
+/// The data of an untoasted varlena, after its (1- or 4-byte) header.
+///
+/// # Safety
+///
+/// `varlena` is an untoasted varlena that outlives the data's use ('a).
+unsafe fn varlena_data<'a>(varlena: *const pg_sys::varlena) -> &'a [u8] {
+    // SAFETY: (the caller's) its data is varsize_any_exhdr bytes long.
     unsafe {
-        let varlena = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
         std::slice::from_raw_parts(
             pgrx::varlena::vardata_any(varlena).cast::<u8>(),
             pgrx::varlena::varsize_any_exhdr(varlena),

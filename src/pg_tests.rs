@@ -211,8 +211,9 @@ mod tests {
     /// wherever it gives one; and adjusted_trait, which takes it first, always does.
     /// 120,000 seeded cases: random values at every precision, exact ties at the 15th
     /// digit (50 + an odd multiple of 2^-14), tiny and huge magnitudes, the limits of
-    /// the integer computation, specials and NULLs, and totals finer than 10^-24 or of
-    /// 10,000 and more; dampening from 10^-24 to 1 with up to 22 digits.
+    /// the integer computation, specials and NULLs, and totals finer than 10^-24, of
+    /// 10,000 and more, or in numeric's long form; dampening from 10^-24 to 1 with up to
+    /// 22 digits, and one in the long form.
     #[pg_test]
     fn the_trait_math_in_integers_equals_numeric() {
         Spi::run(
@@ -239,9 +240,11 @@ mod tests {
                  WHEN 2 THEN 0
                  WHEN 3 THEN NULL
                  WHEN 4 THEN (100 - round(c.current::numeric)) * 10
+                 -- 70 decimals: numeric.c's long form (a display scale over 63)
+                 WHEN 5 THEN round(((random() - 0.5) * 600)::numeric, 3)::numeric(100, 70)
                  ELSE round(((random() - 0.5) * 6000)::numeric, (random() * 24)::int) END AS total) t
-             CROSS JOIN LATERAL (SELECT ('{0.1, 1, 0.05, 0.123456789, 0.3333333333333333333333, 1e-24, 0.5}'
-                                         ::numeric[])[1 + g % 7] AS dampening) d;",
+             CROSS JOIN LATERAL (SELECT ('{0.1, 1, 0.05, 0.123456789, 0.3333333333333333333333, 1e-24, 0.5,
+                                           0.25}'::numeric[] || 0.1::numeric(90, 70))[1 + g % 9] AS dampening) d;",
         )
         .expect("the cases are made");
         let (decided, differing) = Spi::get_two::<i64, i64>(
@@ -258,7 +261,8 @@ mod tests {
         );
         let (ties, wrong) = Spi::get_two::<i64, i64>(
             "SELECT count(*) FILTER (WHERE bondhu.adjusted_trait_fixed_point(current, total, dampening) IS NOT NULL
-                                       AND current > 50 AND current < 54 AND current * 16384 = floor(current * 16384)),
+                                       AND current > 50 AND current < 54 AND (current * 16384)::bigint % 2 = 1
+                                       AND current * 16384 = floor(current * 16384)),
                     count(*) FILTER (WHERE float8send(bondhu.adjusted_trait(current, total, dampening))
                                            IS DISTINCT FROM float8send(by_numeric))
              FROM trait_cases",
