@@ -6,13 +6,15 @@
 //! Each step is Postgres's own: a double becomes the decimal of its 15 significant
 //! digits (float8_numeric prints it with "%.15g"), numeric multiplication and addition
 //! are exact, and a numeric becomes the double nearest to it (numeric_float8 prints it
-//! and reads it back with strtod). Here the decimal of 15 digits is Rust's exact
-//! formatting (rounded to nearest, ties to even, as glibc's printf), the arithmetic is
-//! on integer mantissas (src/decimal.rs), and the double is Rust's correctly rounded
-//! parse. A value this cannot hold exactly (digits past 10^-36, a mantissa past 2^127,
-//! a current value not finite or of 10^21 or more in magnitude) gives None: the caller then computes it in numeric. The SQL function uses this first and
-//! numeric after (sql/apply.sql); a #[pg_test] compares the two on random and edge
-//! values. No 128-bit division: that would cost what numeric does.
+//! and reads it back with strtod). Here the decimal of 15 digits is the short decimal
+//! the double is nearest to, when there is one (short_decimal), or else Rust's exact
+//! formatting (rounded to nearest, ties to even, as glibc's printf); the arithmetic is
+//! on integer mantissas (src/decimal.rs); and the double is a correctly rounded division
+//! or Rust's correctly rounded parse. A value this cannot hold exactly (digits past
+//! 10^-36, a mantissa past 2^127, a current value not finite or of 10^21 or more in
+//! magnitude) gives None: the caller then computes it in numeric. The SQL function uses
+//! this first and numeric after (sql/apply.sql); a #[pg_test] compares the two on random
+//! and edge values. No 128-bit division: that would cost what numeric does.
 use crate::decimal::Decimal;
 use std::fmt::Write;
 
