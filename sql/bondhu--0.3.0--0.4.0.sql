@@ -67,6 +67,16 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- The moment `span` (the insight window, a retention) before `moment`, counted on UTC's
+-- calendar: a month is a calendar month, and every session gets the same moment
+-- whatever its TimeZone (no daylight saving shift). Runs, self-service updates,
+-- bondhu_profile() and cleanup all count with it, so that a cleanup the window allows
+-- never deletes an insight a later run counts as fresh.
+CREATE FUNCTION bondhu.moment_before(moment timestamptz, span interval) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (moment AT TIME ZONE 'UTC' - span) AT TIME ZONE 'UTC'
+$$;
+
 CREATE  FUNCTION bondhu."insight_totals_deserialize"(
 	"bytes" bytea, /* & [u8] */
 	"_unused" internal /* Internal */
@@ -415,8 +425,8 @@ BEGIN
     IF run.status OPERATOR(pg_catalog.<>) 'completed' THEN
         RAISE EXCEPTION '%', bondhu.run_outcome(run)
             USING ERRCODE = coalesce(pg_catalog.jsonb_extract_path_text(run.metadata, 'sqlstate'), 'P0001'),
-                  DETAIL = format('Run %s; its row is committed.', run.id),
-                  HINT = format('SELECT * FROM system_tasks WHERE id = %L', run.id);
+                  DETAIL = pg_catalog.format('Run %s; its row is committed.', run.id),
+                  HINT = pg_catalog.format('SELECT * FROM system_tasks WHERE id = %L', run.id);
     END IF;
 END $$;
 
@@ -527,18 +537,18 @@ $$;
 -- nothing past `covered` and the staged rows are all still pending; every other
 -- user's are computed here from the insights. The caller holds the row locks of the
 -- users' profiles, taken before this statement reads the profiles and insights. Returns
--- one row per user that had pending insights (fresh, stale or rejected). A batch of up to
--- 10,000 users (CALL bondhu_run_update_all's) runs one plan, made once a session, that
--- looks its users up by key: planning a statement with 1,000 users as constants for each
--- batch was ~15 % of a night's batched run (its backend's CPU time, 1.6 s -> 1.3 s).
+-- one row: how many users had pending insights (fresh, stale or rejected), and their
+-- insights applied, rejected (in all and for each reason) and stale, and keys ignored.
+-- A batch of up to 10,000 users (CALL bondhu_run_update_all's) runs one plan, made once
+-- a session, that looks its users up by key: planning a statement with 1,000 users as
+-- constants for each batch was ~15 % of a night's batched run (its backend's CPU time,
+-- 1.6 s -> 1.3 s).
 -- A larger one (bondhu_update_all's every user) is planned for its users, to hash them.
 -- (The function's SET clause gives the caller its own plan_cache_mode back at the end.)
 CREATE FUNCTION bondhu.apply_pending(users uuid[], covered bondhu.cursor, snapshot bondhu.cursor,
                                      window_start timestamptz, dampening numeric, run_id uuid)
-RETURNS TABLE (user_id uuid, insights_processed integer, chat_insights integer,
-               entertainment_insights integer, rejected_insights integer, stale_insights integer,
-               ignored_keys integer, rejected_by_reason jsonb,
-               traits_before double precision[], traits_after double precision[])
+RETURNS TABLE (user_count bigint, insights_processed bigint, rejected_insights bigint, stale_insights bigint,
+               ignored_keys bigint, not_an_object bigint, not_a_number bigint, over_100 bigint)
 LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM pg_catalog.set_config('plan_cache_mode',
@@ -612,14 +622,15 @@ BEGIN
         -- the batch's profiles by key, not every profile hashed: the planner misjudges
         -- how many users the second half of totals brings
         WHERE p.user_id = t.user_id AND p.user_id = ANY (users)
-        RETURNING p.user_id, t.n[1] AS applied, t.n[2] AS chat, t.n[3] AS entertainment, t.n[4] AS rejected,
-                  t.n[5] AS stale, t.n[6] AS ignored,
-                  jsonb_build_object('not_an_object', t.n[7], 'not_a_number', t.n[8], 'over_100', t.n[9])
-                      AS rejected_by_reason,
+        RETURNING p.user_id, t.n[1] AS applied, t.n[4] AS rejected, t.n[5] AS stale, t.n[6] AS ignored,
+                  t.n[7] AS not_an_object, t.n[8] AS not_a_number, t.n[9] AS over_100,
                   -- a trait without a value (an adopted profile) was 50, as adjusted_trait counts it
-                  ARRAY[coalesce(t.openness, 50), coalesce(t.conscientiousness, 50), coalesce(t.extraversion, 50),
-                        coalesce(t.agreeableness, 50), coalesce(t.neuroticism, 50)] AS before,
-                  ARRAY[p.openness, p.conscientiousness, p.extraversion, p.agreeableness, p.neuroticism] AS after
+                  coalesce(t.openness, 50) AS openness_before, p.openness AS openness_after,
+                  coalesce(t.conscientiousness, 50) AS conscientiousness_before,
+                  p.conscientiousness AS conscientiousness_after,
+                  coalesce(t.extraversion, 50) AS extraversion_before, p.extraversion AS extraversion_after,
+                  coalesce(t.agreeableness, 50) AS agreeableness_before, p.agreeableness AS agreeableness_after,
+                  coalesce(t.neuroticism, 50) AS neuroticism_before, p.neuroticism AS neuroticism_after
     ), history AS (
         INSERT INTO public.personality_profile_history
             (user_id, applied_at, task_id, trigger, insights_processed,
@@ -627,13 +638,17 @@ BEGIN
              extraversion_before, extraversion_after, agreeableness_before, agreeableness_after,
              neuroticism_before, neuroticism_after)
         SELECT u.user_id, now(), run_id, 'update_all', u.applied,
-               u.before[1], u.after[1], u.before[2], u.after[2], u.before[3], u.after[3],
-               u.before[4], u.after[4], u.before[5], u.after[5]
+               u.openness_before, u.openness_after, u.conscientiousness_before, u.conscientiousness_after,
+               u.extraversion_before, u.extraversion_after, u.agreeableness_before, u.agreeableness_after,
+               u.neuroticism_before, u.neuroticism_after
         FROM updated u
         WHERE u.applied > 0
     )
-    SELECT u.user_id, u.applied, u.chat, u.entertainment, u.rejected, u.stale, u.ignored, u.rejected_by_reason,
-           u.before, u.after
+    -- the batch's counts in one row (a row a user, with its counts as JSON, was ~8 % of
+    -- a run's backend time)
+    SELECT count(*), coalesce(sum(u.applied), 0), coalesce(sum(u.rejected), 0), coalesce(sum(u.stale), 0),
+           coalesce(sum(u.ignored), 0), coalesce(sum(u.not_an_object), 0), coalesce(sum(u.not_a_number), 0),
+           coalesce(sum(u.over_100), 0)
     FROM updated u;
 END $$;
 
@@ -756,7 +771,8 @@ BEGIN
             -- Taken after the lock: covers whatever the previous holder of the lock applied.
             snapshot := bondhu.current_cursor();
             SELECT * INTO applied
-            FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot, now() - cfg.insight_window,
+            FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot,
+                                           bondhu.moment_before(now(), cfg.insight_window),
                                            cfg.dampening);
         END IF;
     ELSE
@@ -783,9 +799,10 @@ END $$;
 -- Update runs: every user with pending insights (the life of a run: run_log.sql)
 ------------------------------------------------------------------------------------
 -- Starts an update run (or logs a skipped one): the global cursor it starts from, the
--- snapshot it applies up to, and the settings it applies with go into its row.
+-- snapshot it applies up to, and the settings it applies with go into its row (the
+-- insight window as written, in the postgres IntervalStyle: run_window_start reads it).
 CREATE OR REPLACE FUNCTION bondhu.start_update_run() RETURNS bondhu.task_runs
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET IntervalStyle = postgres AS $$
 DECLARE
     run bondhu.task_runs := bondhu.start_run('personality_update');
     run_snapshot bondhu.cursor;
@@ -796,7 +813,7 @@ BEGIN
         UPDATE bondhu.task_runs t SET covered = bondhu.global_cursor(), snapshot = run_snapshot,
             metadata = (SELECT jsonb_build_object('settings', jsonb_build_object(
                             'dampening', s.dampening,
-                            'insight_window_seconds', extract(epoch FROM s.insight_window)::bigint))
+                            'insight_window', s.insight_window::text))
                         FROM bondhu.settings s)
         WHERE t.id = run.id
         RETURNING * INTO run;
@@ -805,10 +822,11 @@ BEGIN
 END $$;
 
 -- Insights observed before this time are stale in the run: its start less the
--- insight_window it runs with.
+-- insight_window it runs with, on UTC's calendar (moment_before: a month is a calendar
+-- month, as for cleanup).
 CREATE FUNCTION bondhu.run_window_start(run bondhu.task_runs) RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT run.executed_at - make_interval(secs => (run.metadata #>> '{settings,insight_window_seconds}')::double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET IntervalStyle = postgres AS $$
+    SELECT bondhu.moment_before(run.executed_at, (run.metadata #>> '{settings,insight_window}')::interval)
 $$;
 
 -- Every user with insights pending between the run's cursors, with their totals and
@@ -871,16 +889,13 @@ $$;
 -- as a run's counts (record_step).
 CREATE FUNCTION bondhu.apply_counts(run bondhu.task_runs, users uuid[]) RETURNS jsonb
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT jsonb_build_object('users', count(*), 'succeeded', count(*),
-                              'records', coalesce(sum(a.insights_processed), 0),
-                              'insights_processed', coalesce(sum(a.insights_processed), 0),
-                              'rejected_insights', coalesce(sum(a.rejected_insights), 0),
-                              'stale_insights', coalesce(sum(a.stale_insights), 0),
-                              'ignored_keys', coalesce(sum(a.ignored_keys), 0),
+    SELECT jsonb_build_object('users', a.user_count, 'succeeded', a.user_count,
+                              'records', a.insights_processed, 'insights_processed', a.insights_processed,
+                              'rejected_insights', a.rejected_insights, 'stale_insights', a.stale_insights,
+                              'ignored_keys', a.ignored_keys,
                               'rejected_by_reason', jsonb_build_object(
-                                  'not_an_object', coalesce(sum((a.rejected_by_reason ->> 'not_an_object')::integer), 0),
-                                  'not_a_number', coalesce(sum((a.rejected_by_reason ->> 'not_a_number')::integer), 0),
-                                  'over_100', coalesce(sum((a.rejected_by_reason ->> 'over_100')::integer), 0)))
+                                  'not_an_object', a.not_an_object, 'not_a_number', a.not_a_number,
+                                  'over_100', a.over_100))
     FROM bondhu.apply_pending(users, run.covered, run.snapshot, bondhu.run_window_start(run),
                               (run.metadata #>> '{settings,dampening}')::numeric, run.id) a
 $$;
@@ -1063,7 +1078,8 @@ BEGIN
     -- a constant of the statement, not a call for each insight
     ahead := bondhu.moved_ahead(target, covered);
     SELECT * INTO pending
-    FROM bondhu.pending_sums(target, covered, snapshot, ahead, now() - cfg.insight_window);
+    FROM bondhu.pending_sums(target, covered, snapshot, ahead,
+                            bondhu.moment_before(now(), cfg.insight_window));
     stored := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
                     coalesce(profile.neuroticism, 50)];
@@ -1117,7 +1133,7 @@ CREATE OR REPLACE FUNCTION bondhu.start_cleanup_run(older_than interval) RETURNS
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
-    run_cutoff timestamptz := now() - older_than;
+    run_cutoff timestamptz := bondhu.moment_before(now(), older_than);
     run bondhu.task_runs;
 BEGIN
     IF older_than IS NULL THEN
@@ -1128,7 +1144,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     -- compared as moments, not intervals: '30 days' is shorter than '1 month' after a
     -- 31-day month, although interval comparison counts a month as 30 days
-    ELSIF run_cutoff > now() - window_length THEN
+    ELSIF run_cutoff > bondhu.moment_before(now(), window_length) THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than (%) is shorter than the insight window (%)', older_than, window_length
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'Insights inside the window may not be applied yet; deleting them would lose them.',
@@ -1847,6 +1863,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET clie
 DECLARE
     api record;
     admin record;
+    held record;
     privilege text;
     grantee text;
     operators text[] := ARRAY['bondhu_operator'];
@@ -1919,6 +1936,19 @@ BEGIN
     IF 'authenticated' = ANY (nobody) THEN
         EXECUTE format('GRANT SELECT ON %s TO authenticated', tables);
     END IF;
+
+    -- A trigger on a table bondhu writes runs with the rights of bondhu's functions (a
+    -- superuser's): only the table's owner may create one. Supabase's default privileges
+    -- give TRIGGER on every new table in public to its roles (service_role, postgres).
+    FOR held IN SELECT c.oid::regclass::text AS relation,
+                       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS grantee,
+                       a.grantor::regrole::text AS grantor
+                FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
+                WHERE (c.relnamespace = 'bondhu'::regnamespace
+                       OR c.oid = ANY (('{' || tables || ', public.system_tasks}')::regclass[]))
+                  AND a.privilege_type = 'TRIGGER' AND a.grantee <> c.relowner LOOP
+        EXECUTE format('REVOKE TRIGGER ON %s FROM %s GRANTED BY %s CASCADE', held.relation, held.grantee, held.grantor);
+    END LOOP;
 END $$;
 
 -- Deleting a profile marks its applied insights with bondhu.writing_positions, not
@@ -2034,5 +2064,168 @@ ALTER EVENT TRIGGER bondhu_drop_extension ENABLE ALWAYS;
 INSERT INTO bondhu.schedules (id, schedule, timezone, last_due_at)
 SELECT j.id, j.schedule, bondhu.cron_timezone(), now() FROM bondhu.own_jobs() j
 ON CONFLICT (id) DO NOTHING;
+
+-- Brings the tables to what bondhu needs and makes them members of the extension,
+-- keeping every row. Idempotent. Called by the extension's scripts (CREATE EXTENSION,
+-- ALTER EXTENSION UPDATE), which alone may register configuration tables.
+CREATE OR REPLACE FUNCTION bondhu.attach_data_tables() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    insight record;
+    trait text;
+    member record;
+BEGIN
+    FOR insight IN SELECT * FROM (VALUES
+            ('public.chat_personality_insights'::regclass, 'chat_personality_insights', '"timestamp"'),
+            ('public.entertainment_interactions'::regclass, 'entertainment_interactions', 'created_at')) AS v(t, name, observed)
+    LOOP
+        IF insight.name = 'entertainment_interactions' THEN
+            ALTER TABLE public.entertainment_interactions ADD COLUMN IF NOT EXISTS personality_insights jsonb;
+        END IF;
+        -- the stand-in of detach_data_tables (named bondhu_uninstalled_insight until 0.3.0)
+        EXECUTE format('DROP TRIGGER IF EXISTS zz_bondhu_uninstalled_insight ON %s', insight.t);
+        EXECUTE format('DROP TRIGGER IF EXISTS bondhu_uninstalled_insight ON %s', insight.t);
+        IF EXISTS (SELECT FROM pg_catalog.pg_attribute
+                   WHERE attrelid = insight.t AND attname = 'ingest_pos' AND NOT attisdropped) THEN
+            EXECUTE format('UPDATE %s SET ingest_pos = bondhu.ingest_position() WHERE ingest_pos IS NULL', insight.t);
+        ELSE
+            EXECUTE format('ALTER TABLE %s ADD COLUMN ingest_pos bigint DEFAULT 2', insight.t);
+        END IF;
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN ingest_pos DROP DEFAULT, '
+                       'ALTER COLUMN ingest_pos SET NOT NULL', insight.t);
+        EXECUTE format('COMMENT ON COLUMN %s.ingest_pos IS %L', insight.t,
+                       'Managed by bondhu: which transaction wrote the insight. Assigned by bondhu; a written value is refused.');
+        IF to_regclass('public.' || insight.name || '_user_pos') IS NULL THEN
+            EXECUTE format('CREATE INDEX %I ON %s (user_id, ingest_pos)', insight.name || '_user_pos', insight.t);
+        END IF;
+        IF to_regclass('public.' || insight.name || '_pos_brin') IS NULL THEN
+            EXECUTE format('CREATE INDEX %I ON %s USING brin (ingest_pos)', insight.name || '_pos_brin', insight.t);
+        END IF;
+        IF to_regclass('public.' || insight.name || '_observed_brin') IS NULL THEN
+            EXECUTE format('CREATE INDEX %I ON %s USING brin (%s)', insight.name || '_observed_brin', insight.t, insight.observed);
+        END IF;
+    END LOOP;
+    -- Profiles: traits as double precision 0..100 starting at 50, and the cursor.
+    FOREACH trait IN ARRAY ARRAY['openness', 'conscientiousness', 'extraversion', 'agreeableness', 'neuroticism'] LOOP
+        IF (SELECT format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute
+            WHERE attrelid = 'public.user_personality_profiles'::regclass AND attname = trait) <> 'double precision' THEN
+            EXECUTE format('ALTER TABLE public.user_personality_profiles ALTER COLUMN %I TYPE double precision', trait);
+        END IF;
+        EXECUTE format('ALTER TABLE public.user_personality_profiles ALTER COLUMN %I SET DEFAULT 50', trait);
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_constraint WHERE conname = trait || '_0_to_100'
+                       AND conrelid = 'public.user_personality_profiles'::regclass) THEN
+            -- NOT VALID: adopted rows are kept as they are; every new value is checked.
+            EXECUTE format('ALTER TABLE public.user_personality_profiles ADD CONSTRAINT %I CHECK (%I BETWEEN 0 AND 100) NOT VALID',
+                           trait || '_0_to_100', trait);
+        END IF;
+    END LOOP;
+    ALTER TABLE public.user_personality_profiles
+        ADD COLUMN IF NOT EXISTS created_at timestamptz NOT NULL DEFAULT now(),
+        ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now(),
+        ADD COLUMN IF NOT EXISTS applied_xmin bigint,
+        ADD COLUMN IF NOT EXISTS applied_xmax bigint,
+        ADD COLUMN IF NOT EXISTS applied_xip bigint[];
+    COMMENT ON COLUMN public.user_personality_profiles.applied_xmin IS
+        'Managed by bondhu (with applied_xmax, applied_xip): the cursor that last updated this profile.';
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_index i
+                   WHERE i.indrelid = 'public.user_personality_profiles'::regclass AND i.indisunique
+                     AND i.indnkeyatts = 1 AND i.indpred IS NULL
+                     AND i.indkey[0] = (SELECT attnum FROM pg_catalog.pg_attribute
+                                        WHERE attrelid = 'public.user_personality_profiles'::regclass
+                                          AND attname = 'user_id')) THEN
+        CREATE UNIQUE INDEX user_personality_profiles_user_id_key ON public.user_personality_profiles (user_id);
+    END IF;
+
+    DROP TRIGGER IF EXISTS zz_bondhu_uninstalled_profile ON public.user_personality_profiles;
+    DROP TRIGGER IF EXISTS bondhu_uninstalled_profile ON public.user_personality_profiles;
+    DROP FUNCTION IF EXISTS public.bondhu_uninstalled_insight();
+    DROP FUNCTION IF EXISTS public.bondhu_uninstalled_profile();
+    FOR member IN SELECT * FROM bondhu.data_triggers() LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                       WHERE tgrelid = member.relation AND tgname = member.name AND NOT tgisinternal) THEN
+            EXECUTE format('CREATE TRIGGER %I %s', member.name, member.definition);
+        END IF;
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', member.relation, member.name);
+    END LOOP;
+
+    FOR member IN SELECT * FROM bondhu.data_tables() LOOP
+        IF NOT bondhu.is_member(member.relation) THEN
+            EXECUTE format('ALTER EXTENSION bondhu ADD %s %s', member.kind, member.relation);
+        END IF;
+        PERFORM pg_catalog.pg_extension_config_dump(member.relation, '');
+    END LOOP;
+END $$;
+
+-- Leaves the tables standing on their own: no longer members, and nothing in them that
+-- depends on the extension (bondhu's triggers). Two small triggers stand in while
+-- bondhu is not installed: what is written or changed then is pending (no position),
+-- and neither a position, nor a profile's cursor, nor (superusers aside) a profile's
+-- user can be written; attach_data_tables drops them again. Named to
+-- fire after the app's own BEFORE triggers (in name order), as bondhu's do, so that
+-- they see the document an app trigger writes.
+CREATE OR REPLACE FUNCTION bondhu.detach_data_tables() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $detach$
+DECLARE
+    member record;
+BEGIN
+    FOR member IN SELECT * FROM bondhu.data_triggers() LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', member.name, member.relation);
+    END LOOP;
+    ALTER TABLE public.chat_personality_insights ALTER COLUMN ingest_pos DROP NOT NULL;
+    ALTER TABLE public.entertainment_interactions ALTER COLUMN ingest_pos DROP NOT NULL;
+    -- Not members (created outside CREATE EXTENSION), so they survive DROP EXTENSION.
+    CREATE FUNCTION public.bondhu_uninstalled_insight() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    BEGIN
+        -- TG_ARGV[0]: the document column
+        IF TG_OP = 'INSERT'
+           OR NEW.user_id IS DISTINCT FROM OLD.user_id
+           OR to_jsonb(NEW) -> TG_ARGV[0] IS DISTINCT FROM to_jsonb(OLD) -> TG_ARGV[0] THEN
+            NEW.ingest_pos := NULL;
+        ELSE
+            NEW.ingest_pos := OLD.ingest_pos;
+        END IF;
+        RETURN NEW;
+    END $$;
+    REVOKE ALL ON FUNCTION public.bondhu_uninstalled_insight() FROM PUBLIC;
+    CREATE FUNCTION public.bondhu_uninstalled_profile() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND NEW.user_id IS DISTINCT FROM OLD.user_id
+           AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+            -- as when bondhu is installed: the cursor belongs to its user, and would cover
+            -- insights of another user never applied
+            RAISE EXCEPTION 'bondhu: user_id is assigned by bondhu and cannot be written'
+                USING ERRCODE = 'insufficient_privilege', HINT = 'Leave user_id out of the INSERT or UPDATE.';
+        END IF;
+        IF TG_OP = 'INSERT' THEN
+            NEW.applied_xmin := NULL; NEW.applied_xmax := NULL; NEW.applied_xip := NULL;
+        ELSE
+            NEW.applied_xmin := OLD.applied_xmin; NEW.applied_xmax := OLD.applied_xmax;
+            NEW.applied_xip := OLD.applied_xip;
+        END IF;
+        RETURN NEW;
+    END $$;
+    REVOKE ALL ON FUNCTION public.bondhu_uninstalled_profile() FROM PUBLIC;
+    -- and from the roles Supabase's default privileges give new functions in public to
+    FOR member IN SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname IN ('anon', 'authenticated', 'service_role') LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION public.bondhu_uninstalled_insight(), public.bondhu_uninstalled_profile() FROM %I',
+                       member.rolname);
+    END LOOP;
+    CREATE TRIGGER zz_bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.chat_personality_insights
+        FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_insight('adjustments');
+    CREATE TRIGGER zz_bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.entertainment_interactions
+        FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_insight('personality_insights');
+    CREATE TRIGGER zz_bondhu_uninstalled_profile BEFORE INSERT OR UPDATE ON public.user_personality_profiles
+        FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_profile();
+    ALTER TABLE public.chat_personality_insights ENABLE ALWAYS TRIGGER zz_bondhu_uninstalled_insight;
+    ALTER TABLE public.entertainment_interactions ENABLE ALWAYS TRIGGER zz_bondhu_uninstalled_insight;
+    ALTER TABLE public.user_personality_profiles ENABLE ALWAYS TRIGGER zz_bondhu_uninstalled_profile;
+    FOR member IN SELECT * FROM bondhu.data_tables() LOOP
+        IF bondhu.is_member(member.relation) THEN
+            EXECUTE format('ALTER EXTENSION bondhu DROP %s %s', member.kind, member.relation);
+        END IF;
+    END LOOP;
+END $detach$;
 
 SELECT bondhu.grant_privileges();

@@ -9,7 +9,7 @@ CREATE FUNCTION bondhu.start_cleanup_run(older_than interval) RETURNS bondhu.tas
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
-    run_cutoff timestamptz := now() - older_than;
+    run_cutoff timestamptz := bondhu.moment_before(now(), older_than);
     run bondhu.task_runs;
 BEGIN
     IF older_than IS NULL THEN
@@ -20,7 +20,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     -- compared as moments, not intervals: '30 days' is shorter than '1 month' after a
     -- 31-day month, although interval comparison counts a month as 30 days
-    ELSIF run_cutoff > now() - window_length THEN
+    ELSIF run_cutoff > bondhu.moment_before(now(), window_length) THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than (%) is shorter than the insight window (%)', older_than, window_length
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'Insights inside the window may not be applied yet; deleting them would lose them.',

@@ -222,6 +222,8 @@ BEGIN
         IF insight.name = 'entertainment_interactions' THEN
             ALTER TABLE public.entertainment_interactions ADD COLUMN IF NOT EXISTS personality_insights jsonb;
         END IF;
+        -- the stand-in of detach_data_tables (named bondhu_uninstalled_insight until 0.3.0)
+        EXECUTE format('DROP TRIGGER IF EXISTS zz_bondhu_uninstalled_insight ON %s', insight.t);
         EXECUTE format('DROP TRIGGER IF EXISTS bondhu_uninstalled_insight ON %s', insight.t);
         IF EXISTS (SELECT FROM pg_catalog.pg_attribute
                    WHERE attrelid = insight.t AND attname = 'ingest_pos' AND NOT attisdropped) THEN
@@ -274,6 +276,7 @@ BEGIN
         CREATE UNIQUE INDEX user_personality_profiles_user_id_key ON public.user_personality_profiles (user_id);
     END IF;
 
+    DROP TRIGGER IF EXISTS zz_bondhu_uninstalled_profile ON public.user_personality_profiles;
     DROP TRIGGER IF EXISTS bondhu_uninstalled_profile ON public.user_personality_profiles;
     DROP FUNCTION IF EXISTS public.bondhu_uninstalled_insight();
     DROP FUNCTION IF EXISTS public.bondhu_uninstalled_profile();
@@ -296,8 +299,10 @@ END $$;
 -- Leaves the tables standing on their own: no longer members, and nothing in them that
 -- depends on the extension (bondhu's triggers). Two small triggers stand in while
 -- bondhu is not installed: what is written or changed then is pending (no position),
--- and neither a position nor a profile's cursor can be written; attach_data_tables
--- drops them again.
+-- and neither a position, nor a profile's cursor, nor (superusers aside) a profile's
+-- user can be written; attach_data_tables drops them again. Named to
+-- fire after the app's own BEFORE triggers (in name order), as bondhu's do, so that
+-- they see the document an app trigger writes.
 CREATE FUNCTION bondhu.detach_data_tables() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $detach$
 DECLARE
@@ -326,6 +331,13 @@ BEGIN
     CREATE FUNCTION public.bondhu_uninstalled_profile() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
     BEGIN
+        IF TG_OP = 'UPDATE' AND NEW.user_id IS DISTINCT FROM OLD.user_id
+           AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+            -- as when bondhu is installed: the cursor belongs to its user, and would cover
+            -- insights of another user never applied
+            RAISE EXCEPTION 'bondhu: user_id is assigned by bondhu and cannot be written'
+                USING ERRCODE = 'insufficient_privilege', HINT = 'Leave user_id out of the INSERT or UPDATE.';
+        END IF;
         IF TG_OP = 'INSERT' THEN
             NEW.applied_xmin := NULL; NEW.applied_xmax := NULL; NEW.applied_xip := NULL;
         ELSE
@@ -340,15 +352,15 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION public.bondhu_uninstalled_insight(), public.bondhu_uninstalled_profile() FROM %I',
                        member.rolname);
     END LOOP;
-    CREATE TRIGGER bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.chat_personality_insights
+    CREATE TRIGGER zz_bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.chat_personality_insights
         FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_insight('adjustments');
-    CREATE TRIGGER bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.entertainment_interactions
+    CREATE TRIGGER zz_bondhu_uninstalled_insight BEFORE INSERT OR UPDATE ON public.entertainment_interactions
         FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_insight('personality_insights');
-    CREATE TRIGGER bondhu_uninstalled_profile BEFORE INSERT OR UPDATE ON public.user_personality_profiles
+    CREATE TRIGGER zz_bondhu_uninstalled_profile BEFORE INSERT OR UPDATE ON public.user_personality_profiles
         FOR EACH ROW EXECUTE FUNCTION public.bondhu_uninstalled_profile();
-    ALTER TABLE public.chat_personality_insights ENABLE ALWAYS TRIGGER bondhu_uninstalled_insight;
-    ALTER TABLE public.entertainment_interactions ENABLE ALWAYS TRIGGER bondhu_uninstalled_insight;
-    ALTER TABLE public.user_personality_profiles ENABLE ALWAYS TRIGGER bondhu_uninstalled_profile;
+    ALTER TABLE public.chat_personality_insights ENABLE ALWAYS TRIGGER zz_bondhu_uninstalled_insight;
+    ALTER TABLE public.entertainment_interactions ENABLE ALWAYS TRIGGER zz_bondhu_uninstalled_insight;
+    ALTER TABLE public.user_personality_profiles ENABLE ALWAYS TRIGGER zz_bondhu_uninstalled_profile;
     FOR member IN SELECT * FROM bondhu.data_tables() LOOP
         IF bondhu.is_member(member.relation) THEN
             EXECUTE format('ALTER EXTENSION bondhu DROP %s %s', member.kind, member.relation);

@@ -33,7 +33,8 @@ BEGIN
     -- a constant of the statement, not a call for each insight
     ahead := bondhu.moved_ahead(target, covered);
     SELECT * INTO pending
-    FROM bondhu.pending_sums(target, covered, snapshot, ahead, now() - cfg.insight_window);
+    FROM bondhu.pending_sums(target, covered, snapshot, ahead,
+                            bondhu.moment_before(now(), cfg.insight_window));
     stored := ARRAY[coalesce(profile.openness, 50), coalesce(profile.conscientiousness, 50),
                     coalesce(profile.extraversion, 50), coalesce(profile.agreeableness, 50),
                     coalesce(profile.neuroticism, 50)];

@@ -400,8 +400,8 @@ BEGIN
     IF run.status OPERATOR(pg_catalog.<>) 'completed' THEN
         RAISE EXCEPTION '%', bondhu.run_outcome(run)
             USING ERRCODE = coalesce(pg_catalog.jsonb_extract_path_text(run.metadata, 'sqlstate'), 'P0001'),
-                  DETAIL = format('Run %s; its row is committed.', run.id),
-                  HINT = format('SELECT * FROM system_tasks WHERE id = %L', run.id);
+                  DETAIL = pg_catalog.format('Run %s; its row is committed.', run.id),
+                  HINT = pg_catalog.format('SELECT * FROM system_tasks WHERE id = %L', run.id);
     END IF;
 END $$;
 

@@ -130,6 +130,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET clie
 DECLARE
     api record;
     admin record;
+    held record;
     privilege text;
     grantee text;
     operators text[] := ARRAY['bondhu_operator'];
@@ -202,6 +203,19 @@ BEGIN
     IF 'authenticated' = ANY (nobody) THEN
         EXECUTE format('GRANT SELECT ON %s TO authenticated', tables);
     END IF;
+
+    -- A trigger on a table bondhu writes runs with the rights of bondhu's functions (a
+    -- superuser's): only the table's owner may create one. Supabase's default privileges
+    -- give TRIGGER on every new table in public to its roles (service_role, postgres).
+    FOR held IN SELECT c.oid::regclass::text AS relation,
+                       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS grantee,
+                       a.grantor::regrole::text AS grantor
+                FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
+                WHERE (c.relnamespace = 'bondhu'::regnamespace
+                       OR c.oid = ANY (('{' || tables || ', public.system_tasks}')::regclass[]))
+                  AND a.privilege_type = 'TRIGGER' AND a.grantee <> c.relowner LOOP
+        EXECUTE format('REVOKE TRIGGER ON %s FROM %s GRANTED BY %s CASCADE', held.relation, held.grantee, held.grantor);
+    END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION bondhu.grant_privileges() FROM PUBLIC;
 

@@ -73,3 +73,12 @@ CREATE TRIGGER explain_checks BEFORE UPDATE ON bondhu.settings
 INSERT INTO bondhu.settings DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
 
+-- The moment `span` (the insight window, a retention) before `moment`, counted on UTC's
+-- calendar: a month is a calendar month, and every session gets the same moment
+-- whatever its TimeZone (no daylight saving shift). Runs, self-service updates,
+-- bondhu_profile() and cleanup all count with it, so that a cleanup the window allows
+-- never deletes an insight a later run counts as fresh.
+CREATE FUNCTION bondhu.moment_before(moment timestamptz, span interval) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (moment AT TIME ZONE 'UTC' - span) AT TIME ZONE 'UTC'
+$$;

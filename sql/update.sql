@@ -56,7 +56,8 @@ BEGIN
             -- Taken after the lock: covers whatever the previous holder of the lock applied.
             snapshot := bondhu.current_cursor();
             SELECT * INTO applied
-            FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot, now() - cfg.insight_window,
+            FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot,
+                                           bondhu.moment_before(now(), cfg.insight_window),
                                            cfg.dampening);
         END IF;
     ELSE
@@ -108,9 +109,10 @@ COMMENT ON FUNCTION public.bondhu_update_personality(uuid) IS
 -- Update runs: every user with pending insights (the life of a run: run_log.sql)
 ------------------------------------------------------------------------------------
 -- Starts an update run (or logs a skipped one): the global cursor it starts from, the
--- snapshot it applies up to, and the settings it applies with go into its row.
+-- snapshot it applies up to, and the settings it applies with go into its row (the
+-- insight window as written, in the postgres IntervalStyle: run_window_start reads it).
 CREATE FUNCTION bondhu.start_update_run() RETURNS bondhu.task_runs
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET IntervalStyle = postgres AS $$
 DECLARE
     run bondhu.task_runs := bondhu.start_run('personality_update');
     run_snapshot bondhu.cursor;
@@ -121,7 +123,7 @@ BEGIN
         UPDATE bondhu.task_runs t SET covered = bondhu.global_cursor(), snapshot = run_snapshot,
             metadata = (SELECT jsonb_build_object('settings', jsonb_build_object(
                             'dampening', s.dampening,
-                            'insight_window_seconds', extract(epoch FROM s.insight_window)::bigint))
+                            'insight_window', s.insight_window::text))
                         FROM bondhu.settings s)
         WHERE t.id = run.id
         RETURNING * INTO run;
@@ -147,10 +149,11 @@ CREATE UNLOGGED TABLE bondhu.run_totals (
 );
 
 -- Insights observed before this time are stale in the run: its start less the
--- insight_window it runs with.
+-- insight_window it runs with, on UTC's calendar (moment_before: a month is a calendar
+-- month, as for cleanup).
 CREATE FUNCTION bondhu.run_window_start(run bondhu.task_runs) RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT run.executed_at - make_interval(secs => (run.metadata #>> '{settings,insight_window_seconds}')::double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET IntervalStyle = postgres AS $$
+    SELECT bondhu.moment_before(run.executed_at, (run.metadata #>> '{settings,insight_window}')::interval)
 $$;
 
 -- Every user with insights pending between the run's cursors, with their totals and
@@ -213,16 +216,13 @@ $$;
 -- as a run's counts (record_step).
 CREATE FUNCTION bondhu.apply_counts(run bondhu.task_runs, users uuid[]) RETURNS jsonb
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT jsonb_build_object('users', count(*), 'succeeded', count(*),
-                              'records', coalesce(sum(a.insights_processed), 0),
-                              'insights_processed', coalesce(sum(a.insights_processed), 0),
-                              'rejected_insights', coalesce(sum(a.rejected_insights), 0),
-                              'stale_insights', coalesce(sum(a.stale_insights), 0),
-                              'ignored_keys', coalesce(sum(a.ignored_keys), 0),
+    SELECT jsonb_build_object('users', a.user_count, 'succeeded', a.user_count,
+                              'records', a.insights_processed, 'insights_processed', a.insights_processed,
+                              'rejected_insights', a.rejected_insights, 'stale_insights', a.stale_insights,
+                              'ignored_keys', a.ignored_keys,
                               'rejected_by_reason', jsonb_build_object(
-                                  'not_an_object', coalesce(sum((a.rejected_by_reason ->> 'not_an_object')::integer), 0),
-                                  'not_a_number', coalesce(sum((a.rejected_by_reason ->> 'not_a_number')::integer), 0),
-                                  'over_100', coalesce(sum((a.rejected_by_reason ->> 'over_100')::integer), 0)))
+                                  'not_an_object', a.not_an_object, 'not_a_number', a.not_a_number,
+                                  'over_100', a.over_100))
     FROM bondhu.apply_pending(users, run.covered, run.snapshot, bondhu.run_window_start(run),
                               (run.metadata #>> '{settings,dampening}')::numeric, run.id) a
 $$;

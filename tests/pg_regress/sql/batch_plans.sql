@@ -2,7 +2,8 @@
 -- planned for its users (apply_pending). Each insight counts once whichever plan runs:
 -- 10,001 users, five rounds of one insight each, every round crossing the threshold
 -- another way in the same session, with the caller's own planner settings (which
--- apply_pending sets for itself and gives back).
+-- apply_pending sets for itself and gives back), and at the end with a role's
+-- (ALTER ROLE ... SET, as pg_cron's job owner or PostgREST's role may have them).
 CREATE EXTENSION bondhu;
 CREATE FUNCTION user_n(n integer) RETURNS uuid LANGUAGE sql IMMUTABLE AS
 $$ SELECT ('00000000-0000-0000-0000-' || lpad(n::text, 12, '0'))::uuid $$;
@@ -50,5 +51,27 @@ SELECT * FROM wrong_after(4);
 CALL new_round();
 SELECT r -> 'users_processed' AS users, r -> 'insights_processed' AS n FROM bondhu_update_all() r;
 SELECT * FROM wrong_after(5);
+-- 6 and 7: an operator whose role sets the planner (ALTER ROLE ... SET, applied when it
+-- connects): update_all, then batches of 2,500
+CREATE ROLE batch_planner LOGIN;
+GRANT bondhu_operator TO batch_planner;
+ALTER ROLE batch_planner SET plan_cache_mode = force_generic_plan;
+ALTER ROLE batch_planner SET enable_hashagg = off;
+ALTER ROLE batch_planner SET enable_hashjoin = off;
+CALL new_round();
+\c - batch_planner
+SELECT current_setting('plan_cache_mode') AS plan_cache_mode, current_setting('enable_hashagg') AS hashagg,
+       current_setting('enable_hashjoin') AS hashjoin;
+SELECT r ->> 'status' AS status, r -> 'users_processed' AS users, r -> 'insights_processed' AS n
+FROM bondhu_update_all() r;
+\c - postgres
+SELECT * FROM wrong_after(6);
+CALL new_round();
+\c - batch_planner
+CALL bondhu_run_update_all(2500);
+SHOW plan_cache_mode;
+\c - postgres
+SELECT * FROM wrong_after(7);
 SELECT status, count(*) AS runs, sum(users_processed) AS users, sum(records_processed) AS insights
 FROM system_tasks GROUP BY status;
+DROP ROLE batch_planner;

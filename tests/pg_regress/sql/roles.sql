@@ -6,6 +6,8 @@ SET client_min_messages = warning;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'roles_ops') THEN CREATE ROLE roles_ops NOLOGIN; END IF;
+    -- (CREATE EXTENSION creates it; an earlier test of the suite has)
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bondhu_operator') THEN CREATE ROLE bondhu_operator NOLOGIN; END IF;
 END $$;
 GRANT bondhu_operator TO roles_ops;
 CREATE FUNCTION create_supabase_roles() RETURNS void LANGUAGE plpgsql AS $$
@@ -64,7 +66,8 @@ CREATE FUNCTION contract() RETURNS TABLE (role name, what text, outcome text) LA
                  (6, 'read settings', 'SELECT FROM bondhu.settings'),
                  (7, 'change settings', 'UPDATE bondhu.settings SET dampening = 0.2'),
                  (8, 'setval history ids', 'SELECT setval(''personality_profile_history_id_seq'', 1000)'),
-                 (9, 'read the run log', 'SELECT FROM system_tasks')) AS c(n, what, stmt)
+                 (9, 'read the run log', 'SELECT FROM system_tasks'),
+                 (10, 'create a trigger', 'CREATE TRIGGER t BEFORE UPDATE ON user_personality_profiles FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()')) AS c(n, what, stmt)
     ORDER BY c.n, r.role
 $$;
 -- Which of bondhu's internal functions (schema bondhu) a role may execute: none for
@@ -72,6 +75,18 @@ $$;
 CREATE FUNCTION internals_executable(role name) RETURNS bigint LANGUAGE sql AS $$
     SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'bondhu'
       AND has_function_privilege(role, p.oid, 'EXECUTE')
+$$;
+-- Who but a table's owner may create triggers on the tables bondhu writes (its
+-- functions' rights would run them): nobody, whatever default privileges gave.
+CREATE FUNCTION trigger_holders() RETURNS TABLE (relation regclass, grantee text) LANGUAGE sql AS $$
+    SELECT c.oid::regclass, CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+    FROM pg_class c, aclexplode(c.relacl) a
+    WHERE (c.relnamespace::regnamespace::text = 'bondhu'
+           OR c.oid IN (to_regclass('chat_personality_insights'), to_regclass('entertainment_interactions'),
+                        to_regclass('user_personality_profiles'), to_regclass('personality_profile_history'),
+                        to_regclass('system_tasks')))
+      AND a.privilege_type = 'TRIGGER' AND a.grantee <> c.relowner
+    ORDER BY 1, 2
 $$;
 CREATE FUNCTION summary() RETURNS TABLE (what text, anon text, authenticated text, service_role text, roles_ops text)
 LANGUAGE sql AS $$
@@ -85,6 +100,7 @@ SELECT create_supabase_roles();
 CREATE EXTENSION bondhu;
 SELECT * FROM summary();
 SELECT internals_executable('anon') AS anon_internals, internals_executable('authenticated') AS authenticated_internals;
+SELECT * FROM trigger_holders();
 
 -- 2. Roles first, with Supabase's default privileges: the same.
 SELECT drop_everything();
@@ -93,6 +109,7 @@ SELECT supabase_default_privileges();
 CREATE EXTENSION bondhu;
 SELECT * FROM summary();
 SELECT internals_executable('anon') AS anon_internals, internals_executable('authenticated') AS authenticated_internals;
+SELECT * FROM trigger_holders();
 
 -- 3. Roles after CREATE EXTENSION: nothing until a superuser runs grant_privileges().
 SELECT drop_everything();
@@ -103,6 +120,7 @@ SELECT what, service_role FROM summary() WHERE what IN ('update_all', 'insert an
 SELECT bondhu.grant_privileges();
 SELECT * FROM summary();
 SELECT internals_executable('anon') AS anon_internals, internals_executable('authenticated') AS authenticated_internals;
+SELECT * FROM trigger_holders();
 -- who else may run grant_privileges: nobody
 SELECT as_role('service_role', 'SELECT bondhu.grant_privileges()') AS service_role_regrants,
        as_role('roles_ops', 'SELECT bondhu.grant_privileges()') AS ops_regrant;

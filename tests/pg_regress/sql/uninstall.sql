@@ -3,6 +3,11 @@
 CREATE EXTENSION bondhu;
 \set ann '''00000000-0000-0000-0000-0000000a0001'''
 \set ben '''00000000-0000-0000-0000-0000000b0002'''
+\set carl '''00000000-0000-0000-0000-0000000c0003'''
+\set dan '''00000000-0000-0000-0000-0000000d0004'''
+\set erin '''00000000-0000-0000-0000-0000000e0005'''
+-- carl's interaction, not analysed yet: the run below covers its position
+INSERT INTO entertainment_interactions (user_id) VALUES (:carl);
 INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ann, '{"openness": 10}');
 INSERT INTO entertainment_interactions (user_id, personality_insights) VALUES (:ann, '{"extraversion": 10}');
 SELECT bondhu_update_all() ->> 'insights_processed' AS applied;
@@ -10,6 +15,10 @@ SELECT bondhu_update_all() ->> 'insights_processed' AS applied;
 INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ann, '{"openness": 1}');
 SELECT bondhu_update_personality(:ann) ->> 'insights_processed' AS self_applied;
 INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 5}');
+-- erin's insight, pending; then dan's own update, whose cursor covers its position
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:erin, '{"neuroticism": 3}');
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:dan, '{"neuroticism": 1}');
+SELECT bondhu_update_personality(:dan) ->> 'insights_processed' AS dan_applied;
 
 -- a view another role named like the table DROP EXTENSION keeps its state in does not
 -- block it
@@ -26,7 +35,7 @@ SELECT jsonb_array_length(runs) AS runs_kept, settings ? 'dampening' AS settings
 FROM bondhu_kept_state;
 -- the app keeps writing while bondhu is not installed; a trigger bondhu left behind
 -- (not a member) keeps what is new or changed pending and ignores written positions
-SELECT tgrelid::regclass AS "table", tgname, tgenabled FROM pg_trigger WHERE tgname LIKE 'bondhu%' ORDER BY 1;
+SELECT tgrelid::regclass AS "table", tgname, tgenabled FROM pg_trigger WHERE tgname LIKE '%bondhu%' ORDER BY 1;
 INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:ben, '{"openness": 7}');
 INSERT INTO chat_personality_insights (user_id, adjustments, ingest_pos) VALUES (:ben, '{"openness": 0.5}', 2);
 UPDATE entertainment_interactions SET personality_insights = NULL WHERE user_id = :ann;
@@ -39,12 +48,37 @@ UPDATE user_personality_profiles SET applied_xmin = NULL, applied_xmax = NULL, a
 SELECT count(*) FILTER (WHERE ingest_pos IS NULL) AS pending, count(*) FILTER (WHERE ingest_pos = 3) AS forged
 FROM chat_personality_insights;
 SELECT count(*) FILTER (WHERE applied_xmin IS NULL) AS profiles_reset FROM user_personality_profiles;
+-- an app's BEFORE trigger that analyses carl's interaction when it is touched (it fires
+-- before bondhu's stand-in, which therefore sees the new document: pending); dan's
+-- profile moved to erin by an operator of the app: refused, as when bondhu is installed
+-- (his cursor would cover erin's pending insight)
+CREATE FUNCTION set_analysis() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.personality_insights IS NULL AND NEW.user_id = '00000000-0000-0000-0000-0000000c0003' THEN
+        NEW.personality_insights := '{"agreeableness": 4}';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER set_analysis BEFORE UPDATE ON entertainment_interactions FOR EACH ROW EXECUTE FUNCTION set_analysis();
+UPDATE entertainment_interactions SET created_at = created_at WHERE user_id = :carl;
+DROP TRIGGER set_analysis ON entertainment_interactions;
+CREATE ROLE uninstall_app;
+GRANT bondhu_operator TO uninstall_app;
+GRANT SELECT, UPDATE ON user_personality_profiles TO uninstall_app;
+SET ROLE uninstall_app;
+UPDATE user_personality_profiles SET user_id = :erin WHERE user_id = :dan;
+RESET ROLE;
+REVOKE ALL ON user_personality_profiles FROM uninstall_app;
+DROP ROLE uninstall_app;
+SELECT ingest_pos IS NULL AS carl_pending FROM entertainment_interactions WHERE user_id = :carl;
+SELECT count(*) AS erin_profiles FROM user_personality_profiles WHERE user_id = :erin;
 
 CREATE EXTENSION bondhu;
 SELECT count(*) AS chat_rows, count(DISTINCT id) AS distinct_ids FROM chat_personality_insights;
-SELECT count(*) AS triggers_left_behind FROM pg_trigger WHERE tgname LIKE 'bondhu_uninstalled%';
+SELECT count(*) AS triggers_left_behind FROM pg_trigger WHERE tgname LIKE '%bondhu_uninstalled%';
 SELECT r ->> 'users_processed' AS users, r ->> 'insights_processed' AS applied FROM bondhu_update_all() r;
-SELECT right(user_id::text, 4) AS u, openness, extraversion FROM user_personality_profiles ORDER BY user_id;
+SELECT right(user_id::text, 4) AS u, openness, extraversion, agreeableness, neuroticism
+FROM user_personality_profiles ORDER BY user_id;
 SELECT bondhu_update_all() ->> 'insights_processed' AS nothing_left;
 SELECT count(*) AS history_rows FROM personality_profile_history;
 -- the tables are members again, with their data in pg_dump's output

@@ -33,6 +33,29 @@ INSERT INTO chat_personality_insights (user_id, "timestamp", adjustments) VALUES
 SELECT r -> 'insights_processed' AS n, r -> 'stale_insights' AS stale FROM bondhu_update_personality(:erin) r;
 UPDATE bondhu.settings SET insight_window = DEFAULT, insight_retention = DEFAULT;
 
+-- A window of months or years is counted on the calendar (UTC's), by runs, self-service
+-- updates, bondhu_profile() and cleanup alike: an insight observed an hour before
+-- 'a year ago' is stale, one an hour after it fresh, whatever the session's time zone
+-- (a year counted as 365.25 days would make one of the two the other). Cleanup with the
+-- window's length deletes only the stale one: nothing a later run counts as fresh.
+UPDATE bondhu.settings SET insight_window = '1 year', insight_retention = '1 year';
+SET TimeZone = 'America/New_York';
+\set gail '''00000000-0000-0000-0000-00000000a11a'''
+\set hank '''00000000-0000-0000-0000-00000000a11b'''
+INSERT INTO chat_personality_insights (user_id, "timestamp", adjustments)
+SELECT u, ((now() AT TIME ZONE 'UTC' - interval '1 year') AT TIME ZONE 'UTC') + h * interval '1 hour', '{"agreeableness": 1}'
+FROM unnest(ARRAY[:gail, :hank]::uuid[]) u, unnest(ARRAY[-1, 1]) h;
+SELECT r -> 'agreeableness' AS live_agreeableness, r -> 'pending_insights' AS pending FROM bondhu_profile(:gail) r;
+SELECT r -> 'insights_processed' AS n, r -> 'stale_insights' AS stale FROM bondhu_update_personality(:gail) r;
+SELECT r -> 'users_processed' AS users, r -> 'insights_processed' AS n, r -> 'stale_insights' AS stale
+FROM bondhu_update_all() r;
+SELECT r -> 'chat_insights_deleted' AS deleted FROM bondhu_cleanup_insights('1 year') r;
+SELECT right(user_id::text, 4) AS u, count(*) AS insights_left,
+       bool_and("timestamp" > bondhu.moment_before(now(), '1 year')) AS only_the_fresh_one
+FROM chat_personality_insights WHERE user_id IN (:gail, :hank) GROUP BY user_id ORDER BY 1;
+RESET TimeZone;
+UPDATE bondhu.settings SET insight_window = DEFAULT, insight_retention = DEFAULT;
+
 -- Invalid settings are refused with the constraint that says why.
 \set VERBOSITY terse
 UPDATE bondhu.settings SET dampening = 0;
