@@ -207,14 +207,15 @@ BEGIN
     -- A trigger on a table bondhu writes runs with the rights of bondhu's functions (a
     -- superuser's): only the table's owner may create one. Supabase's default privileges
     -- give TRIGGER on every new table in public to its roles (service_role, postgres).
+    -- A superuser revokes as the owner, whose grants are the root of every other one
+    -- (CASCADE takes those granted on with the grant option).
     FOR held IN SELECT c.oid::regclass::text AS relation,
-                       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS grantee,
-                       a.grantor::regrole::text AS grantor
+                       CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS grantee
                 FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
                 WHERE (c.relnamespace = 'bondhu'::regnamespace
                        OR c.oid = ANY (('{' || tables || ', public.system_tasks}')::regclass[]))
-                  AND a.privilege_type = 'TRIGGER' AND a.grantee <> c.relowner LOOP
-        EXECUTE format('REVOKE TRIGGER ON %s FROM %s GRANTED BY %s CASCADE', held.relation, held.grantee, held.grantor);
+                  AND a.privilege_type = 'TRIGGER' AND a.grantee <> c.relowner AND a.grantor = c.relowner LOOP
+        EXECUTE format('REVOKE TRIGGER ON %s FROM %s CASCADE', held.relation, held.grantee);
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION bondhu.grant_privileges() FROM PUBLIC;

@@ -77,8 +77,17 @@ SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
 -- calendar: a month is a calendar month, and every session gets the same moment
 -- whatever its TimeZone (no daylight saving shift). Runs, self-service updates,
 -- bondhu_profile() and cleanup all count with it, so that a cleanup the window allows
--- never deletes an insight a later run counts as fresh.
+-- never deletes an insight a later run counts as fresh. It never goes back as `moment`
+-- goes on: where the months land past the end of a shorter month (31 March less a
+-- month), the day is cut to the month's last and the moment taken as that day's end,
+-- not its time of day (which made 30 March 23:00 less a month later than 31 March 01:00
+-- less a month); then the days and the time are subtracted.
 CREATE FUNCTION bondhu.moment_before(moment timestamptz, span interval) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT (moment AT TIME ZONE 'UTC' - span) AT TIME ZONE 'UTC'
+    SELECT (CASE WHEN extract(day FROM shifted.by_months) < extract(day FROM moment AT TIME ZONE 'UTC')
+                 THEN date_trunc('day', shifted.by_months) + interval '1 day'
+                 ELSE shifted.by_months END
+            - (span - make_interval(months => shifted.months))) AT TIME ZONE 'UTC'
+    FROM (SELECT moment AT TIME ZONE 'UTC' - make_interval(months => m.months) AS by_months, m.months
+          FROM (SELECT (extract(year FROM span) * 12 + extract(month FROM span))::integer AS months) m) shifted
 $$;

@@ -124,4 +124,18 @@ SELECT * FROM trigger_holders();
 -- who else may run grant_privileges: nobody
 SELECT as_role('service_role', 'SELECT bondhu.grant_privileges()') AS service_role_regrants,
        as_role('roles_ops', 'SELECT bondhu.grant_privileges()') AS ops_regrant;
+-- TRIGGER granted on by a role with the grant option, on a table another superuser
+-- owns: grant_privileges takes both back
+CREATE ROLE roles_other_owner SUPERUSER NOLOGIN;
+ALTER TABLE user_personality_profiles OWNER TO roles_other_owner;
+SET ROLE roles_other_owner;
+GRANT TRIGGER ON user_personality_profiles TO roles_ops WITH GRANT OPTION;
+SET ROLE roles_ops;
+GRANT TRIGGER ON user_personality_profiles TO service_role;
+RESET ROLE;
+SELECT * FROM trigger_holders();
+SELECT bondhu.grant_privileges();
+SELECT * FROM trigger_holders();
+ALTER TABLE user_personality_profiles OWNER TO CURRENT_USER;
+DROP ROLE roles_other_owner;
 SELECT drop_everything();

@@ -53,6 +53,20 @@ SELECT r -> 'chat_insights_deleted' AS deleted FROM bondhu_cleanup_insights('1 y
 SELECT right(user_id::text, 4) AS u, count(*) AS insights_left,
        bool_and("timestamp" > bondhu.moment_before(now(), '1 year')) AS only_the_fresh_one
 FROM chat_personality_insights WHERE user_id IN (:gail, :hank) GROUP BY user_id ORDER BY 1;
+-- the moment itself, on fixed moments: 30 days are 720 hours across New York's change
+-- to summer time (2027-03-14); 31 and 30 March less a month are the end of 28 February,
+-- 28 March less a month its noon; 29 February less a year the end of 28 February
+SELECT bondhu.moment_before('2027-03-15 12:00+00', '30 days') = '2027-02-13 12:00+00' AS thirty_days_utc,
+       bondhu.moment_before('2027-03-30 23:00+00', '1 mon') = '2027-03-01 00:00+00' AS march_30_late,
+       bondhu.moment_before('2027-03-31 01:00+00', '1 mon') = '2027-03-01 00:00+00' AS march_31_early,
+       bondhu.moment_before('2027-03-28 12:00+00', '1 mon') = '2027-02-28 12:00+00' AS march_28,
+       bondhu.moment_before('2028-02-29 06:00+00', '1 year') = '2027-03-01 00:00+00' AS leap_day;
+-- and it never goes back as the moment goes on: every hour of two years (a leap day
+-- among them), for windows of months, years, days, and months and days of both signs
+SELECT count(*) AS going_back
+FROM generate_series('2027-01-01 00:30+00'::timestamptz, '2029-01-01', '1 hour') t(m),
+     unnest(ARRAY['1 mon', '1 year', '30 days', '2 mons 3 days 04:00', '-1 mon 40 days', '1 mon -1 day']::interval[]) s(span)
+WHERE bondhu.moment_before(t.m, s.span) > bondhu.moment_before(t.m + interval '1 hour', s.span);
 RESET TimeZone;
 UPDATE bondhu.settings SET insight_window = DEFAULT, insight_retention = DEFAULT;
 
