@@ -1142,6 +1142,27 @@ COMMENT ON VIEW public.bondhu_profile_history IS
 -- run_log.sql). Chat insights are deleted; on entertainment interactions the insight is
 -- cleared (the interaction belongs to the entertainment feature).
 
+-- The earliest moment an update run under way still counts insights from: the window
+-- start of every update run logged 'running' (a procedure's run between its
+-- transactions; it may have started with a longer window, or earlier), or NULL. First
+-- waits for a transaction that holds the update's run lock (a single-transaction run,
+-- a step), whose run row is not visible before it commits; the wait keeps no lock (its
+-- subtransaction is rolled back), so update runs that start while the cleanup's
+-- transaction is open run rather than being 'skipped'.
+CREATE FUNCTION bondhu.update_runs_window_start() RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    BEGIN
+        PERFORM FROM bondhu.run_locks l WHERE l.task_name = 'personality_update' FOR KEY SHARE;
+        RAISE EXCEPTION USING ERRCODE = 'BW000';
+    EXCEPTION WHEN SQLSTATE 'BW000' THEN
+        NULL;
+    END;
+    -- a statement of its own: a snapshot taken after the wait
+    RETURN (SELECT min(bondhu.run_window_start(t)) FROM bondhu.task_runs t
+            WHERE t.task_name = 'personality_update' AND t.status = 'running');
+END $$;
+
 -- Starts a cleanup run (or logs a skipped one): its cutoff, and where its first slice
 -- starts, go into its row. Refuses, changing nothing, any older_than that could delete
 -- insights not applied yet.
@@ -1175,6 +1196,8 @@ BEGIN
     END IF;
     run := bondhu.start_run('insights_cleanup');
     IF run.status = 'running' THEN
+        -- nothing an update run under way still counts as fresh
+        run_cutoff := least(run_cutoff, bondhu.update_runs_window_start());
         UPDATE bondhu.task_runs t SET
             cutoff = run_cutoff,
             resume_from = least(
