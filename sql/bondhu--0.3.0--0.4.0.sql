@@ -2200,9 +2200,9 @@ END $$;
 -- depends on the extension (bondhu's triggers). Two small triggers stand in while
 -- bondhu is not installed: what is written or changed then is pending (no position),
 -- and neither a position, nor a profile's cursor, nor (superusers aside) a profile's
--- user can be written; attach_data_tables drops them again. Named to
--- fire after the app's own BEFORE triggers (in name order), as bondhu's do, so that
--- they see the document an app trigger writes.
+-- user can be written; attach_data_tables drops them again. Named to fire after the
+-- app's own BEFORE triggers (in name order), as bondhu's do, so that they see the
+-- document an app trigger writes.
 CREATE OR REPLACE FUNCTION bondhu.detach_data_tables() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $detach$
 DECLARE
