@@ -53,8 +53,10 @@ INSERT INTO bondhu.run_locks (task_name) VALUES ('personality_update'), ('insigh
 -- existing window such as '1 mon -30 days' stops the update here, naming the constraint.
 ALTER TABLE bondhu.settings DROP CONSTRAINT insight_window_positive,
     ADD CONSTRAINT insight_window_positive CHECK (insight_window > interval '0'
-        AND date_trunc('month', insight_window) >= interval '0'
-        AND insight_window - date_trunc('month', insight_window) >= interval '0');
+        AND CASE WHEN isfinite(insight_window)
+                 THEN date_trunc('month', insight_window) >= interval '0'
+                      AND insight_window - date_trunc('month', insight_window) >= interval '0'
+                 ELSE true END);
 
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
@@ -81,16 +83,19 @@ END $$;
 -- goes on: where the months land past the end of a shorter month (31 March less a
 -- month), the day is cut to the month's last and the moment taken as that day's end,
 -- not its time of day (which made 30 March 23:00 less a month later than 31 March 01:00
--- less a month); then the days and the time are subtracted. One expression, with no
--- FROM clause, so that Postgres inlines it into the calling statement (as a call it
--- cost ~10 us on each self-service update and bondhu_profile(), against ~2 us inlined).
+-- less a month); then the days and the time are subtracted. An infinite span (17 and
+-- later: a retention of 'infinity' keeps forever) gives -infinity. One expression, with
+-- no FROM clause, so that Postgres inlines it into the calling statement (as a call it
+-- cost ~10 us on each self-service update and bondhu_profile(), ~1.3 us inlined).
 CREATE FUNCTION bondhu.moment_before(moment timestamptz, span interval) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT (CASE WHEN extract(day FROM (moment AT TIME ZONE 'UTC') - date_trunc('month', span))
-                      < extract(day FROM moment AT TIME ZONE 'UTC')
-                 THEN date_trunc('day', (moment AT TIME ZONE 'UTC') - date_trunc('month', span)) + interval '1 day'
-                 ELSE (moment AT TIME ZONE 'UTC') - date_trunc('month', span) END
-            - (span - date_trunc('month', span))) AT TIME ZONE 'UTC'
+    SELECT CASE WHEN NOT isfinite(span) THEN ((moment AT TIME ZONE 'UTC') - span) AT TIME ZONE 'UTC'
+                ELSE (CASE WHEN extract(day FROM (moment AT TIME ZONE 'UTC') - date_trunc('month', span))
+                                < extract(day FROM moment AT TIME ZONE 'UTC')
+                           THEN date_trunc('day', (moment AT TIME ZONE 'UTC') - date_trunc('month', span))
+                                + interval '1 day'
+                           ELSE (moment AT TIME ZONE 'UTC') - date_trunc('month', span) END
+                      - (span - date_trunc('month', span))) AT TIME ZONE 'UTC' END
 $$;
 
 CREATE  FUNCTION bondhu."insight_totals_deserialize"(
@@ -344,7 +349,8 @@ DECLARE
 BEGIN
     IF run.task_name = 'insights_cleanup' THEN
         DELETE FROM bondhu.task_runs t
-        WHERE t.executed_at < bondhu.moment_before(now(), (SELECT s.run_log_retention FROM bondhu.settings s)) AND t.id <> run_id;
+        WHERE t.executed_at < (SELECT bondhu.moment_before(now(), s.run_log_retention) FROM bondhu.settings s)
+          AND t.id <> run_id;
         GET DIAGNOSTICS log_pruned = ROW_COUNT;
     END IF;
     UPDATE bondhu.task_runs t SET
@@ -1142,25 +1148,35 @@ COMMENT ON VIEW public.bondhu_profile_history IS
 -- run_log.sql). Chat insights are deleted; on entertainment interactions the insight is
 -- cleared (the interaction belongs to the entertainment feature).
 
--- The earliest moment an update run under way still counts insights from: the window
--- start of every update run logged 'running' (a procedure's run between its
--- transactions; it may have started with a longer window, or earlier), or NULL. First
--- waits for a transaction that holds the update's run lock (a single-transaction run,
--- a step), whose run row is not visible before it commits; the wait keeps no lock (its
--- subtransaction is rolled back), so update runs that start while the cleanup's
--- transaction is open run rather than being 'skipped'.
-CREATE FUNCTION bondhu.update_runs_window_start() RETURNS timestamptz
+-- How far back an update run under way counts insights as fresh, as far as a cleanup
+-- starting now can see: `window_start`, the earliest window start of the update runs
+-- logged 'running' and alive (a procedure's run, in or between its transactions; it
+-- may have started earlier, or with a longer window), NULL when there is none; and
+-- `unseen`, true when a transaction holds the update's run lock while no such run is
+-- logged: a single-transaction run (or a procedure's first transaction), whose row shows
+-- only once it commits. The lock is tried without waiting and not kept (the block's
+-- subtransaction is rolled back): a cleanup never waits for an update run, and an update
+-- run that starts while a cleanup's transaction is open runs (one that tries its lock
+-- in the very instant of the try is 'skipped').
+CREATE FUNCTION bondhu.update_runs_window_start(OUT window_start timestamptz, OUT unseen boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lock_free boolean;
 BEGIN
     BEGIN
-        PERFORM FROM bondhu.run_locks l WHERE l.task_name = 'personality_update' FOR KEY SHARE;
-        RAISE EXCEPTION USING ERRCODE = 'BW000';
-    EXCEPTION WHEN SQLSTATE 'BW000' THEN
+        PERFORM FROM bondhu.run_locks l WHERE l.task_name = 'personality_update' FOR KEY SHARE SKIP LOCKED;
+        lock_free := FOUND;
+        RAISE EXCEPTION USING ERRCODE = 'ZB000';
+    EXCEPTION WHEN SQLSTATE 'ZB000' THEN
         NULL;
     END;
-    -- a statement of its own: a snapshot taken after the wait
-    RETURN (SELECT min(bondhu.run_window_start(t)) FROM bondhu.task_runs t
-            WHERE t.task_name = 'personality_update' AND t.status = 'running');
+    -- after the try, with fresh activity statistics: a run that held the lock and has
+    -- committed its row by now shows
+    PERFORM pg_stat_clear_snapshot();
+    SELECT min(bondhu.run_window_start(t)) INTO window_start FROM bondhu.task_runs t
+    WHERE t.task_name = 'personality_update' AND t.status = 'running'
+      AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at);
+    unseen := NOT lock_free AND window_start IS NULL;
 END $$;
 
 -- Starts a cleanup run (or logs a skipped one): its cutoff, and where its first slice
@@ -1172,6 +1188,7 @@ DECLARE
     window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
     run_cutoff timestamptz := bondhu.moment_before(now(), older_than);
     run bondhu.task_runs;
+    under_way record;
 BEGIN
     IF older_than IS NULL THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must not be NULL'
@@ -1196,8 +1213,17 @@ BEGIN
     END IF;
     run := bondhu.start_run('insights_cleanup');
     IF run.status = 'running' THEN
-        -- nothing an update run under way still counts as fresh
-        run_cutoff := least(run_cutoff, bondhu.update_runs_window_start());
+        -- nothing an update run under way counts as fresh (update_runs_window_start)
+        SELECT * INTO under_way FROM bondhu.update_runs_window_start();
+        IF under_way.unseen THEN
+            UPDATE bondhu.task_runs t SET
+                status = 'skipped', finished_at = clock_timestamp(), duration_seconds = 0,
+                error_message = 'a personality update was running in one transaction'
+            WHERE t.id = run.id
+            RETURNING * INTO run;
+            RETURN run;
+        END IF;
+        run_cutoff := least(run_cutoff, under_way.window_start);
         UPDATE bondhu.task_runs t SET
             cutoff = run_cutoff,
             resume_from = least(
@@ -1205,6 +1231,7 @@ BEGIN
                 (SELECT min(e.created_at) FROM public.entertainment_interactions e
                  WHERE e.created_at < run_cutoff AND e.personality_insights IS NOT NULL)),
             metadata = jsonb_build_object('older_than', older_than, 'cutoff', run_cutoff,
+                                          'update_run_window_start', under_way.window_start,
                                           'chat_insights_deleted', 0, 'entertainment_insights_cleared', 0)
         WHERE t.id = run.id
         RETURNING * INTO run;
@@ -1662,7 +1689,7 @@ BEGIN
             'task_name', last_cleanup.task_name, 'executed_at', last_cleanup.executed_at,
             'records_processed', last_cleanup.records_processed, 'status', last_cleanup.status) END,
         'active_users_count', (SELECT count(DISTINCT i.user_id) FROM bondhu.insights i
-                               WHERE i.observed_at > bondhu.moment_before(now(), cfg.active_user_window)),
+                               WHERE i.observed_at > (SELECT bondhu.moment_before(now(), cfg.active_user_window))),
         'pending_insights', (SELECT b.pending_insights FROM bondhu.backlog() b));
 END $$;
 

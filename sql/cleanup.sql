@@ -2,25 +2,35 @@
 -- run_log.sql). Chat insights are deleted; on entertainment interactions the insight is
 -- cleared (the interaction belongs to the entertainment feature).
 
--- The earliest moment an update run under way still counts insights from: the window
--- start of every update run logged 'running' (a procedure's run between its
--- transactions; it may have started with a longer window, or earlier), or NULL. First
--- waits for a transaction that holds the update's run lock (a single-transaction run,
--- a step), whose run row is not visible before it commits; the wait keeps no lock (its
--- subtransaction is rolled back), so update runs that start while the cleanup's
--- transaction is open run rather than being 'skipped'.
-CREATE FUNCTION bondhu.update_runs_window_start() RETURNS timestamptz
+-- How far back an update run under way counts insights as fresh, as far as a cleanup
+-- starting now can see: `window_start`, the earliest window start of the update runs
+-- logged 'running' and alive (a procedure's run, in or between its transactions; it
+-- may have started earlier, or with a longer window), NULL when there is none; and
+-- `unseen`, true when a transaction holds the update's run lock while no such run is
+-- logged: a single-transaction run (or a procedure's first transaction), whose row shows
+-- only once it commits. The lock is tried without waiting and not kept (the block's
+-- subtransaction is rolled back): a cleanup never waits for an update run, and an update
+-- run that starts while a cleanup's transaction is open runs (one that tries its lock
+-- in the very instant of the try is 'skipped').
+CREATE FUNCTION bondhu.update_runs_window_start(OUT window_start timestamptz, OUT unseen boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lock_free boolean;
 BEGIN
     BEGIN
-        PERFORM FROM bondhu.run_locks l WHERE l.task_name = 'personality_update' FOR KEY SHARE;
-        RAISE EXCEPTION USING ERRCODE = 'BW000';
-    EXCEPTION WHEN SQLSTATE 'BW000' THEN
+        PERFORM FROM bondhu.run_locks l WHERE l.task_name = 'personality_update' FOR KEY SHARE SKIP LOCKED;
+        lock_free := FOUND;
+        RAISE EXCEPTION USING ERRCODE = 'ZB000';
+    EXCEPTION WHEN SQLSTATE 'ZB000' THEN
         NULL;
     END;
-    -- a statement of its own: a snapshot taken after the wait
-    RETURN (SELECT min(bondhu.run_window_start(t)) FROM bondhu.task_runs t
-            WHERE t.task_name = 'personality_update' AND t.status = 'running');
+    -- after the try, with fresh activity statistics: a run that held the lock and has
+    -- committed its row by now shows
+    PERFORM pg_stat_clear_snapshot();
+    SELECT min(bondhu.run_window_start(t)) INTO window_start FROM bondhu.task_runs t
+    WHERE t.task_name = 'personality_update' AND t.status = 'running'
+      AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at);
+    unseen := NOT lock_free AND window_start IS NULL;
 END $$;
 
 -- Starts a cleanup run (or logs a skipped one): its cutoff, and where its first slice
@@ -32,6 +42,7 @@ DECLARE
     window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
     run_cutoff timestamptz := bondhu.moment_before(now(), older_than);
     run bondhu.task_runs;
+    under_way record;
 BEGIN
     IF older_than IS NULL THEN
         RAISE EXCEPTION 'bondhu_cleanup_insights: older_than must not be NULL'
@@ -56,8 +67,17 @@ BEGIN
     END IF;
     run := bondhu.start_run('insights_cleanup');
     IF run.status = 'running' THEN
-        -- nothing an update run under way still counts as fresh
-        run_cutoff := least(run_cutoff, bondhu.update_runs_window_start());
+        -- nothing an update run under way counts as fresh (update_runs_window_start)
+        SELECT * INTO under_way FROM bondhu.update_runs_window_start();
+        IF under_way.unseen THEN
+            UPDATE bondhu.task_runs t SET
+                status = 'skipped', finished_at = clock_timestamp(), duration_seconds = 0,
+                error_message = 'a personality update was running in one transaction'
+            WHERE t.id = run.id
+            RETURNING * INTO run;
+            RETURN run;
+        END IF;
+        run_cutoff := least(run_cutoff, under_way.window_start);
         UPDATE bondhu.task_runs t SET
             cutoff = run_cutoff,
             resume_from = least(
@@ -65,6 +85,7 @@ BEGIN
                 (SELECT min(e.created_at) FROM public.entertainment_interactions e
                  WHERE e.created_at < run_cutoff AND e.personality_insights IS NOT NULL)),
             metadata = jsonb_build_object('older_than', older_than, 'cutoff', run_cutoff,
+                                          'update_run_window_start', under_way.window_start,
                                           'chat_insights_deleted', 0, 'entertainment_insights_cleared', 0)
         WHERE t.id = run.id
         RETURNING * INTO run;

@@ -156,7 +156,7 @@ BEGIN
             'task_name', last_cleanup.task_name, 'executed_at', last_cleanup.executed_at,
             'records_processed', last_cleanup.records_processed, 'status', last_cleanup.status) END,
         'active_users_count', (SELECT count(DISTINCT i.user_id) FROM bondhu.insights i
-                               WHERE i.observed_at > bondhu.moment_before(now(), cfg.active_user_window)),
+                               WHERE i.observed_at > (SELECT bondhu.moment_before(now(), cfg.active_user_window))),
         'pending_insights', (SELECT b.pending_insights FROM bondhu.backlog() b));
 END $$;
 COMMENT ON FUNCTION public.bondhu_system_health() IS

@@ -303,7 +303,8 @@ DECLARE
 BEGIN
     IF run.task_name = 'insights_cleanup' THEN
         DELETE FROM bondhu.task_runs t
-        WHERE t.executed_at < bondhu.moment_before(now(), (SELECT s.run_log_retention FROM bondhu.settings s)) AND t.id <> run_id;
+        WHERE t.executed_at < (SELECT bondhu.moment_before(now(), s.run_log_retention) FROM bondhu.settings s)
+          AND t.id <> run_id;
         GET DIAGNOSTICS log_pruned = ROW_COUNT;
     END IF;
     UPDATE bondhu.task_runs t SET

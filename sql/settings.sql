@@ -7,12 +7,15 @@ CREATE TABLE bondhu.settings (
     dampening numeric NOT NULL DEFAULT 0.1
         CONSTRAINT dampening_between_0_and_1 CHECK (dampening > 0 AND dampening <= 1),
     insight_window interval NOT NULL DEFAULT '30 days'
-        -- and neither its months nor the rest negative: '1 mon -30 days' is more than 0
-        -- as intervals compare (a month as 30 days), but after a 31-day month a window
-        -- of it would start in the future, and every pending insight would be stale
+        -- and neither its months nor the rest negative: '1 mon -30 days 00:00:01' is
+        -- more than 0 as intervals compare (a month as 30 days), but in March (a month
+        -- back lands in February's 28 days) its window would start in the future, and
+        -- every pending insight would be stale; 'infinity' (17 and later): none is
         CONSTRAINT insight_window_positive CHECK (insight_window > interval '0'
-            AND date_trunc('month', insight_window) >= interval '0'
-            AND insight_window - date_trunc('month', insight_window) >= interval '0'),
+            AND CASE WHEN isfinite(insight_window)
+                     THEN date_trunc('month', insight_window) >= interval '0'
+                          AND insight_window - date_trunc('month', insight_window) >= interval '0'
+                     ELSE true END),
     active_user_window interval NOT NULL DEFAULT '7 days'
         CONSTRAINT active_user_window_positive CHECK (active_user_window > interval '0'),
     insight_retention interval NOT NULL DEFAULT '90 days'
@@ -86,14 +89,17 @@ SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
 -- goes on: where the months land past the end of a shorter month (31 March less a
 -- month), the day is cut to the month's last and the moment taken as that day's end,
 -- not its time of day (which made 30 March 23:00 less a month later than 31 March 01:00
--- less a month); then the days and the time are subtracted. One expression, with no
--- FROM clause, so that Postgres inlines it into the calling statement (as a call it
--- cost ~10 us on each self-service update and bondhu_profile(), against ~2 us inlined).
+-- less a month); then the days and the time are subtracted. An infinite span (17 and
+-- later: a retention of 'infinity' keeps forever) gives -infinity. One expression, with
+-- no FROM clause, so that Postgres inlines it into the calling statement (as a call it
+-- cost ~10 us on each self-service update and bondhu_profile(), ~1.3 us inlined).
 CREATE FUNCTION bondhu.moment_before(moment timestamptz, span interval) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT (CASE WHEN extract(day FROM (moment AT TIME ZONE 'UTC') - date_trunc('month', span))
-                      < extract(day FROM moment AT TIME ZONE 'UTC')
-                 THEN date_trunc('day', (moment AT TIME ZONE 'UTC') - date_trunc('month', span)) + interval '1 day'
-                 ELSE (moment AT TIME ZONE 'UTC') - date_trunc('month', span) END
-            - (span - date_trunc('month', span))) AT TIME ZONE 'UTC'
+    SELECT CASE WHEN NOT isfinite(span) THEN ((moment AT TIME ZONE 'UTC') - span) AT TIME ZONE 'UTC'
+                ELSE (CASE WHEN extract(day FROM (moment AT TIME ZONE 'UTC') - date_trunc('month', span))
+                                < extract(day FROM moment AT TIME ZONE 'UTC')
+                           THEN date_trunc('day', (moment AT TIME ZONE 'UTC') - date_trunc('month', span))
+                                + interval '1 day'
+                           ELSE (moment AT TIME ZONE 'UTC') - date_trunc('month', span) END
+                      - (span - date_trunc('month', span))) AT TIME ZONE 'UTC' END
 $$;

@@ -89,12 +89,37 @@ UPDATE bondhu.settings SET dampening = 1.5;
 UPDATE bondhu.settings SET dampening = NULL;
 UPDATE bondhu.settings SET insight_window = '-1 day';
 -- a window more than 0 as intervals compare (a month as 30 days) but with a negative
--- part would start in the future after a 31-day month: refused; days and time mixed are
--- a fixed length on UTC's calendar, and allowed
+-- part would start in the future in March (a month back lands in February's 28 days):
+-- refused; days and time mixed are a fixed length on UTC's calendar, and allowed
 UPDATE bondhu.settings SET insight_window = '1 mon -30 days 00:00:01';
 UPDATE bondhu.settings SET insight_window = '-1 mon 40 days';
 UPDATE bondhu.settings SET insight_window = '2 days -1 hour' RETURNING insight_window;
 UPDATE bondhu.settings SET insight_window = DEFAULT;
+-- infinite intervals (PostgreSQL 17 and later; none before): a window of 'infinity'
+-- counts every insight fresh, a retention of 'infinity' keeps every insight and every
+-- run, an active-user window of 'infinity' counts every user; nothing fails
+DO $$
+DECLARE
+    cleanup jsonb;
+BEGIN
+    IF current_setting('server_version_num')::integer >= 170000 THEN
+        IF bondhu.moment_before(now(), 'infinity') <> '-infinity' THEN
+            RAISE EXCEPTION 'moment_before(now(), infinity) is %', bondhu.moment_before(now(), 'infinity');
+        END IF;
+        UPDATE bondhu.settings SET insight_window = 'infinity', insight_retention = 'infinity',
+                                   run_log_retention = 'infinity', active_user_window = 'infinity';
+        cleanup := bondhu_cleanup_insights('infinity');
+        IF cleanup ->> 'status' <> 'completed' OR (cleanup ->> 'records_processed')::integer <> 0 THEN
+            RAISE EXCEPTION 'cleanup with infinity: %', cleanup;
+        END IF;
+        PERFORM bondhu_system_health();
+        IF bondhu_update_all() ->> 'status' <> 'completed' THEN
+            RAISE EXCEPTION 'update_all with an infinite window did not complete';
+        END IF;
+        UPDATE bondhu.settings SET insight_window = DEFAULT, insight_retention = DEFAULT,
+                                   run_log_retention = DEFAULT, active_user_window = DEFAULT;
+    END IF;
+END $$;
 UPDATE bondhu.settings SET insight_retention = '10 days';
 UPDATE bondhu.settings SET run_log_retention = '30 days';
 -- the two settings that depend on each other: the hint says which to change first
