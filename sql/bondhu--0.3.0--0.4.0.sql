@@ -220,6 +220,19 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     run bondhu.task_runs;
 BEGIN
+    -- What tells runs apart needs both: the run lock's second look at the run rows (a
+    -- statement of its own, seeing what committed meanwhile), and the session activity
+    -- that tells a live run from one whose session moved on (run_is_alive).
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'bondhu: a run needs READ COMMITTED, not %', upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Start it outside a transaction block, or in one at READ COMMITTED (the default).';
+    ELSIF NOT current_setting('track_activities')::boolean THEN
+        RAISE EXCEPTION 'bondhu: a run needs track_activities on'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Other sessions tell a live run from one whose session moved on by its activity.',
+                  HINT = 'Leave track_activities at its default (on).';
+    END IF;
     PERFORM bondhu.require_superuser_owned_tables();
     run := bondhu.lock_run(task);
     IF run.id IS NULL THEN
@@ -1218,7 +1231,7 @@ BEGIN
         IF under_way.unseen THEN
             UPDATE bondhu.task_runs t SET
                 status = 'skipped', finished_at = clock_timestamp(), duration_seconds = 0,
-                error_message = 'a personality update was running in one transaction'
+                error_message = 'a personality update held the run lock before its run was logged'
             WHERE t.id = run.id
             RETURNING * INTO run;
             RETURN run;

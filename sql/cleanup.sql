@@ -72,7 +72,7 @@ BEGIN
         IF under_way.unseen THEN
             UPDATE bondhu.task_runs t SET
                 status = 'skipped', finished_at = clock_timestamp(), duration_seconds = 0,
-                error_message = 'a personality update was running in one transaction'
+                error_message = 'a personality update held the run lock before its run was logged'
             WHERE t.id = run.id
             RETURNING * INTO run;
             RETURN run;

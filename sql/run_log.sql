@@ -174,6 +174,19 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     run bondhu.task_runs;
 BEGIN
+    -- What tells runs apart needs both: the run lock's second look at the run rows (a
+    -- statement of its own, seeing what committed meanwhile), and the session activity
+    -- that tells a live run from one whose session moved on (run_is_alive).
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'bondhu: a run needs READ COMMITTED, not %', upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'Start it outside a transaction block, or in one at READ COMMITTED (the default).';
+    ELSIF NOT current_setting('track_activities')::boolean THEN
+        RAISE EXCEPTION 'bondhu: a run needs track_activities on'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Other sessions tell a live run from one whose session moved on by its activity.',
+                  HINT = 'Leave track_activities at its default (on).';
+    END IF;
     PERFORM bondhu.require_superuser_owned_tables();
     run := bondhu.lock_run(task);
     IF run.id IS NULL THEN

@@ -128,3 +128,23 @@ SELECT r ->> 'status' AS status, r -> 'users_processed' AS users FROM bondhu_upd
 INSERT INTO bondhu.task_runs (task_name, status) VALUES ('personality_update', 'running');
 SELECT bondhu_system_health() -> 'last_personality_update' ->> 'status' AS seen_by_health;
 SELECT status, error_message FROM system_tasks WHERE error_message LIKE 'interrupted%';
+
+-- A run starts only at READ COMMITTED (the run lock reads what other runs committed
+-- meanwhile) and with track_activities on (a live run is told from a dead one by its
+-- activity): otherwise refused, logging nothing, for updates and cleanups alike.
+SELECT count(*) AS runs_before FROM bondhu.task_runs \gset
+\set VERBOSITY terse
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT bondhu_update_all();
+ROLLBACK;
+\set VERBOSITY sqlstate
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT bondhu_cleanup_insights('90 days');
+ROLLBACK;
+SET track_activities = off;
+SELECT bondhu_update_all();
+CALL bondhu_run_cleanup();
+RESET track_activities;
+\set VERBOSITY default
+SELECT count(*) - :runs_before AS logged_by_the_refusals FROM bondhu.task_runs;
+SELECT r ->> 'status' AS status FROM bondhu_update_all() r;
