@@ -92,38 +92,45 @@ $$;
 ------------------------------------------------------------------------------------
 -- Applying pending insights
 ------------------------------------------------------------------------------------
--- The pending insights of the user `target`, summed: those the cursor `snapshot` covers
--- and neither the cursor `covered` (the global cursor a run started from) nor, when
--- `own_cursor`, the profile's own cursor does. An insight observed before window_start
--- is stale. One row when there are any: n, the counts {applied, from chat, from
--- entertainment, rejected, stale, ignored keys, rejected as not an object, for a trait
--- not a number, for a trait over 100}; d, the applied adjustments of each trait added
--- up exactly. The profile is joined only when `own_cursor`: when a self-service update
--- may have moved it past `covered` (moved_ahead), or always by a caller that holds it.
--- Read by apply_pending (a user whose staged totals do not hold), apply_user_pending,
--- has_pending and bondhu_profile(); a run stages everyone's totals with
--- run_pending_totals. (No SET clause: the planner inlines it into their statements.)
+-- The pending insights of the user `target`: those the cursor `snapshot` covers and
+-- neither the cursor `covered` (the global cursor a run started from) nor, when
+-- `own_cursor`, the profile's own cursor does. The profile is joined only when
+-- `own_cursor`: when a self-service update may have moved it past `covered`
+-- (moved_ahead), or always by a caller that holds it. Read by pending_sums, and by
+-- has_pending, which stops at the first row. (No SET clause: the planner inlines it.)
+CREATE FUNCTION bondhu.pending_insights(target uuid, covered bondhu.cursor, snapshot bondhu.cursor,
+                                        own_cursor boolean)
+RETURNS TABLE (user_id uuid, source text, doc jsonb, observed_at timestamptz)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT i.user_id, i.source, i.doc, i.observed_at
+    FROM bondhu.insights i
+    WHERE NOT own_cursor AND i.user_id = target
+      AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
+    UNION ALL
+    SELECT i.user_id, i.source, i.doc, i.observed_at
+    FROM bondhu.insights i
+    JOIN public.user_personality_profiles p ON p.user_id = i.user_id
+    WHERE own_cursor AND i.user_id = target
+      AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
+      AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
+$$;
+
+-- The pending insights of the user `target` (pending_insights), summed. An insight
+-- observed before window_start is stale. One row when there are any: n, the counts
+-- {applied, from chat, from entertainment, rejected, stale, ignored keys, rejected as
+-- not an object, for a trait not a number, for a trait over 100}; d, the applied
+-- adjustments of each trait added up exactly. Read by apply_pending (a user whose staged
+-- totals do not hold), apply_user_pending and bondhu_profile(); a run stages everyone's
+-- totals with run_pending_totals. (No SET clause: the planner inlines it into their
+-- statements.)
 CREATE FUNCTION bondhu.pending_sums(target uuid, covered bondhu.cursor, snapshot bondhu.cursor,
                                     own_cursor boolean, window_start timestamptz)
 RETURNS TABLE (user_id uuid, n integer[], d numeric[])
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    WITH pending AS (
-        SELECT i.user_id, i.source, i.doc, i.observed_at
-        FROM bondhu.insights i
-        WHERE NOT own_cursor AND i.user_id = target
-          AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
-        UNION ALL
-        SELECT i.user_id, i.source, i.doc, i.observed_at
-        FROM bondhu.insights i
-        JOIN public.user_personality_profiles p ON p.user_id = i.user_id
-        WHERE own_cursor AND i.user_id = target
-          AND bondhu.position_pending(i.ingest_pos, covered, snapshot)
-          AND NOT coalesce(bondhu.position_applied(i.ingest_pos, p.applied_xmin, p.applied_xmax, p.applied_xip), false)
-    )
     SELECT pending.user_id,
            bondhu.insight_counts(pending.doc, pending.observed_at >= window_start, pending.source = 'chat'),
            bondhu.insight_sums(pending.doc, pending.observed_at >= window_start, pending.source = 'chat')
-    FROM pending
+    FROM bondhu.pending_insights(target, covered, snapshot, own_cursor) pending
     GROUP BY pending.user_id
 $$;
 
