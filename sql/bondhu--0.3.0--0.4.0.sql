@@ -8,6 +8,8 @@
 
 -- Routines whose arguments or result changed, or that are gone.
 DROP FUNCTION bondhu.require_own_profile(target uuid);
+DROP FUNCTION bondhu.lock_run(task text, OUT skipped bondhu.task_runs);
+DROP FUNCTION bondhu.live_run_exists(task text);
 DROP FUNCTION public.bondhu_schedule(update_schedule text, cleanup_schedule text);
 DROP FUNCTION bondhu.jobs();
 DROP FUNCTION bondhu.cleanup_slice(run_id uuid, slice_length interval);
@@ -189,18 +191,19 @@ BEGIN
 END $$;
 
 -- Takes the task's run lock for this transaction, unless another run of the task is
--- alive: then logs a 'skipped' run and returns it.
-CREATE OR REPLACE FUNCTION bondhu.lock_run(task text, OUT skipped bondhu.task_runs)
+-- alive, or `held_back_by` (the task's start function's reason the run may not start
+-- now) is not NULL: then logs a 'skipped' run, with that reason, and returns it.
+CREATE FUNCTION bondhu.lock_run(task text, held_back_by text, OUT skipped bondhu.task_runs)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- A live run between two of its transactions holds no lock: its row says it. The
     -- row is checked again, in a statement of its own (a new snapshot, fresh activity
     -- statistics), once the lock is held: a run that committed its row meanwhile shows.
-    IF NOT bondhu.live_run_exists(task) THEN
+    IF held_back_by IS NULL AND NOT EXISTS (SELECT FROM bondhu.live_runs(task)) THEN
         PERFORM FROM bondhu.run_locks l WHERE l.task_name = task FOR UPDATE SKIP LOCKED;
         IF FOUND THEN
             PERFORM pg_stat_clear_snapshot();
-            IF NOT bondhu.live_run_exists(task) THEN
+            IF NOT EXISTS (SELECT FROM bondhu.live_runs(task)) THEN
                 PERFORM bondhu.mark_interrupted_runs(task);
                 RETURN;
             END IF;
@@ -208,14 +211,24 @@ BEGIN
     END IF;
     INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
     VALUES (task, 'skipped', clock_timestamp(), 0,
-            CASE task WHEN 'personality_update' THEN 'another personality update was running'
-                      ELSE 'another cleanup was running' END)
+            coalesce(held_back_by, CASE task WHEN 'personality_update' THEN 'another personality update was running'
+                                             ELSE 'another cleanup was running' END))
     RETURNING * INTO skipped;
 END $$;
 
+-- The task's runs logged 'running' whose session is still running them (run_is_alive).
+-- VOLATILE: each call reads what committed before it (the run lock's second look).
+CREATE FUNCTION bondhu.live_runs(task text) RETURNS SETOF bondhu.task_runs
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM bondhu.task_runs t
+    WHERE t.task_name = task AND t.status = 'running'
+      AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
+$$;
+
 -- Starts a run of `task`: logs it as 'running', with its run lock held, and returns it;
--- or, while another run of the task is alive, logs and returns a 'skipped' run.
-CREATE FUNCTION bondhu.start_run(task text) RETURNS bondhu.task_runs
+-- or, while another run of the task is alive, or when `held_back_by` gives the task's
+-- reason the run may not start now, logs and returns a 'skipped' run (lock_run).
+CREATE FUNCTION bondhu.start_run(task text, held_back_by text DEFAULT NULL) RETURNS bondhu.task_runs
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     run bondhu.task_runs;
@@ -234,7 +247,7 @@ BEGIN
                   HINT = 'Leave track_activities at its default (on).';
     END IF;
     PERFORM bondhu.require_superuser_owned_tables();
-    run := bondhu.lock_run(task);
+    run := bondhu.lock_run(task, held_back_by);
     IF run.id IS NULL THEN
         INSERT INTO bondhu.task_runs (task_name, status) VALUES (task, 'running')
         RETURNING * INTO run;
@@ -1195,9 +1208,7 @@ BEGIN
     -- after the try, with fresh activity statistics: a run that held the lock and has
     -- committed its row by now shows
     PERFORM pg_stat_clear_snapshot();
-    SELECT min(bondhu.run_window_start(t)) INTO window_start FROM bondhu.task_runs t
-    WHERE t.task_name = 'personality_update' AND t.status = 'running'
-      AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at);
+    SELECT min(bondhu.run_window_start(t)) INTO window_start FROM bondhu.live_runs('personality_update') t;
     unseen := NOT lock_free AND window_start IS NULL;
 END $$;
 
@@ -1233,18 +1244,12 @@ BEGIN
         RAISE EXCEPTION 'bondhu: only operators may clean up with another interval than insight_retention'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    run := bondhu.start_run('insights_cleanup');
+    -- nothing an update run under way counts as fresh (update_runs_window_start)
+    under_way := bondhu.update_runs_window_start();
+    run := bondhu.start_run('insights_cleanup',
+                            CASE WHEN under_way.unseen
+                                 THEN 'a personality update held the run lock before its run was logged' END);
     IF run.status = 'running' THEN
-        -- nothing an update run under way counts as fresh (update_runs_window_start)
-        SELECT * INTO under_way FROM bondhu.update_runs_window_start();
-        IF under_way.unseen THEN
-            UPDATE bondhu.task_runs t SET
-                status = 'skipped', finished_at = clock_timestamp(), duration_seconds = 0,
-                error_message = 'a personality update held the run lock before its run was logged'
-            WHERE t.id = run.id
-            RETURNING * INTO run;
-            RETURN run;
-        END IF;
         run_cutoff := least(run_cutoff, under_way.window_start);
         UPDATE bondhu.task_runs t SET
             cutoff = run_cutoff,

@@ -27,9 +27,7 @@ BEGIN
     -- after the try, with fresh activity statistics: a run that held the lock and has
     -- committed its row by now shows
     PERFORM pg_stat_clear_snapshot();
-    SELECT min(bondhu.run_window_start(t)) INTO window_start FROM bondhu.task_runs t
-    WHERE t.task_name = 'personality_update' AND t.status = 'running'
-      AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at);
+    SELECT min(bondhu.run_window_start(t)) INTO window_start FROM bondhu.live_runs('personality_update') t;
     unseen := NOT lock_free AND window_start IS NULL;
 END $$;
 
@@ -65,18 +63,12 @@ BEGIN
         RAISE EXCEPTION 'bondhu: only operators may clean up with another interval than insight_retention'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    run := bondhu.start_run('insights_cleanup');
+    -- nothing an update run under way counts as fresh (update_runs_window_start)
+    under_way := bondhu.update_runs_window_start();
+    run := bondhu.start_run('insights_cleanup',
+                            CASE WHEN under_way.unseen
+                                 THEN 'a personality update held the run lock before its run was logged' END);
     IF run.status = 'running' THEN
-        -- nothing an update run under way counts as fresh (update_runs_window_start)
-        SELECT * INTO under_way FROM bondhu.update_runs_window_start();
-        IF under_way.unseen THEN
-            UPDATE bondhu.task_runs t SET
-                status = 'skipped', finished_at = clock_timestamp(), duration_seconds = 0,
-                error_message = 'a personality update held the run lock before its run was logged'
-            WHERE t.id = run.id
-            RETURNING * INTO run;
-            RETURN run;
-        END IF;
         run_cutoff := least(run_cutoff, under_way.window_start);
         UPDATE bondhu.task_runs t SET
             cutoff = run_cutoff,

@@ -135,18 +135,19 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Takes the task's run lock for this transaction, unless another run of the task is
--- alive: then logs a 'skipped' run and returns it.
-CREATE FUNCTION bondhu.lock_run(task text, OUT skipped bondhu.task_runs)
+-- alive, or `held_back_by` (the task's start function's reason the run may not start
+-- now) is not NULL: then logs a 'skipped' run, with that reason, and returns it.
+CREATE FUNCTION bondhu.lock_run(task text, held_back_by text, OUT skipped bondhu.task_runs)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- A live run between two of its transactions holds no lock: its row says it. The
     -- row is checked again, in a statement of its own (a new snapshot, fresh activity
     -- statistics), once the lock is held: a run that committed its row meanwhile shows.
-    IF NOT bondhu.live_run_exists(task) THEN
+    IF held_back_by IS NULL AND NOT EXISTS (SELECT FROM bondhu.live_runs(task)) THEN
         PERFORM FROM bondhu.run_locks l WHERE l.task_name = task FOR UPDATE SKIP LOCKED;
         IF FOUND THEN
             PERFORM pg_stat_clear_snapshot();
-            IF NOT bondhu.live_run_exists(task) THEN
+            IF NOT EXISTS (SELECT FROM bondhu.live_runs(task)) THEN
                 PERFORM bondhu.mark_interrupted_runs(task);
                 RETURN;
             END IF;
@@ -154,22 +155,24 @@ BEGIN
     END IF;
     INSERT INTO bondhu.task_runs (task_name, status, finished_at, duration_seconds, error_message)
     VALUES (task, 'skipped', clock_timestamp(), 0,
-            CASE task WHEN 'personality_update' THEN 'another personality update was running'
-                      ELSE 'another cleanup was running' END)
+            coalesce(held_back_by, CASE task WHEN 'personality_update' THEN 'another personality update was running'
+                                             ELSE 'another cleanup was running' END))
     RETURNING * INTO skipped;
 END $$;
 
-CREATE FUNCTION bondhu.live_run_exists(task text) RETURNS boolean
+-- The task's runs logged 'running' whose session is still running them (run_is_alive).
+-- VOLATILE: each call reads what committed before it (the run lock's second look).
+CREATE FUNCTION bondhu.live_runs(task text) RETURNS SETOF bondhu.task_runs
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT FROM bondhu.task_runs t
-                   WHERE t.task_name = task AND t.status = 'running'
-                     AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at))
+    SELECT * FROM bondhu.task_runs t
+    WHERE t.task_name = task AND t.status = 'running'
+      AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
 $$;
 
-
 -- Starts a run of `task`: logs it as 'running', with its run lock held, and returns it;
--- or, while another run of the task is alive, logs and returns a 'skipped' run.
-CREATE FUNCTION bondhu.start_run(task text) RETURNS bondhu.task_runs
+-- or, while another run of the task is alive, or when `held_back_by` gives the task's
+-- reason the run may not start now, logs and returns a 'skipped' run (lock_run).
+CREATE FUNCTION bondhu.start_run(task text, held_back_by text DEFAULT NULL) RETURNS bondhu.task_runs
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     run bondhu.task_runs;
@@ -188,7 +191,7 @@ BEGIN
                   HINT = 'Leave track_activities at its default (on).';
     END IF;
     PERFORM bondhu.require_superuser_owned_tables();
-    run := bondhu.lock_run(task);
+    run := bondhu.lock_run(task, held_back_by);
     IF run.id IS NULL THEN
         INSERT INTO bondhu.task_runs (task_name, status) VALUES (task, 'running')
         RETURNING * INTO run;
