@@ -60,6 +60,51 @@ ALTER TABLE bondhu.settings DROP CONSTRAINT insight_window_positive,
                       AND insight_window - date_trunc('month', insight_window) >= interval '0'
                  ELSE true END);
 
+-- A longer insight window must not reach back past the cutoff of a cleanup run under
+-- way, or of one this transaction ran: the run deletes insights up to its cutoff, which
+-- the longer window would count as fresh. Refused while such a run is alive (a
+-- procedure's run between its slices) or when this transaction ran it; a cleanup's
+-- transaction keeps the settings row share-locked, so a change waits for one in another
+-- transaction, and a cleanup that starts while a change to the settings is under way is
+-- skipped (start_cleanup_run). Only at READ COMMITTED: an older snapshot may not show a
+-- run that started since. SECURITY DEFINER: it reads the run log and other sessions'
+-- activity, which not every role that may change the settings can. Enabled ALWAYS: a
+-- restore under session_replication_role = replica changes the window too.
+CREATE FUNCTION bondhu.settings_refuse_window_past_cleanup() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    window_start timestamptz := bondhu.moment_before(now(), NEW.insight_window);
+    cutoff timestamptz;
+BEGIN
+    IF window_start >= bondhu.moment_before(now(), OLD.insight_window) THEN
+        RETURN NEW;
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'bondhu.settings: lengthen insight_window at READ COMMITTED, not %',
+            upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'invalid_transaction_state',
+                  DETAIL = 'A cleanup run that started after this transaction''s snapshot must be seen.',
+                  HINT = 'Outside a transaction block, or in one at READ COMMITTED (the default).';
+    END IF;
+    SELECT max(c.cutoff) INTO cutoff FROM (
+        SELECT r.cutoff FROM bondhu.live_runs('insights_cleanup') r
+        UNION ALL
+        -- this transaction's own (its session's, since the transaction started)
+        SELECT t.cutoff FROM bondhu.task_runs t
+        WHERE t.task_name = 'insights_cleanup' AND t.backend_pid = pg_backend_pid()
+          AND t.backend_start = bondhu.backend_start() AND t.executed_at >= now()) c;
+    IF cutoff > window_start THEN
+        RAISE EXCEPTION 'bondhu.settings: a cleanup run under way, or run in this transaction, deletes insights that the longer insight_window (%) counts as fresh',
+            NEW.insight_window
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Lengthen the window once the cleanup run (insights_cleanup in public.system_tasks) has finished, in a transaction of its own.';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_window_past_cleanup BEFORE UPDATE OF insight_window ON bondhu.settings
+    FOR EACH ROW EXECUTE FUNCTION bondhu.settings_refuse_window_past_cleanup();
+ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER refuse_window_past_cleanup;
+
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
 CREATE FUNCTION bondhu.settings_explain_checks() RETURNS trigger
@@ -202,7 +247,6 @@ BEGIN
     IF held_back_by IS NULL AND NOT EXISTS (SELECT FROM bondhu.live_runs(task)) THEN
         PERFORM FROM bondhu.run_locks l WHERE l.task_name = task FOR UPDATE SKIP LOCKED;
         IF FOUND THEN
-            PERFORM pg_stat_clear_snapshot();
             IF NOT EXISTS (SELECT FROM bondhu.live_runs(task)) THEN
                 PERFORM bondhu.mark_interrupted_runs(task);
                 RETURN;
@@ -217,9 +261,13 @@ BEGIN
 END $$;
 
 -- The task's runs logged 'running' whose session is still running them (run_is_alive).
--- VOLATILE: each call reads what committed before it (the run lock's second look).
+-- Each call reads what committed before it (VOLATILE: the run lock's second look), and
+-- the sessions' activity as it is now: Postgres keeps what a transaction first read of
+-- pg_stat_activity until the transaction ends, and a run that started since would look
+-- dead.
 CREATE FUNCTION bondhu.live_runs(task text) RETURNS SETOF bondhu.task_runs
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_stat_clear_snapshot();
     SELECT * FROM bondhu.task_runs t
     WHERE t.task_name = task AND t.status = 'running'
       AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)
@@ -1205,9 +1253,8 @@ BEGIN
     EXCEPTION WHEN SQLSTATE 'ZB000' THEN
         NULL;
     END;
-    -- after the try, with fresh activity statistics: a run that held the lock and has
-    -- committed its row by now shows
-    PERFORM pg_stat_clear_snapshot();
+    -- after the try (live_runs reads fresh activity statistics): a run that held the lock
+    -- and has committed its row by now shows
     SELECT min(bondhu.run_window_start(t)) INTO window_start FROM bondhu.live_runs('personality_update') t;
     unseen := NOT lock_free AND window_start IS NULL;
 END $$;
@@ -1218,7 +1265,12 @@ END $$;
 CREATE OR REPLACE FUNCTION bondhu.start_cleanup_run(older_than interval) RETURNS bondhu.task_runs
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
+    -- The window, read with the settings row share-locked: a longer window cannot
+    -- commit while this transaction is open, nor later while the run is alive
+    -- (settings_refuse_window_past_cleanup). NULL while a change to the settings is under
+    -- way: the run is then skipped, not kept waiting.
+    locked_window interval := (SELECT s.insight_window FROM bondhu.settings s FOR SHARE SKIP LOCKED);
+    window_length interval := coalesce(locked_window, (SELECT s.insight_window FROM bondhu.settings s));
     run_cutoff timestamptz := bondhu.moment_before(now(), older_than);
     run bondhu.task_runs;
     under_way record;
@@ -1247,7 +1299,8 @@ BEGIN
     -- nothing an update run under way counts as fresh (update_runs_window_start)
     under_way := bondhu.update_runs_window_start();
     run := bondhu.start_run('insights_cleanup',
-                            CASE WHEN under_way.unseen
+                            CASE WHEN locked_window IS NULL THEN 'the settings were being changed'
+                                 WHEN under_way.unseen
                                  THEN 'a personality update held the run lock before its run was logged' END);
     IF run.status = 'running' THEN
         run_cutoff := least(run_cutoff, under_way.window_start);
@@ -1569,7 +1622,41 @@ COMMENT ON FUNCTION public.bondhu_unschedule() IS
 
 -- bondhu: health, for operators and monitoring.
 
+-- The run time of the task's job (bondhu.schedules, not paused) that no run of the task
+-- has succeeded since: the first time the schedule fired after the last success, when
+-- that is more than an hour ago (a run may be late) and no run started since is still
+-- under way (a long one). NULL otherwise, and when no run ever succeeded (nothing to
+-- measure from).
+CREATE FUNCTION bondhu.missed_since(task text) RETURNS timestamptz
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.due
+    FROM bondhu.schedules s
+    CROSS JOIN LATERAL (SELECT bondhu.cron_next_run(s.schedule, max(t.executed_at), s.timezone) AS due
+                        FROM bondhu.task_runs t
+                        WHERE t.task_name = task AND t.status IN ('completed', 'completed_with_errors')) d
+    WHERE s.id = task AND s.paused_at IS NULL AND d.due + interval '1 hour' < now()
+      AND NOT EXISTS (SELECT FROM bondhu.live_runs(task) r WHERE r.executed_at >= d.due)
+$$;
+
+-- Why the task's last run was skipped, as a warning's tail; '' when it was not.
+CREATE FUNCTION bondhu.last_skip_reason(task text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT format('; its last run (%s) was skipped: %s', t.id, t.error_message)
+                     FROM (SELECT * FROM bondhu.task_runs t WHERE t.task_name = task
+                           ORDER BY t.executed_at DESC LIMIT 1) t
+                     WHERE t.status = 'skipped'), '')
+$$;
+
 -- The seed's admin health response. Status rules:
+--   unhealthy: the scheduler cannot run bondhu's jobs (pg_cron missing, its launcher
+--              down, another database in cron.database_name, a job missing or
+--              inactive), exactly once is at risk (a trigger, a table owner), or the
+--              last personality update failed;
+--   degraded:  a scheduled update or cleanup was missed (none succeeded since the first
+--              time its schedule fired after the last success, plus an hour: missed_since),
+--              the last update completed with errors, or the last cleanup failed;
+--   paused:    bondhu_unschedule() paused the jobs, and nothing else is wrong;
+--   healthy:   otherwise.
 -- `problems` has one line for every reason, each with what to do.
 CREATE OR REPLACE FUNCTION public.bondhu_system_health() RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -1586,10 +1673,9 @@ DECLARE
     warnings text[] := '{}';
     scheduler_running boolean;
     last_update bondhu.task_runs;
-    last_success bondhu.task_runs;
     last_cleanup bondhu.task_runs;
-    update_job bondhu.schedules;
     missed_since timestamptz;
+    cleanup_missed_since timestamptz;
     status text;
     task text;
 BEGIN
@@ -1600,12 +1686,8 @@ BEGIN
     END LOOP;
     SELECT * INTO last_update FROM bondhu.task_runs t
     WHERE t.task_name = 'personality_update' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
-    SELECT * INTO last_success FROM bondhu.task_runs t
-    WHERE t.task_name = 'personality_update' AND t.status IN ('completed', 'completed_with_errors')
-    ORDER BY t.executed_at DESC LIMIT 1;
     SELECT * INTO last_cleanup FROM bondhu.task_runs t
     WHERE t.task_name = 'insights_cleanup' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
-    SELECT * INTO update_job FROM bondhu.schedules s WHERE s.id = 'personality_update' AND s.paused_at IS NULL;
 
     IF NOT preloaded THEN
         problems := problems || 'pg_cron is not in shared_preload_libraries: add it and restart the server'::text;
@@ -1671,15 +1753,18 @@ BEGIN
         problems := problems || format('the last personality update (%s) failed with SQLSTATE %s: see system_tasks for its error; fix the cause, then CALL bondhu_run_update_all() (the next run retries every pending insight)',
                                        last_update.id, coalesce(last_update.metadata ->> 'sqlstate', 'unknown'));
     END IF;
-    IF update_job.id IS NOT NULL AND last_success.executed_at IS NOT NULL AND scheduler_running THEN
-        missed_since := bondhu.cron_next_run(update_job.schedule, last_success.executed_at, update_job.timezone);
-        IF missed_since + interval '1 hour' >= now() THEN
-            missed_since := NULL;
-        END IF;
+    -- a job the scheduler cannot run says so above
+    IF scheduler_running THEN
+        missed_since := bondhu.missed_since('personality_update');
+        cleanup_missed_since := bondhu.missed_since('insights_cleanup');
     END IF;
     IF missed_since IS NOT NULL THEN
-        warnings := warnings || format('no personality update has succeeded since its run due at %s: see cron.job_run_details for the job bondhu_personality_update',
-                                       missed_since);
+        warnings := warnings || format('no personality update has succeeded since its run due at %s: see cron.job_run_details for the job bondhu_personality_update%s',
+                                       missed_since, bondhu.last_skip_reason('personality_update'));
+    END IF;
+    IF cleanup_missed_since IS NOT NULL THEN
+        warnings := warnings || format('no cleanup has succeeded since its run due at %s: see cron.job_run_details for the job bondhu_insights_cleanup%s',
+                                       cleanup_missed_since, bondhu.last_skip_reason('insights_cleanup'));
     END IF;
     IF last_update.status = 'completed_with_errors' THEN
         warnings := warnings || format('the last personality update (%s) completed with %s failed users: see metadata -> ''errors'' in system_tasks; their insights stay pending for the next run',
@@ -1694,7 +1779,8 @@ BEGIN
     END IF;
     status := CASE
         WHEN cardinality(problems) > 0 THEN 'unhealthy'
-        WHEN missed_since IS NOT NULL OR last_update.status = 'completed_with_errors'
+        WHEN missed_since IS NOT NULL OR cleanup_missed_since IS NOT NULL
+             OR last_update.status = 'completed_with_errors'
              OR last_cleanup.status = 'failed' THEN 'degraded'
         WHEN paused THEN 'paused'
         ELSE 'healthy' END;
@@ -1712,6 +1798,7 @@ BEGIN
             'failed_updates', last_update.failed_updates, 'status', last_update.status,
             'error_message', last_update.error_message) END,
         'missed_run_since', missed_since,
+        'missed_cleanup_since', cleanup_missed_since,
         'last_cleanup', CASE WHEN last_cleanup.id IS NOT NULL THEN jsonb_build_object(
             'task_name', last_cleanup.task_name, 'executed_at', last_cleanup.executed_at,
             'records_processed', last_cleanup.records_processed, 'status', last_cleanup.status) END,

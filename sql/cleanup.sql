@@ -24,9 +24,8 @@ BEGIN
     EXCEPTION WHEN SQLSTATE 'ZB000' THEN
         NULL;
     END;
-    -- after the try, with fresh activity statistics: a run that held the lock and has
-    -- committed its row by now shows
-    PERFORM pg_stat_clear_snapshot();
+    -- after the try (live_runs reads fresh activity statistics): a run that held the lock
+    -- and has committed its row by now shows
     SELECT min(bondhu.run_window_start(t)) INTO window_start FROM bondhu.live_runs('personality_update') t;
     unseen := NOT lock_free AND window_start IS NULL;
 END $$;
@@ -37,7 +36,12 @@ END $$;
 CREATE FUNCTION bondhu.start_cleanup_run(older_than interval) RETURNS bondhu.task_runs
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    window_length interval := (SELECT s.insight_window FROM bondhu.settings s);
+    -- The window, read with the settings row share-locked: a longer window cannot
+    -- commit while this transaction is open, nor later while the run is alive
+    -- (settings_refuse_window_past_cleanup). NULL while a change to the settings is under
+    -- way: the run is then skipped, not kept waiting.
+    locked_window interval := (SELECT s.insight_window FROM bondhu.settings s FOR SHARE SKIP LOCKED);
+    window_length interval := coalesce(locked_window, (SELECT s.insight_window FROM bondhu.settings s));
     run_cutoff timestamptz := bondhu.moment_before(now(), older_than);
     run bondhu.task_runs;
     under_way record;
@@ -66,7 +70,8 @@ BEGIN
     -- nothing an update run under way counts as fresh (update_runs_window_start)
     under_way := bondhu.update_runs_window_start();
     run := bondhu.start_run('insights_cleanup',
-                            CASE WHEN under_way.unseen
+                            CASE WHEN locked_window IS NULL THEN 'the settings were being changed'
+                                 WHEN under_way.unseen
                                  THEN 'a personality update held the run lock before its run was logged' END);
     IF run.status = 'running' THEN
         run_cutoff := least(run_cutoff, under_way.window_start);

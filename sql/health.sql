@@ -1,13 +1,38 @@
 -- bondhu: health, for operators and monitoring.
 
+-- The run time of the task's job (bondhu.schedules, not paused) that no run of the task
+-- has succeeded since: the first time the schedule fired after the last success, when
+-- that is more than an hour ago (a run may be late) and no run started since is still
+-- under way (a long one). NULL otherwise, and when no run ever succeeded (nothing to
+-- measure from).
+CREATE FUNCTION bondhu.missed_since(task text) RETURNS timestamptz
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.due
+    FROM bondhu.schedules s
+    CROSS JOIN LATERAL (SELECT bondhu.cron_next_run(s.schedule, max(t.executed_at), s.timezone) AS due
+                        FROM bondhu.task_runs t
+                        WHERE t.task_name = task AND t.status IN ('completed', 'completed_with_errors')) d
+    WHERE s.id = task AND s.paused_at IS NULL AND d.due + interval '1 hour' < now()
+      AND NOT EXISTS (SELECT FROM bondhu.live_runs(task) r WHERE r.executed_at >= d.due)
+$$;
+
+-- Why the task's last run was skipped, as a warning's tail; '' when it was not.
+CREATE FUNCTION bondhu.last_skip_reason(task text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT format('; its last run (%s) was skipped: %s', t.id, t.error_message)
+                     FROM (SELECT * FROM bondhu.task_runs t WHERE t.task_name = task
+                           ORDER BY t.executed_at DESC LIMIT 1) t
+                     WHERE t.status = 'skipped'), '')
+$$;
+
 -- The seed's admin health response. Status rules:
 --   unhealthy: the scheduler cannot run bondhu's jobs (pg_cron missing, its launcher
 --              down, another database in cron.database_name, a job missing or
 --              inactive), exactly once is at risk (a trigger, a table owner), or the
 --              last personality update failed;
---   degraded:  a scheduled update was missed (none succeeded since the first time the
---              schedule fired after the last success, plus an hour), the last update
---              completed with errors, or the last cleanup failed;
+--   degraded:  a scheduled update or cleanup was missed (none succeeded since the first
+--              time its schedule fired after the last success, plus an hour: missed_since),
+--              the last update completed with errors, or the last cleanup failed;
 --   paused:    bondhu_unschedule() paused the jobs, and nothing else is wrong;
 --   healthy:   otherwise.
 -- `problems` has one line for every reason, each with what to do.
@@ -26,10 +51,9 @@ DECLARE
     warnings text[] := '{}';
     scheduler_running boolean;
     last_update bondhu.task_runs;
-    last_success bondhu.task_runs;
     last_cleanup bondhu.task_runs;
-    update_job bondhu.schedules;
     missed_since timestamptz;
+    cleanup_missed_since timestamptz;
     status text;
     task text;
 BEGIN
@@ -40,12 +64,8 @@ BEGIN
     END LOOP;
     SELECT * INTO last_update FROM bondhu.task_runs t
     WHERE t.task_name = 'personality_update' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
-    SELECT * INTO last_success FROM bondhu.task_runs t
-    WHERE t.task_name = 'personality_update' AND t.status IN ('completed', 'completed_with_errors')
-    ORDER BY t.executed_at DESC LIMIT 1;
     SELECT * INTO last_cleanup FROM bondhu.task_runs t
     WHERE t.task_name = 'insights_cleanup' AND t.status <> 'skipped' ORDER BY t.executed_at DESC LIMIT 1;
-    SELECT * INTO update_job FROM bondhu.schedules s WHERE s.id = 'personality_update' AND s.paused_at IS NULL;
 
     IF NOT preloaded THEN
         problems := problems || 'pg_cron is not in shared_preload_libraries: add it and restart the server'::text;
@@ -111,15 +131,18 @@ BEGIN
         problems := problems || format('the last personality update (%s) failed with SQLSTATE %s: see system_tasks for its error; fix the cause, then CALL bondhu_run_update_all() (the next run retries every pending insight)',
                                        last_update.id, coalesce(last_update.metadata ->> 'sqlstate', 'unknown'));
     END IF;
-    IF update_job.id IS NOT NULL AND last_success.executed_at IS NOT NULL AND scheduler_running THEN
-        missed_since := bondhu.cron_next_run(update_job.schedule, last_success.executed_at, update_job.timezone);
-        IF missed_since + interval '1 hour' >= now() THEN
-            missed_since := NULL;
-        END IF;
+    -- a job the scheduler cannot run says so above
+    IF scheduler_running THEN
+        missed_since := bondhu.missed_since('personality_update');
+        cleanup_missed_since := bondhu.missed_since('insights_cleanup');
     END IF;
     IF missed_since IS NOT NULL THEN
-        warnings := warnings || format('no personality update has succeeded since its run due at %s: see cron.job_run_details for the job bondhu_personality_update',
-                                       missed_since);
+        warnings := warnings || format('no personality update has succeeded since its run due at %s: see cron.job_run_details for the job bondhu_personality_update%s',
+                                       missed_since, bondhu.last_skip_reason('personality_update'));
+    END IF;
+    IF cleanup_missed_since IS NOT NULL THEN
+        warnings := warnings || format('no cleanup has succeeded since its run due at %s: see cron.job_run_details for the job bondhu_insights_cleanup%s',
+                                       cleanup_missed_since, bondhu.last_skip_reason('insights_cleanup'));
     END IF;
     IF last_update.status = 'completed_with_errors' THEN
         warnings := warnings || format('the last personality update (%s) completed with %s failed users: see metadata -> ''errors'' in system_tasks; their insights stay pending for the next run',
@@ -134,7 +157,8 @@ BEGIN
     END IF;
     status := CASE
         WHEN cardinality(problems) > 0 THEN 'unhealthy'
-        WHEN missed_since IS NOT NULL OR last_update.status = 'completed_with_errors'
+        WHEN missed_since IS NOT NULL OR cleanup_missed_since IS NOT NULL
+             OR last_update.status = 'completed_with_errors'
              OR last_cleanup.status = 'failed' THEN 'degraded'
         WHEN paused THEN 'paused'
         ELSE 'healthy' END;
@@ -152,6 +176,7 @@ BEGIN
             'failed_updates', last_update.failed_updates, 'status', last_update.status,
             'error_message', last_update.error_message) END,
         'missed_run_since', missed_since,
+        'missed_cleanup_since', cleanup_missed_since,
         'last_cleanup', CASE WHEN last_cleanup.id IS NOT NULL THEN jsonb_build_object(
             'task_name', last_cleanup.task_name, 'executed_at', last_cleanup.executed_at,
             'records_processed', last_cleanup.records_processed, 'status', last_cleanup.status) END,

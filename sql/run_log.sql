@@ -146,7 +146,6 @@ BEGIN
     IF held_back_by IS NULL AND NOT EXISTS (SELECT FROM bondhu.live_runs(task)) THEN
         PERFORM FROM bondhu.run_locks l WHERE l.task_name = task FOR UPDATE SKIP LOCKED;
         IF FOUND THEN
-            PERFORM pg_stat_clear_snapshot();
             IF NOT EXISTS (SELECT FROM bondhu.live_runs(task)) THEN
                 PERFORM bondhu.mark_interrupted_runs(task);
                 RETURN;
@@ -161,9 +160,13 @@ BEGIN
 END $$;
 
 -- The task's runs logged 'running' whose session is still running them (run_is_alive).
--- VOLATILE: each call reads what committed before it (the run lock's second look).
+-- Each call reads what committed before it (VOLATILE: the run lock's second look), and
+-- the sessions' activity as it is now: Postgres keeps what a transaction first read of
+-- pg_stat_activity until the transaction ends, and a run that started since would look
+-- dead.
 CREATE FUNCTION bondhu.live_runs(task text) RETURNS SETOF bondhu.task_runs
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_stat_clear_snapshot();
     SELECT * FROM bondhu.task_runs t
     WHERE t.task_name = task AND t.status = 'running'
       AND bondhu.run_is_alive(t.backend_pid, t.backend_start, t.executed_at)

@@ -78,6 +78,50 @@ BEGIN
 END $$;
 CREATE TRIGGER explain_checks BEFORE UPDATE ON bondhu.settings
     FOR EACH ROW EXECUTE FUNCTION bondhu.settings_explain_checks();
+-- A longer insight window must not reach back past the cutoff of a cleanup run under
+-- way, or of one this transaction ran: the run deletes insights up to its cutoff, which
+-- the longer window would count as fresh. Refused while such a run is alive (a
+-- procedure's run between its slices) or when this transaction ran it; a cleanup's
+-- transaction keeps the settings row share-locked, so a change waits for one in another
+-- transaction, and a cleanup that starts while a change to the settings is under way is
+-- skipped (start_cleanup_run). Only at READ COMMITTED: an older snapshot may not show a
+-- run that started since. SECURITY DEFINER: it reads the run log and other sessions'
+-- activity, which not every role that may change the settings can. Enabled ALWAYS: a
+-- restore under session_replication_role = replica changes the window too.
+CREATE FUNCTION bondhu.settings_refuse_window_past_cleanup() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    window_start timestamptz := bondhu.moment_before(now(), NEW.insight_window);
+    cutoff timestamptz;
+BEGIN
+    IF window_start >= bondhu.moment_before(now(), OLD.insight_window) THEN
+        RETURN NEW;
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'bondhu.settings: lengthen insight_window at READ COMMITTED, not %',
+            upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'invalid_transaction_state',
+                  DETAIL = 'A cleanup run that started after this transaction''s snapshot must be seen.',
+                  HINT = 'Outside a transaction block, or in one at READ COMMITTED (the default).';
+    END IF;
+    SELECT max(c.cutoff) INTO cutoff FROM (
+        SELECT r.cutoff FROM bondhu.live_runs('insights_cleanup') r
+        UNION ALL
+        -- this transaction's own (its session's, since the transaction started)
+        SELECT t.cutoff FROM bondhu.task_runs t
+        WHERE t.task_name = 'insights_cleanup' AND t.backend_pid = pg_backend_pid()
+          AND t.backend_start = bondhu.backend_start() AND t.executed_at >= now()) c;
+    IF cutoff > window_start THEN
+        RAISE EXCEPTION 'bondhu.settings: a cleanup run under way, or run in this transaction, deletes insights that the longer insight_window (%) counts as fresh',
+            NEW.insight_window
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Lengthen the window once the cleanup run (insights_cleanup in public.system_tasks) has finished, in a transaction of its own.';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_window_past_cleanup BEFORE UPDATE OF insight_window ON bondhu.settings
+    FOR EACH ROW EXECUTE FUNCTION bondhu.settings_refuse_window_past_cleanup();
+ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER refuse_window_past_cleanup;
 INSERT INTO bondhu.settings DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
 

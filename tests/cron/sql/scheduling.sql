@@ -62,6 +62,18 @@ FROM bondhu_system_health() h;
 SELECT bondhu_update_all() ->> 'status' AS status;
 SELECT h ->> 'status' AS status, h -> 'missed_run_since' AS missed FROM bondhu_system_health() h;
 
+-- A missed cleanup: the last success is three weeks old and the job is weekly, and its
+-- last run was skipped: degraded, and the warning says why.
+INSERT INTO bondhu.task_runs (task_name, status, executed_at) VALUES ('insights_cleanup', 'completed', now() - interval '3 weeks');
+INSERT INTO bondhu.task_runs (task_name, status, executed_at, error_message)
+VALUES ('insights_cleanup', 'skipped', now() - interval '1 day', 'the settings were being changed');
+SELECT h ->> 'status' AS status, (h ->> 'missed_cleanup_since')::timestamptz < now() - interval '1 week' AS missed,
+       regexp_replace(h -> 'problems' ->> 0, '[0-9a-f-]{36}|(?<=due at ).*?(?=: see)', '…', 'g') AS problem
+FROM bondhu_system_health() h;
+-- A cleanup now: healthy.
+SELECT bondhu_cleanup_insights() ->> 'status' AS status;
+SELECT h ->> 'status' AS status, h -> 'missed_cleanup_since' AS missed FROM bondhu_system_health() h;
+
 -- A real pg_cron run: the update job every minute, then wait for it (at most 200 s; on a
 -- loaded machine pg_cron may start a job late). If it never comes, a WARNING says what
 -- pg_cron had (the launcher, the job, its runs), for whoever reads the diff.

@@ -133,3 +133,28 @@ UPDATE bondhu.settings SET insight_window = DEFAULT, insight_retention = DEFAULT
 DELETE FROM bondhu.settings;
 INSERT INTO bondhu.settings (dampening) VALUES (0.2);  -- as pg_dump restores it: replaces the row
 SELECT count(*), min(dampening) FROM bondhu.settings;
+
+-- A longer window must not count as fresh what a cleanup this transaction ran deletes
+-- (isolation/window_during_cleanup has other sessions' runs): refused (55000). Back to
+-- the cleanup's own length, or longer in a later transaction: allowed. Lengthening needs
+-- READ COMMITTED (25000), to see a cleanup run that started after its snapshot;
+-- shortening, or another setting, does not.
+SELECT insight_window, insight_retention FROM bondhu.settings;
+\set VERBOSITY default
+BEGIN;
+SELECT bondhu_cleanup_insights('30 days') ->> 'status' AS status;
+UPDATE bondhu.settings SET insight_window = '40 days';
+ROLLBACK;
+BEGIN;
+SELECT bondhu_cleanup_insights('30 days') ->> 'status' AS status;
+UPDATE bondhu.settings SET insight_window = '20 days';
+UPDATE bondhu.settings SET insight_window = '30 days';
+COMMIT;
+UPDATE bondhu.settings SET insight_window = '40 days';
+UPDATE bondhu.settings SET insight_window = DEFAULT;
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+UPDATE bondhu.settings SET insight_window = '20 days', dampening = 0.3;
+UPDATE bondhu.settings SET insight_window = '40 days';
+ROLLBACK;
+\set VERBOSITY terse
+SELECT insight_window, dampening FROM bondhu.settings;
