@@ -73,10 +73,13 @@ ALTER TABLE bondhu.settings DROP CONSTRAINT insight_window_positive,
 CREATE FUNCTION bondhu.settings_refuse_window_past_cleanup() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    window_start timestamptz := bondhu.moment_before(now(), NEW.insight_window);
+    -- counted from this moment, not from the transaction's start: every run the check
+    -- sees started before it, and every update run to use the window after it
+    moment timestamptz := clock_timestamp();
+    window_start timestamptz := bondhu.moment_before(moment, NEW.insight_window);
     cutoff timestamptz;
 BEGIN
-    IF window_start >= bondhu.moment_before(now(), OLD.insight_window) THEN
+    IF window_start >= bondhu.moment_before(moment, OLD.insight_window) THEN
         RETURN NEW;
     END IF;
     IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -86,13 +89,8 @@ BEGIN
                   DETAIL = 'A cleanup run that started after this transaction''s snapshot must be seen.',
                   HINT = 'Outside a transaction block, or in one at READ COMMITTED (the default).';
     END IF;
-    SELECT max(c.cutoff) INTO cutoff FROM (
-        SELECT r.cutoff FROM bondhu.live_runs('insights_cleanup') r
-        UNION ALL
-        -- this transaction's own (its session's, since the transaction started)
-        SELECT t.cutoff FROM bondhu.task_runs t
-        WHERE t.task_name = 'insights_cleanup' AND t.backend_pid = pg_backend_pid()
-          AND t.backend_start = bondhu.backend_start() AND t.executed_at >= now()) c;
+    cutoff := greatest((SELECT max(r.cutoff) FROM bondhu.live_runs('insights_cleanup') r),
+                       bondhu.transaction_cleanup_cutoff());
     IF cutoff > window_start THEN
         RAISE EXCEPTION 'bondhu.settings: a cleanup run under way, or run in this transaction, deletes insights that the longer insight_window (%) counts as fresh',
             NEW.insight_window
@@ -104,6 +102,15 @@ END $$;
 CREATE TRIGGER refuse_window_past_cleanup BEFORE UPDATE OF insight_window ON bondhu.settings
     FOR EACH ROW EXECUTE FUNCTION bondhu.settings_refuse_window_past_cleanup();
 ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER refuse_window_past_cleanup;
+
+-- The latest cutoff of the cleanups this transaction ran, NULL when none: start_cleanup_run
+-- notes it in a transaction-local setting (microseconds since the epoch), which a
+-- savepoint rolled back takes back with the cleanup itself.
+CREATE FUNCTION bondhu.transaction_cleanup_cutoff() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT timestamptz 'epoch'
+           + nullif(current_setting('bondhu.transaction_cleanup_cutoff', true), '')::bigint * interval '1 microsecond'
+$$;
 
 -- The one CHECK that ties two settings together fails with a hint saying which to
 -- change first (a CHECK constraint cannot carry one); the others say enough themselves.
@@ -234,6 +241,18 @@ BEGIN
     SELECT s.incarnation INTO STRICT incarnation FROM bondhu.pipeline_state s;
     cacheable := false;
 END $$;
+
+-- Is a run's session still running it? The run is alive while the statement that
+-- started it (the CALL) is still active in the same backend, in this database (a copy
+-- of the run log in another database has no live run). SECURITY DEFINER: a caller
+-- without pg_read_all_stats sees no state of other roles' backends (the scheduler's).
+CREATE OR REPLACE FUNCTION bondhu.run_is_alive(backend_pid integer, backend_start timestamptz, executed_at timestamptz)
+RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
+                   WHERE a.pid = backend_pid AND a.backend_start = run_is_alive.backend_start
+                     AND a.datname = current_database()
+                     AND a.state = 'active' AND a.query_start <= executed_at)
+$$;
 
 -- Takes the task's run lock for this transaction, unless another run of the task is
 -- alive, or `held_back_by` (the task's start function's reason the run may not start
@@ -909,6 +928,10 @@ END $$;
 CREATE OR REPLACE FUNCTION bondhu.start_update_run() RETURNS bondhu.task_runs
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET IntervalStyle = postgres AS $$
 DECLARE
+    -- read before the run's start is logged: a longer window committed after this read
+    -- is not the run's, and one committed before it was checked against cleanups at a
+    -- moment before the run's start (settings_refuse_window_past_cleanup)
+    cfg bondhu.settings := (SELECT s FROM bondhu.settings s);
     run bondhu.task_runs := bondhu.start_run('personality_update');
     run_snapshot bondhu.cursor;
 BEGIN
@@ -916,10 +939,8 @@ BEGIN
         -- the snapshot first: it resolves the incarnation, which may start the state
         run_snapshot := bondhu.current_cursor();
         UPDATE bondhu.task_runs t SET covered = bondhu.global_cursor(), snapshot = run_snapshot,
-            metadata = (SELECT jsonb_build_object('settings', jsonb_build_object(
-                            'dampening', s.dampening,
-                            'insight_window', s.insight_window::text))
-                        FROM bondhu.settings s)
+            metadata = jsonb_build_object('settings', jsonb_build_object(
+                           'dampening', cfg.dampening, 'insight_window', cfg.insight_window::text))
         WHERE t.id = run.id
         RETURNING * INTO run;
     END IF;
@@ -1304,6 +1325,13 @@ BEGIN
                                  THEN 'a personality update held the run lock before its run was logged' END);
     IF run.status = 'running' THEN
         run_cutoff := least(run_cutoff, under_way.window_start);
+        -- for a longer window later in this transaction to be refused
+        -- (settings_refuse_window_past_cleanup); -infinity deletes nothing
+        IF isfinite(run_cutoff) THEN
+            PERFORM set_config('bondhu.transaction_cleanup_cutoff',
+                (extract(epoch FROM greatest(run_cutoff, bondhu.transaction_cleanup_cutoff())) * 1000000)::bigint::text,
+                true);
+        END IF;
         UPDATE bondhu.task_runs t SET
             cutoff = run_cutoff,
             resume_from = least(

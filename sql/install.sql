@@ -36,7 +36,11 @@ BEGIN
 END $$;
 
 -- What a DROP EXTENSION kept, if a superuser owns it (anyone else's table of that name
--- is not read: it could forge settings or runs). Runs that were running are not.
+-- is not read: it could forge settings or runs). Runs that were running are not. No
+-- cleanup can run before the extension exists: the check of a longer window against
+-- cleanups under way is off meanwhile (it refuses at any isolation level but READ
+-- COMMITTED, which a server's default_transaction_isolation may set).
+ALTER TABLE bondhu.settings DISABLE TRIGGER refuse_window_past_cleanup;
 DO $$
 DECLARE
     kept record;
@@ -70,6 +74,7 @@ BEGIN
     RAISE NOTICE 'bondhu: kept from before DROP EXTENSION: the settings, % job schedules, % runs of the run log',
         jsonb_array_length(kept.schedules), runs;
 END $$;
+ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER refuse_window_past_cleanup;
 
 -- The jobs, when pg_cron is there (with the schedules kept, if any, paused or not); a
 -- NOTICE says what was scheduled, or why nothing was.

@@ -66,12 +66,14 @@ BEGIN
 END $$;
 
 -- Is a run's session still running it? The run is alive while the statement that
--- started it (the CALL) is still active in the same backend. SECURITY DEFINER: a caller
+-- started it (the CALL) is still active in the same backend, in this database (a copy
+-- of the run log in another database has no live run). SECURITY DEFINER: a caller
 -- without pg_read_all_stats sees no state of other roles' backends (the scheduler's).
 CREATE FUNCTION bondhu.run_is_alive(backend_pid integer, backend_start timestamptz, executed_at timestamptz)
 RETURNS boolean LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
                    WHERE a.pid = backend_pid AND a.backend_start = run_is_alive.backend_start
+                     AND a.datname = current_database()
                      AND a.state = 'active' AND a.query_start <= executed_at)
 $$;
 

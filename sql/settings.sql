@@ -91,10 +91,13 @@ CREATE TRIGGER explain_checks BEFORE UPDATE ON bondhu.settings
 CREATE FUNCTION bondhu.settings_refuse_window_past_cleanup() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    window_start timestamptz := bondhu.moment_before(now(), NEW.insight_window);
+    -- counted from this moment, not from the transaction's start: every run the check
+    -- sees started before it, and every update run to use the window after it
+    moment timestamptz := clock_timestamp();
+    window_start timestamptz := bondhu.moment_before(moment, NEW.insight_window);
     cutoff timestamptz;
 BEGIN
-    IF window_start >= bondhu.moment_before(now(), OLD.insight_window) THEN
+    IF window_start >= bondhu.moment_before(moment, OLD.insight_window) THEN
         RETURN NEW;
     END IF;
     IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -104,13 +107,8 @@ BEGIN
                   DETAIL = 'A cleanup run that started after this transaction''s snapshot must be seen.',
                   HINT = 'Outside a transaction block, or in one at READ COMMITTED (the default).';
     END IF;
-    SELECT max(c.cutoff) INTO cutoff FROM (
-        SELECT r.cutoff FROM bondhu.live_runs('insights_cleanup') r
-        UNION ALL
-        -- this transaction's own (its session's, since the transaction started)
-        SELECT t.cutoff FROM bondhu.task_runs t
-        WHERE t.task_name = 'insights_cleanup' AND t.backend_pid = pg_backend_pid()
-          AND t.backend_start = bondhu.backend_start() AND t.executed_at >= now()) c;
+    cutoff := greatest((SELECT max(r.cutoff) FROM bondhu.live_runs('insights_cleanup') r),
+                       bondhu.transaction_cleanup_cutoff());
     IF cutoff > window_start THEN
         RAISE EXCEPTION 'bondhu.settings: a cleanup run under way, or run in this transaction, deletes insights that the longer insight_window (%) counts as fresh',
             NEW.insight_window
@@ -122,6 +120,15 @@ END $$;
 CREATE TRIGGER refuse_window_past_cleanup BEFORE UPDATE OF insight_window ON bondhu.settings
     FOR EACH ROW EXECUTE FUNCTION bondhu.settings_refuse_window_past_cleanup();
 ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER refuse_window_past_cleanup;
+
+-- The latest cutoff of the cleanups this transaction ran, NULL when none: start_cleanup_run
+-- notes it in a transaction-local setting (microseconds since the epoch), which a
+-- savepoint rolled back takes back with the cleanup itself.
+CREATE FUNCTION bondhu.transaction_cleanup_cutoff() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT timestamptz 'epoch'
+           + nullif(current_setting('bondhu.transaction_cleanup_cutoff', true), '')::bigint * interval '1 microsecond'
+$$;
 INSERT INTO bondhu.settings DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
 

@@ -116,6 +116,10 @@ COMMENT ON FUNCTION public.bondhu_update_personality(uuid) IS
 CREATE FUNCTION bondhu.start_update_run() RETURNS bondhu.task_runs
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET IntervalStyle = postgres AS $$
 DECLARE
+    -- read before the run's start is logged: a longer window committed after this read
+    -- is not the run's, and one committed before it was checked against cleanups at a
+    -- moment before the run's start (settings_refuse_window_past_cleanup)
+    cfg bondhu.settings := (SELECT s FROM bondhu.settings s);
     run bondhu.task_runs := bondhu.start_run('personality_update');
     run_snapshot bondhu.cursor;
 BEGIN
@@ -123,10 +127,8 @@ BEGIN
         -- the snapshot first: it resolves the incarnation, which may start the state
         run_snapshot := bondhu.current_cursor();
         UPDATE bondhu.task_runs t SET covered = bondhu.global_cursor(), snapshot = run_snapshot,
-            metadata = (SELECT jsonb_build_object('settings', jsonb_build_object(
-                            'dampening', s.dampening,
-                            'insight_window', s.insight_window::text))
-                        FROM bondhu.settings s)
+            metadata = jsonb_build_object('settings', jsonb_build_object(
+                           'dampening', cfg.dampening, 'insight_window', cfg.insight_window::text))
         WHERE t.id = run.id
         RETURNING * INTO run;
     END IF;

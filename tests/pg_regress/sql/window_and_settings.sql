@@ -158,3 +158,15 @@ UPDATE bondhu.settings SET insight_window = '40 days';
 ROLLBACK;
 \set VERBOSITY terse
 SELECT insight_window, dampening FROM bondhu.settings;
+-- a cleanup in a savepoint rolled back deleted nothing: a longer window is allowed; a
+-- cleanup committed earlier in the same query message (one now() for both
+-- transactions) does not count as this transaction's
+BEGIN;
+SAVEPOINT before_cleanup;
+SELECT bondhu_cleanup_insights('30 days') ->> 'status' AS status;
+ROLLBACK TO SAVEPOINT before_cleanup;
+UPDATE bondhu.settings SET insight_window = '40 days';
+ROLLBACK;
+BEGIN \; SELECT bondhu_cleanup_insights('30 days') ->> 'status' AS status \; COMMIT \; UPDATE bondhu.settings SET insight_window = '40 days';
+SELECT insight_window FROM bondhu.settings;
+UPDATE bondhu.settings SET insight_window = DEFAULT;
