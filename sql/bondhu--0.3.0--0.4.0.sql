@@ -103,13 +103,24 @@ CREATE TRIGGER refuse_window_past_cleanup BEFORE UPDATE OF insight_window ON bon
     FOR EACH ROW EXECUTE FUNCTION bondhu.settings_refuse_window_past_cleanup();
 ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER refuse_window_past_cleanup;
 
--- The latest cutoff of the cleanups this transaction ran, NULL when none: start_cleanup_run
--- notes it in a transaction-local setting (microseconds since the epoch), which a
--- savepoint rolled back takes back with the cleanup itself.
+-- The latest cutoff of the cleanups this transaction ran, NULL when none, as
+-- note_transaction_cleanup_cutoff noted it: in a transaction-local setting (microseconds
+-- since the epoch), which a savepoint rolled back takes back with the cleanup itself.
 CREATE FUNCTION bondhu.transaction_cleanup_cutoff() RETURNS timestamptz
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT timestamptz 'epoch'
            + nullif(current_setting('bondhu.transaction_cleanup_cutoff', true), '')::bigint * interval '1 microsecond'
+$$;
+-- Notes that this transaction ran a cleanup up to `cutoff` (start_cleanup_run), for a
+-- longer window later in the transaction to be refused (settings_refuse_window_past_cleanup).
+-- Keeps the latest of the transaction's cutoffs; an infinite cutoff deletes nothing and
+-- is not noted.
+CREATE FUNCTION bondhu.note_transaction_cleanup_cutoff(cutoff timestamptz) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT set_config('bondhu.transaction_cleanup_cutoff',
+               (extract(epoch FROM greatest(cutoff, bondhu.transaction_cleanup_cutoff())) * 1000000)::bigint::text,
+               true)
+    WHERE isfinite(cutoff)
 $$;
 
 -- The one CHECK that ties two settings together fails with a hint saying which to
@@ -1325,13 +1336,7 @@ BEGIN
                                  THEN 'a personality update held the run lock before its run was logged' END);
     IF run.status = 'running' THEN
         run_cutoff := least(run_cutoff, under_way.window_start);
-        -- for a longer window later in this transaction to be refused
-        -- (settings_refuse_window_past_cleanup); -infinity deletes nothing
-        IF isfinite(run_cutoff) THEN
-            PERFORM set_config('bondhu.transaction_cleanup_cutoff',
-                (extract(epoch FROM greatest(run_cutoff, bondhu.transaction_cleanup_cutoff())) * 1000000)::bigint::text,
-                true);
-        END IF;
+        PERFORM bondhu.note_transaction_cleanup_cutoff(run_cutoff);
         UPDATE bondhu.task_runs t SET
             cutoff = run_cutoff,
             resume_from = least(

@@ -75,13 +75,7 @@ BEGIN
                                  THEN 'a personality update held the run lock before its run was logged' END);
     IF run.status = 'running' THEN
         run_cutoff := least(run_cutoff, under_way.window_start);
-        -- for a longer window later in this transaction to be refused
-        -- (settings_refuse_window_past_cleanup); -infinity deletes nothing
-        IF isfinite(run_cutoff) THEN
-            PERFORM set_config('bondhu.transaction_cleanup_cutoff',
-                (extract(epoch FROM greatest(run_cutoff, bondhu.transaction_cleanup_cutoff())) * 1000000)::bigint::text,
-                true);
-        END IF;
+        PERFORM bondhu.note_transaction_cleanup_cutoff(run_cutoff);
         UPDATE bondhu.task_runs t SET
             cutoff = run_cutoff,
             resume_from = least(

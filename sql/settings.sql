@@ -121,13 +121,24 @@ CREATE TRIGGER refuse_window_past_cleanup BEFORE UPDATE OF insight_window ON bon
     FOR EACH ROW EXECUTE FUNCTION bondhu.settings_refuse_window_past_cleanup();
 ALTER TABLE bondhu.settings ENABLE ALWAYS TRIGGER refuse_window_past_cleanup;
 
--- The latest cutoff of the cleanups this transaction ran, NULL when none: start_cleanup_run
--- notes it in a transaction-local setting (microseconds since the epoch), which a
--- savepoint rolled back takes back with the cleanup itself.
+-- The latest cutoff of the cleanups this transaction ran, NULL when none, as
+-- note_transaction_cleanup_cutoff noted it: in a transaction-local setting (microseconds
+-- since the epoch), which a savepoint rolled back takes back with the cleanup itself.
 CREATE FUNCTION bondhu.transaction_cleanup_cutoff() RETURNS timestamptz
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT timestamptz 'epoch'
            + nullif(current_setting('bondhu.transaction_cleanup_cutoff', true), '')::bigint * interval '1 microsecond'
+$$;
+-- Notes that this transaction ran a cleanup up to `cutoff` (start_cleanup_run), for a
+-- longer window later in the transaction to be refused (settings_refuse_window_past_cleanup).
+-- Keeps the latest of the transaction's cutoffs; an infinite cutoff deletes nothing and
+-- is not noted.
+CREATE FUNCTION bondhu.note_transaction_cleanup_cutoff(cutoff timestamptz) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT set_config('bondhu.transaction_cleanup_cutoff',
+               (extract(epoch FROM greatest(cutoff, bondhu.transaction_cleanup_cutoff())) * 1000000)::bigint::text,
+               true)
+    WHERE isfinite(cutoff)
 $$;
 INSERT INTO bondhu.settings DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('bondhu.settings', '');
