@@ -180,8 +180,8 @@ impl NumericSum {
     /// `sum` + `numeric` (a copy of `numeric` when there is no sum yet), in the
     /// aggregate's memory.
     fn add(sum: Option<NumericSum>, numeric: Numeric<'_>, memory: AggregateMemory) -> NumericSum {
-        // SAFETY: `numeric` is a numeric varlena in its live document.
-        unsafe { Self::add_datum(sum, numeric.datum(), memory) }
+        // SAFETY: to_datum makes a numeric varlena, live for this call at least.
+        unsafe { Self::add_datum(sum, numeric.to_datum(), memory) }
     }
 
     /// The sum of two optional sums (either may be absent), in the aggregate's memory.

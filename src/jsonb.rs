@@ -1,38 +1,38 @@
 //! Insight documents read in place: the jsonb container, a key's value, a numeric's
 //! digits, without copying them or going through text (pgrx's JsonB would go through
-//! text, which costs more than the whole check). The raw reads live here, behind
-//! three types made only from a live jsonb value: a [`Document`], its [`Object`], and
-//! a [`Numeric`] stored in it. Each borrows the value it was read from. A numeric
-//! argument (the trait math's) is read the same way ([`numeric_data`]).
+//! text, which costs more than the whole check). The raw reads live here: a document's
+//! bytes ([`Document::of`]) and a numeric argument's ([`numeric_data`]). The rest reads
+//! those bytes as Postgres lays out a jsonb container (src/include/utils/jsonb.h), with
+//! bounds-checked slices and no call into Postgres: Postgres's own lookup
+//! (getKeyJsonValueFromContainer) needs a small document copied to an aligned varlena
+//! first, and each call into Postgres sets up an error boundary: reading in place takes
+//! ~15 % off the CPU time of summing insights (2 M of them, 2.49 -> 2.04 s, median of 4).
 use crate::decimal;
 use crate::insight::Value;
 use pgrx::prelude::*;
 use pgrx::AnyElement;
-use std::ffi::{c_char, c_int};
-use std::marker::PhantomData;
-use std::ptr::NonNull;
 
-/// A jsonb document, detoasted: its root container.
+// The varlena headers below are read as a little-endian machine lays them out.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// A jsonb document: the bytes of its root container.
 #[derive(Clone, Copy)]
 pub struct Document<'a> {
-    /// In the detoasted jsonb, which lives at least as long as the value borrowed.
-    root: NonNull<pg_sys::JsonbContainer>,
-    value: PhantomData<&'a AnyElement>,
+    root: &'a [u8],
 }
 
-/// A jsonb object: a [`Document`] whose root is an object.
+/// A jsonb object: a [`Document`] whose root is an object with `count` keys.
 #[derive(Clone, Copy)]
 pub struct Object<'a> {
-    root: NonNull<pg_sys::JsonbContainer>,
-    value: PhantomData<&'a AnyElement>,
+    root: &'a [u8],
+    count: usize,
 }
 
-/// A number stored in a [`Document`]: the numeric in the document, not copied.
+/// A number stored in a [`Document`]: the numeric varlena in the document (header
+/// included), not copied. It may be unaligned.
 #[derive(Clone, Copy)]
 pub struct Numeric<'a> {
-    /// A numeric varlena inside the detoasted document.
-    numeric: NonNull<pg_sys::varlena>,
-    value: PhantomData<&'a AnyElement>,
+    varlena: &'a [u8],
 }
 
 impl<'a> Document<'a> {
@@ -46,85 +46,127 @@ impl<'a> Document<'a> {
             );
         }
         // SAFETY: an AnyElement holds a datum of type doc.oid() (pgrx makes it from
-        // the call's argument and that argument's type), here a jsonb varlena;
-        // detoasting gives a Jsonb in memory that lives until the end of the call at
-        // least, and its root is a field of it.
-        let root = unsafe {
-            let jsonb =
-                pg_sys::pg_detoast_datum(doc.datum().cast_mut_ptr()).cast::<pg_sys::Jsonb>();
-            NonNull::new(&raw mut (*jsonb).root)
-        }
-        .expect("a detoasted jsonb");
-        Document {
-            root,
-            value: PhantomData,
-        }
+        // the call's argument and that argument's type), here a jsonb varlena, which
+        // lives until the end of the call at least, as does a detoasted copy.
+        let root = unsafe { packed_varlena_data(doc.datum()) };
+        Document { root }
     }
 
     /// The document as an object; None when it is an array or a scalar.
     pub fn object(self) -> Option<Object<'a>> {
-        (header(self.root) & pg_sys::JB_FOBJECT != 0).then_some(Object {
+        let header = read_u32(self.root, 0);
+        (header & pg_sys::JB_FOBJECT != 0).then_some(Object {
             root: self.root,
-            value: PhantomData,
+            count: (header & pg_sys::JB_CMASK) as usize,
         })
     }
-}
-
-/// The header of a container of a live document: its kind and its size.
-fn header(root: NonNull<pg_sys::JsonbContainer>) -> u32 {
-    // SAFETY: every container held by a Document or an Object is the root of a
-    // detoasted jsonb that outlives them.
-    unsafe { root.as_ref() }.header
 }
 
 impl<'a> Object<'a> {
     /// How many keys the object has.
     pub fn len(self) -> usize {
-        (header(self.root) & pg_sys::JB_CMASK) as usize
+        self.count
     }
 
-    /// The value under `key` (a binary search in the container, into a value on the
-    /// stack: no allocation a lookup).
+    /// The value under `key`: a binary search of the keys, which a jsonb object keeps
+    /// sorted by length, then bytes (as getKeyJsonValueFromContainer searches).
     pub fn get(self, key: &str) -> Value<Numeric<'a>> {
-        let mut found = pg_sys::JsonbValue::default();
-        // SAFETY: root is an object container of a live document; the key's bytes
-        // outlive the call, which only reads them; `found` is written only when the key
-        // is there, and a numeric value points into the document.
-        unsafe {
-            if pg_sys::getKeyJsonValueFromContainer(
-                self.root.as_ptr(),
-                key.as_ptr() as *const c_char,
-                key.len() as c_int,
-                &mut found,
-            )
-            .is_null()
+        let key = key.as_bytes();
+        let (mut low, mut high) = (0, self.count);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let candidate = &self.data()[self.span(middle)];
+            match candidate
+                .len()
+                .cmp(&key.len())
+                .then_with(|| candidate.cmp(key))
             {
-                Value::Absent
-            } else if found.type_ == pg_sys::jbvType::jbvNumeric {
-                Value::Number(Numeric {
-                    numeric: NonNull::new(found.val.numeric.cast()).expect("a numeric"),
-                    value: PhantomData,
-                })
-            } else {
-                Value::NotANumber
+                std::cmp::Ordering::Equal => return self.value(middle + self.count),
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
             }
         }
+        Value::Absent
+    }
+
+    /// Child `index`'s JEntry.
+    fn entry(self, index: usize) -> u32 {
+        read_u32(self.root, 4 + 4 * index)
+    }
+
+    /// The children's data, which follows the 2 * count JEntries (keys, then values).
+    fn data(self) -> &'a [u8] {
+        &self.root[4 + 8 * self.count..]
+    }
+
+    /// Where child `index`'s bytes are in the children's data (a key's are its text; a
+    /// numeric's start with padding to a 4-byte offset). Each JEntry holds its child's
+    /// length, or every JB_OFFSET_STRIDE-th its end offset (getJsonbOffset).
+    fn span(self, index: usize) -> std::ops::Range<usize> {
+        let mut start = 0;
+        for i in (0..index).rev() {
+            let entry = self.entry(i);
+            start += (entry & pg_sys::JENTRY_OFFLENMASK) as usize;
+            if entry & pg_sys::JENTRY_HAS_OFF != 0 {
+                break;
+            }
+        }
+        let entry = self.entry(index);
+        let field = (entry & pg_sys::JENTRY_OFFLENMASK) as usize;
+        start..if entry & pg_sys::JENTRY_HAS_OFF != 0 {
+            field
+        } else {
+            start + field
+        }
+    }
+
+    /// Child `index`, a value, as a number or not one (a string, a boolean, null, an
+    /// array or an object).
+    fn value(self, index: usize) -> Value<Numeric<'a>> {
+        if self.entry(index) & pg_sys::JENTRY_TYPEMASK != pg_sys::JENTRY_ISNUMERIC {
+            return Value::NotANumber;
+        }
+        let span = self.span(index);
+        // the numeric starts at the next 4-byte offset (fillJsonbValue's INTALIGN)
+        let start = span.start.next_multiple_of(4);
+        Value::Number(Numeric {
+            varlena: &self.data()[start..span.end],
+        })
     }
 }
 
-impl Numeric<'_> {
-    /// The numeric as a datum, valid while the document is: for Postgres's numeric
-    /// functions.
-    pub fn datum(self) -> pg_sys::Datum {
-        pg_sys::Datum::from(self.numeric.as_ptr())
+impl<'a> Numeric<'a> {
+    /// The numeric's data, after its (1- or 4-byte) varlena header.
+    fn data(self) -> &'a [u8] {
+        let first = self.varlena[0];
+        if first & 0x01 == 0x01 {
+            // a 1-byte header: its length, header included, in the upper 7 bits
+            &self.varlena[1..(first >> 1) as usize]
+        } else {
+            &self.varlena[4..(read_u32(self.varlena, 0) >> 2) as usize]
+        }
     }
 
     /// Its value in fixed point (src/decimal.rs reads numeric.c's layout).
     pub fn fixed(self) -> decimal::Fixed {
-        // SAFETY: numeric is a numeric varlena inside a live detoasted document (a
-        // number in a jsonb is never toasted on its own).
-        decimal::from_numeric_data(unsafe { varlena_data(self.numeric.as_ptr()) })
+        decimal::from_numeric_data(self.data())
     }
+
+    /// A copy of the numeric as a datum, aligned, in the current memory context: for
+    /// Postgres's numeric functions, which read the varlena header in place.
+    pub fn to_datum(self) -> pg_sys::Datum {
+        // SAFETY: a buffer of the numeric's size, written in full before it is read.
+        unsafe {
+            let copy = pg_sys::palloc(self.varlena.len()).cast::<u8>();
+            std::ptr::copy_nonoverlapping(self.varlena.as_ptr(), copy, self.varlena.len());
+            pg_sys::Datum::from(copy)
+        }
+    }
+}
+
+/// The u32 at `at` in `bytes`, which need not be aligned.
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
 }
 
 /// The data of a numeric datum (a function's numeric argument), after its varlena
@@ -134,19 +176,23 @@ impl Numeric<'_> {
 ///
 /// `datum` is a numeric, not NULL, that outlives the data's use ('a).
 pub unsafe fn numeric_data<'a>(datum: pg_sys::Datum) -> &'a [u8] {
-    // SAFETY: (the caller's) a numeric; detoasting a packed one returns it as it is, a
-    // toasted one as a copy in the current memory context.
-    unsafe { varlena_data(pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr())) }
+    // SAFETY: the caller's promise.
+    unsafe { packed_varlena_data(datum) }
 }
 
-/// The data of an untoasted varlena, after its (1- or 4-byte) header.
+/// The data of a varlena datum after its (1- or 4-byte) header: in place when it is
+/// neither compressed nor stored apart (a short one is not copied to a 4-byte header),
+/// otherwise a copy in the current memory context.
 ///
 /// # Safety
 ///
-/// `varlena` is an untoasted varlena that outlives the data's use ('a).
-unsafe fn varlena_data<'a>(varlena: *const pg_sys::varlena) -> &'a [u8] {
-    // SAFETY: (the caller's) its data is varsize_any_exhdr bytes long.
+/// `datum` is a varlena, not NULL, that outlives the data's use ('a).
+unsafe fn packed_varlena_data<'a>(datum: pg_sys::Datum) -> &'a [u8] {
+    // SAFETY: (the caller's) a varlena; detoasting a packed one returns it as it is,
+    // a toasted one as a copy in the current memory context; its data is then
+    // varsize_any_exhdr bytes long.
     unsafe {
+        let varlena = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
         std::slice::from_raw_parts(
             pgrx::varlena::vardata_any(varlena).cast::<u8>(),
             pgrx::varlena::varsize_any_exhdr(varlena),

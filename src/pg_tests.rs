@@ -177,6 +177,138 @@ mod tests {
         assert_eq!(got_sums, Some(expected));
     }
 
+    /// A JSON value for the document reader's test: mostly numbers (to 10^-30, so that
+    /// some are finer than the fixed point), else a string (long enough, now and then,
+    /// for the document to be compressed), a boolean, null, or a nested container.
+    fn json_value(rng: &mut Rng) -> String {
+        match rng.below(10) {
+            0..=4 => decimal::to_decimal_string(rng.number(150)),
+            5 => {
+                let digits = rng.below(1000) as i128;
+                format!("{}e-30", rng.signed(digits))
+            }
+            6 => format!(
+                "\"{}\"",
+                "x".repeat([0, 3, 40, 5000][rng.below(4) as usize])
+            ),
+            7 => ["true", "false", "null"][rng.below(3) as usize].into(),
+            _ => ["[1, 2]", "{\"openness\": 1}", "[]"][rng.below(3) as usize].into(),
+        }
+    }
+
+    /// bondhu's jsonb reader (src/jsonb.rs) sees in stored documents what Postgres's
+    /// own operators see: each trait's value a number or not, each number exactly, and
+    /// the count of keys. Documents of 0 to 45 keys (an object stores the end offset
+    /// instead of a length in every 32nd entry), keys near the traits' names (the same
+    /// length, a prefix, other case), values of every kind; stored in a table, so that
+    /// small ones keep a 1-byte header (read unaligned, in place) and large ones are
+    /// compressed (read from a copy). Roots that are not objects too.
+    #[pg_test]
+    fn the_document_reader_equals_postgres() {
+        let mut rng = Rng(0x0B1E_C7ED);
+        let names = [
+            "openness",
+            "conscientiousness",
+            "extraversion",
+            "agreeableness",
+            "neuroticism",
+            "opennesz",
+            "Openness",
+            "open",
+            "neuroticisms",
+            "a",
+            "",
+            "mood",
+            "zz",
+        ];
+        let mut docs: Vec<String> = ["[1, 2]", "7", "\"openness\"", "null", "{}", "[]"]
+            .map(String::from)
+            .to_vec();
+        for _ in 0..600 {
+            let keys = [rng.below(6), rng.below(20), rng.below(46)][rng.below(3) as usize];
+            let members: Vec<String> = (0..keys)
+                .map(|k| {
+                    let key = if rng.below(3) == 0 {
+                        format!("k{k}")
+                    } else {
+                        names[rng.below(names.len() as u64) as usize].to_string()
+                    };
+                    format!("\"{key}\": {}", json_value(&mut rng))
+                })
+                .collect();
+            docs.push(format!("{{{}}}", members.join(", ")));
+        }
+        let docs_len = docs.len() as i64;
+        Spi::run_with_args(
+            "CREATE TABLE reader_docs AS
+             SELECT o AS id, d::jsonb AS doc FROM unnest($1::text[]) WITH ORDINALITY AS u(d, o)",
+            &[docs.into()],
+        )
+        .expect("the documents are stored");
+        // the stored documents reach each path of the reader
+        let coverage = Spi::get_one::<Vec<i64>>(
+            "SELECT ARRAY[count(*) FILTER (WHERE pg_column_size(doc) < 127),
+                          count(*) FILTER (WHERE pg_column_compression(doc) IS NOT NULL),
+                          count(*) FILTER (WHERE jsonb_typeof(doc) = 'object'
+                                             AND (SELECT count(*) FROM jsonb_object_keys(doc)) > 16),
+                          count(*) FILTER (WHERE doc::text ~ 'e-|0{24}')]
+             FROM reader_docs",
+        )
+        .expect("the documents are counted")
+        .expect("not NULL");
+        assert!(coverage.iter().all(|&n| n > 5), "coverage: {coverage:?}");
+        // what Postgres's operators see in each document, under the pipeline's rule
+        let (compared, differing) = Spi::get_two_with_args::<i64, Vec<i64>>(
+            "WITH seen AS (
+                 SELECT d.id, d.doc, jsonb_typeof(d.doc) = 'object' AS object,
+                        ARRAY(SELECT jsonb_typeof(d.doc -> t.name)
+                              FROM unnest($1::text[]) WITH ORDINALITY t(name, i) ORDER BY t.i) AS types,
+                        ARRAY(SELECT CASE WHEN jsonb_typeof(d.doc -> t.name) = 'number'
+                                          THEN (d.doc ->> t.name)::numeric END
+                              FROM unnest($1::text[]) WITH ORDINALITY t(name, i) ORDER BY t.i) AS numbers
+                 FROM reader_docs d
+             ), judged AS (
+                 SELECT s.*, CASE WHEN NOT s.object THEN 7
+                                  WHEN EXISTS (SELECT FROM unnest(s.types) t WHERE t <> 'number') THEN 8
+                                  WHEN EXISTS (SELECT FROM unnest(s.numbers) n WHERE abs(n) > 100) THEN 9
+                             END AS reason
+                 FROM seen s
+             ), expected AS (
+                 SELECT j.id,
+                        CASE WHEN j.reason IS NULL
+                             THEN ARRAY[1, 1, 0, 0, 0, (SELECT count(*) FROM jsonb_object_keys(j.doc) k
+                                                        WHERE k <> ALL ($1::text[])), 0, 0, 0]::integer[]
+                             ELSE ARRAY[0, 0, 0, 1, 0, 0, (j.reason = 7)::int, (j.reason = 8)::int,
+                                        (j.reason = 9)::int] END AS n,
+                        CASE WHEN j.reason IS NULL THEN ARRAY(SELECT coalesce(n, 0) FROM unnest(j.numbers) n)
+                             ELSE '{0,0,0,0,0}'::numeric[] END AS d
+                 FROM judged j
+             ), got AS (
+                 SELECT d.id, bondhu.insight_counts(d.doc, true, true) AS n,
+                        bondhu.insight_sums(d.doc, true, true) AS d
+                 FROM reader_docs d GROUP BY d.id
+             )
+             SELECT count(*), array_agg(e.id ORDER BY e.id) FILTER (WHERE g.n IS DISTINCT FROM e.n
+                                                                       OR g.d IS DISTINCT FROM e.d)
+             FROM expected e JOIN got g USING (id)",
+            &[TRAITS.map(String::from).to_vec().into()],
+        )
+        .expect("the documents are read");
+        assert_eq!(compared, Some(docs_len));
+        assert_eq!(
+            differing, None,
+            "documents read otherwise than Postgres reads them"
+        );
+        let accepted = Spi::get_one::<i64>(
+            "SELECT count(*) FROM (SELECT bondhu.insight_counts(doc, true, true) AS n
+                                   FROM reader_docs GROUP BY id) x WHERE n[1] = 1",
+        );
+        assert!(
+            matches!(accepted, Ok(Some(n)) if n > 100),
+            "accepted: {accepted:?}"
+        );
+    }
+
     /// The numerics the sums are made of, built from the fixed point directly
     /// (decimal::to_numeric_data), are byte for byte what numeric_in makes of the
     /// decimal literal: same value, same display scale, same digits.
