@@ -179,7 +179,8 @@ mod tests {
 
     /// A JSON value for the document reader's test: mostly numbers (to 10^-30, so that
     /// some are finer than the fixed point), else a string (long enough, now and then,
-    /// for the document to be compressed), a boolean, null, or a nested container.
+    /// for the document to be compressed, or stored out of line when it does not
+    /// compress), a boolean, null, or a nested container.
     fn json_value(rng: &mut Rng) -> String {
         match rng.below(10) {
             0..=4 => decimal::to_decimal_string(rng.number(150)),
@@ -187,10 +188,16 @@ mod tests {
                 let digits = rng.below(1000) as i128;
                 format!("{}e-30", rng.signed(digits))
             }
-            6 => format!(
-                "\"{}\"",
-                "x".repeat([0, 3, 40, 5000][rng.below(4) as usize])
-            ),
+            6 => match rng.below(5) {
+                4 => format!(
+                    "\"{}\"",
+                    (0..3000)
+                        .map(|_| char::from(b'!' + rng.below(90) as u8))
+                        .filter(|c| !matches!(c, '"' | '\\'))
+                        .collect::<String>()
+                ),
+                n => format!("\"{}\"", "x".repeat([0, 3, 40, 5000][n as usize])),
+            },
             7 => ["true", "false", "null"][rng.below(3) as usize].into(),
             _ => ["[1, 2]", "{\"openness\": 1}", "[]"][rng.below(3) as usize].into(),
         }
@@ -199,10 +206,11 @@ mod tests {
     /// bondhu's jsonb reader (src/jsonb.rs) sees in stored documents what Postgres's
     /// own operators see: each trait's value a number or not, each number exactly, and
     /// the count of keys. Documents of 0 to 45 keys (an object stores the end offset
-    /// instead of a length in every 32nd entry), keys near the traits' names (the same
-    /// length, a prefix, other case), values of every kind; stored in a table, so that
-    /// small ones keep a 1-byte header (read unaligned, in place) and large ones are
-    /// compressed (read from a copy). Roots that are not objects too.
+    /// instead of a length in every 32nd entry, of keys and of values), keys near the
+    /// traits' names (the same length, a prefix, other case), values of every kind;
+    /// stored in a table, so that small ones keep a 1-byte header (read unaligned, in
+    /// place) and large ones are compressed or stored out of line (read from a copy).
+    /// Roots that are not objects too.
     #[pg_test]
     fn the_document_reader_equals_postgres() {
         let mut rng = Rng(0x0B1E_C7ED);
@@ -228,7 +236,9 @@ mod tests {
             let keys = [rng.below(6), rng.below(20), rng.below(46)][rng.below(3) as usize];
             let members: Vec<String> = (0..keys)
                 .map(|k| {
-                    let key = if rng.below(3) == 0 {
+                    // in the larger objects mostly keys of their own: over 32 of them
+                    // put stored offsets among the keys' entries too
+                    let key = if rng.below(3) == 0 || keys > 30 && rng.below(4) != 0 {
                         format!("k{k}")
                     } else {
                         names[rng.below(names.len() as u64) as usize].to_string()
@@ -249,8 +259,10 @@ mod tests {
         let coverage = Spi::get_one::<Vec<i64>>(
             "SELECT ARRAY[count(*) FILTER (WHERE pg_column_size(doc) < 127),
                           count(*) FILTER (WHERE pg_column_compression(doc) IS NOT NULL),
+                          count(*) FILTER (WHERE pg_column_compression(doc) IS NULL
+                                             AND octet_length(doc::text) > 2500),
                           count(*) FILTER (WHERE jsonb_typeof(doc) = 'object'
-                                             AND (SELECT count(*) FROM jsonb_object_keys(doc)) > 16),
+                                             AND (SELECT count(*) FROM jsonb_object_keys(doc)) > 32),
                           count(*) FILTER (WHERE doc::text ~ 'e-|0{24}')]
              FROM reader_docs",
         )
