@@ -1,7 +1,7 @@
 //! Insight documents read in place: the jsonb container, a key's value, a numeric's
 //! digits, without copying them or going through text (pgrx's JsonB would go through
 //! text, which costs more than the whole check). The raw reads live here: a document's
-//! bytes ([`Document::of`]) and a numeric argument's ([`numeric_data`]). The rest reads
+//! bytes and a numeric argument's ([`varlena_data`]). The rest reads
 //! those bytes as Postgres lays out a jsonb container (src/include/utils/jsonb.h), with
 //! bounds-checked slices and no call into Postgres: Postgres's own lookup
 //! (getKeyJsonValueFromContainer) needs a small document copied to an aligned varlena
@@ -48,7 +48,7 @@ impl<'a> Document<'a> {
         // SAFETY: an AnyElement holds a datum of type doc.oid() (pgrx makes it from
         // the call's argument and that argument's type), here a jsonb varlena, which
         // lives until the end of the call at least, as does a detoasted copy.
-        let root = unsafe { packed_varlena_data(doc.datum()) };
+        let root = unsafe { varlena_data(doc.datum()) };
         Document { root }
     }
 
@@ -169,25 +169,15 @@ fn read_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// The data of a numeric datum (a function's numeric argument), after its varlena
-/// header, as src/decimal.rs reads it: in place, copied only if it is toasted.
-///
-/// # Safety
-///
-/// `datum` is a numeric, not NULL, that outlives the data's use ('a).
-pub unsafe fn numeric_data<'a>(datum: pg_sys::Datum) -> &'a [u8] {
-    // SAFETY: the caller's promise.
-    unsafe { packed_varlena_data(datum) }
-}
-
-/// The data of a varlena datum after its (1- or 4-byte) header: in place when it is
-/// neither compressed nor stored apart (a short one is not copied to a 4-byte header),
-/// otherwise a copy in the current memory context.
+/// The data of a varlena datum (a document, a function's numeric argument) after its
+/// (1- or 4-byte) header: in place when it is neither compressed nor stored apart (a
+/// short one is not copied to a 4-byte header), otherwise a copy in the current memory
+/// context.
 ///
 /// # Safety
 ///
 /// `datum` is a varlena, not NULL, that outlives the data's use ('a).
-unsafe fn packed_varlena_data<'a>(datum: pg_sys::Datum) -> &'a [u8] {
+pub unsafe fn varlena_data<'a>(datum: pg_sys::Datum) -> &'a [u8] {
     // SAFETY: (the caller's) a varlena; detoasting a packed one returns it as it is,
     // a toasted one as a copy in the current memory context; its data is then
     // varsize_any_exhdr bytes long.

@@ -263,7 +263,7 @@ mod bondhu {
                 return None;
             }
             let numeric = |n| {
-                crate::decimal::mantissa_and_scale(crate::jsonb::numeric_data(pg_getarg_datum_raw(
+                crate::decimal::mantissa_and_scale(crate::jsonb::varlena_data(pg_getarg_datum_raw(
                     fcinfo, n,
                 )))
             };
