@@ -862,8 +862,9 @@ DECLARE
     covered bondhu.cursor := bondhu.global_cursor();
     -- the profile's own cursor counts only when a self-service update moved it ahead
     ahead boolean := bondhu.moved_ahead(target, covered);
+    snapshot bondhu.cursor := bondhu.current_cursor();
 BEGIN
-    RETURN EXISTS (SELECT FROM bondhu.pending_insights(target, covered, bondhu.current_cursor(), ahead));
+    RETURN EXISTS (SELECT FROM bondhu.pending_insights(target, covered, snapshot, ahead));
 END $$;
 
 -- The self-service update of bondhu_update_personality (below).
@@ -894,21 +895,25 @@ BEGIN
     -- The rate limit counts what costs: a call that finds nothing pending uses no slot,
     -- and writes nothing (no lock, no transaction id); one that finds nothing left once
     -- it holds the lock (another call or a run applied it while it waited) uses no slot
-    -- either.
+    -- either, and is not refused.
     IF operator OR bondhu.has_pending(target) THEN
         INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
         ON CONFLICT (user_id) DO NOTHING;
         SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
-        IF operator OR bondhu.has_pending(target) THEN
-            IF NOT operator THEN
-                PERFORM bondhu.admit_self_update(target);
-            END IF;
-            -- Taken after the lock: covers whatever the previous holder of the lock applied.
-            snapshot := bondhu.current_cursor();
-            SELECT * INTO applied
-            FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot,
-                                           bondhu.moment_before(now(), cfg.insight_window),
-                                           cfg.dampening);
+        -- Too soon: refused (PT429) if anything is still pending. (Asked only then: when
+        -- the call is admitted, what it applies tells.)
+        IF NOT operator AND bondhu.next_self_update_at(target) > now() AND bondhu.has_pending(target) THEN
+            PERFORM bondhu.admit_self_update(target);
+        END IF;
+        -- Taken after the lock: covers whatever the previous holder of the lock applied.
+        snapshot := bondhu.current_cursor();
+        SELECT * INTO applied
+        FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot,
+                                       bondhu.moment_before(now(), cfg.insight_window),
+                                       cfg.dampening);
+        -- the slot is used by a call that applied (or counted) anything
+        IF NOT operator AND applied.user_id IS NOT NULL THEN
+            PERFORM bondhu.admit_self_update(target);
         END IF;
     ELSE
         SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;
@@ -1201,7 +1206,6 @@ DECLARE
     pending record;
     stored double precision[];
     live double precision[];
-    last_request timestamptz;
 BEGIN
     IF target IS NULL THEN
         RAISE EXCEPTION 'bondhu_profile: user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -1222,7 +1226,6 @@ BEGIN
                     coalesce(profile.neuroticism, 50)];
     live := ARRAY(SELECT bondhu.adjusted_trait(stored[i], coalesce(pending.d[i], 0), cfg.dampening)
                   FROM generate_series(1, 5) i ORDER BY i);
-    SELECT r.requested_at INTO last_request FROM bondhu.self_update_requests r WHERE r.user_id = target;
     RETURN jsonb_build_object(
         'user_id', target,
         'openness', live[1], 'conscientiousness', live[2], 'extraversion', live[3],
@@ -1233,8 +1236,8 @@ BEGIN
                                      'extraversion', stored[3], 'agreeableness', stored[4],
                                      'neuroticism', stored[5], 'updated_at', profile.updated_at),
         'as_of', now(),
-        'next_update_at', CASE WHEN operator OR last_request IS NULL THEN now()
-                               ELSE greatest(now(), last_request + cfg.self_update_min_interval) END);
+        -- (greatest ignores NULL: no self-service update made yet)
+        'next_update_at', CASE WHEN operator THEN now() ELSE greatest(now(), bondhu.next_self_update_at(target)) END);
 END $$;
 
 COMMENT ON FUNCTION public.bondhu_profile(uuid) IS
@@ -2015,6 +2018,24 @@ BEGIN
     END IF;
 END $$;
 
+-- Is the calling role a superuser or a member of bondhu_operator? (calling_role once, in
+-- its own subquery: compared row by row, it was called for every role, ~50 us a call.)
+CREATE OR REPLACE FUNCTION bondhu.caller_is_operator() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT r.rolsuper OR pg_has_role(r.oid, 'bondhu_operator', 'MEMBER')
+                     FROM pg_catalog.pg_roles r WHERE r.rolname = (SELECT bondhu.calling_role())), false)
+$$;
+
+-- When the user `target` may next make a self-service update: self_update_min_interval
+-- after their last one; NULL when they have made none. Read with the profile locked
+-- (update_personality), it holds until the caller commits.
+CREATE FUNCTION bondhu.next_self_update_at(target uuid) RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.requested_at + s.self_update_min_interval
+    FROM bondhu.self_update_requests r, bondhu.settings s
+    WHERE r.user_id = target
+$$;
+
 -- Refuses, with SQLSTATE PT429 (PostgREST answers HTTP 429), a self-service update
 -- inside the interval, saying how long to wait (in its DETAIL as JSON:
 -- {"retry_after_seconds", "retry_at"}); otherwise records this one. Called with
@@ -2022,19 +2043,17 @@ END $$;
 CREATE OR REPLACE FUNCTION bondhu.admit_self_update(target uuid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    min_interval interval := (SELECT s.self_update_min_interval FROM bondhu.settings s);
-    last_request timestamptz;
+    retry_at timestamptz := bondhu.next_self_update_at(target);
     wait_seconds integer;
 BEGIN
-    SELECT r.requested_at INTO last_request FROM bondhu.self_update_requests r WHERE r.user_id = target;
-    IF last_request > now() - min_interval THEN
-        wait_seconds := greatest(1, ceil(extract(epoch FROM last_request + min_interval - now())))::integer;
+    IF retry_at > now() THEN
+        wait_seconds := greatest(1, ceil(extract(epoch FROM retry_at - now())))::integer;
         RAISE EXCEPTION 'bondhu_update_personality: too many updates, try again in % seconds', wait_seconds
             USING ERRCODE = 'PT429',
                   -- for clients: PostgREST passes it on as the error's "details"
-                  DETAIL = jsonb_build_object('retry_after_seconds', wait_seconds,
-                                              'retry_at', last_request + min_interval)::text,
-                  HINT = format('A user may update their own profile once every %s.', min_interval);
+                  DETAIL = jsonb_build_object('retry_after_seconds', wait_seconds, 'retry_at', retry_at)::text,
+                  HINT = format('A user may update their own profile once every %s.',
+                                (SELECT s.self_update_min_interval FROM bondhu.settings s));
     END IF;
     INSERT INTO bondhu.self_update_requests AS r (user_id, requested_at) VALUES (target, now())
     ON CONFLICT (user_id) DO UPDATE SET requested_at = excluded.requested_at;
@@ -2278,6 +2297,46 @@ ALTER EVENT TRIGGER bondhu_drop_extension ENABLE ALWAYS;
 INSERT INTO bondhu.schedules (id, schedule, timezone, last_due_at)
 SELECT j.id, j.schedule, bondhu.cron_timezone(), now() FROM bondhu.own_jobs() j
 ON CONFLICT (id) DO NOTHING;
+
+-- The tables bondhu keeps as members, and what each needs for pg_dump. Each is looked up
+-- by key (OFFSET 0 keeps the lookup per name): hashing every relation of the database
+-- for five names cost ~0.1 ms on each update (require_superuser_owned_tables).
+CREATE OR REPLACE FUNCTION bondhu.data_tables() RETURNS TABLE (relation regclass, kind text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid::regclass, CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END
+    FROM unnest(ARRAY['public.chat_personality_insights', 'public.entertainment_interactions',
+                      'public.user_personality_profiles', 'public.personality_profile_history',
+                      'public.personality_profile_history_id_seq']) AS n(name)
+    CROSS JOIN LATERAL (SELECT c.oid, c.relkind FROM pg_catalog.pg_class c
+                        WHERE c.oid = to_regclass(n.name) OFFSET 0) c
+$$;
+
+-- bondhu's SECURITY DEFINER functions write the four tables as the extension's owner (a
+-- superuser). A table owned by any other role could carry that role's triggers, which
+-- would then run with bondhu's privileges, or have bondhu's triggers disabled or
+-- dropped. So bondhu works only on tables that superusers own: this refuses, with
+-- 42501, to go on otherwise.
+CREATE OR REPLACE FUNCTION bondhu.require_superuser_owned_tables() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    untrusted record;
+BEGIN
+    SELECT t.relation, o.rolname INTO untrusted
+    FROM bondhu.data_tables() t
+    -- each table's owner, looked up by key (as in data_tables)
+    CROSS JOIN LATERAL (SELECT r.rolname, r.rolsuper
+                        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+                        WHERE c.oid = t.relation OFFSET 0) o
+    WHERE t.kind = 'TABLE' AND NOT o.rolsuper
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'bondhu: % is owned by %, which is not a superuser', untrusted.relation, untrusted.rolname
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'bondhu writes this table with its owner''s privileges; triggers of another owner would run with them.',
+                  HINT = format('As a superuser: ALTER TABLE %s OWNER TO %I; then grant the application''s role what it needs '
+                                '(GRANT bondhu_operator TO %I, for one).', untrusted.relation, current_user, untrusted.rolname);
+    END IF;
+END $$;
 
 -- Brings the tables to what bondhu needs and makes them members of the extension,
 -- keeping every row. Idempotent. Called by the extension's scripts (CREATE EXTENSION,

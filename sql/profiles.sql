@@ -19,7 +19,6 @@ DECLARE
     pending record;
     stored double precision[];
     live double precision[];
-    last_request timestamptz;
 BEGIN
     IF target IS NULL THEN
         RAISE EXCEPTION 'bondhu_profile: user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -40,7 +39,6 @@ BEGIN
                     coalesce(profile.neuroticism, 50)];
     live := ARRAY(SELECT bondhu.adjusted_trait(stored[i], coalesce(pending.d[i], 0), cfg.dampening)
                   FROM generate_series(1, 5) i ORDER BY i);
-    SELECT r.requested_at INTO last_request FROM bondhu.self_update_requests r WHERE r.user_id = target;
     RETURN jsonb_build_object(
         'user_id', target,
         'openness', live[1], 'conscientiousness', live[2], 'extraversion', live[3],
@@ -51,8 +49,8 @@ BEGIN
                                      'extraversion', stored[3], 'agreeableness', stored[4],
                                      'neuroticism', stored[5], 'updated_at', profile.updated_at),
         'as_of', now(),
-        'next_update_at', CASE WHEN operator OR last_request IS NULL THEN now()
-                               ELSE greatest(now(), last_request + cfg.self_update_min_interval) END);
+        -- (greatest ignores NULL: no self-service update made yet)
+        'next_update_at', CASE WHEN operator THEN now() ELSE greatest(now(), bondhu.next_self_update_at(target)) END);
 END $$;
 COMMENT ON FUNCTION public.bondhu_profile(uuid) IS
     'The live profile: stored traits plus what pending insights will add, as the next update would write them. Writes nothing.';
