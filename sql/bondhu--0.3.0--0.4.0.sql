@@ -682,10 +682,8 @@ CREATE FUNCTION bondhu.apply_pending(users uuid[], covered bondhu.cursor, snapsh
                                      window_start timestamptz, dampening numeric, run_id uuid)
 RETURNS TABLE (user_count bigint, insights_processed bigint, rejected_insights bigint, stale_insights bigint,
                ignored_keys bigint, not_an_object bigint, not_a_number bigint, over_100 bigint)
-LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM pg_catalog.set_config('plan_cache_mode',
-        CASE WHEN cardinality(users) <= 10000 THEN 'force_generic_plan' ELSE 'force_custom_plan' END, true);
     RETURN QUERY
     WITH taken AS (
         -- the totals the run staged, taken out of bondhu.run_totals
@@ -1013,7 +1011,7 @@ $$;
 -- rollback.
 CREATE FUNCTION bondhu.take_staged_totals(users uuid[])
 RETURNS TABLE (user_id uuid, n integer[], d numeric[], pending_rows integer)
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SET plan_cache_mode = force_generic_plan SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM bondhu.run_totals t WHERE t.user_id = ANY (users)
     RETURNING t.user_id, t.n, t.d, t.pending_rows
 $$;
@@ -1045,7 +1043,7 @@ $$;
 -- Creates the missing profiles of `users` and locks all of them in key order. False
 -- when a profile was deleted while the lock waited (it is then not locked).
 CREATE FUNCTION bondhu.lock_profiles(users uuid[]) RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SET plan_cache_mode = force_generic_plan SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO public.user_personality_profiles (user_id)
     SELECT u.user_id FROM unnest(users) u(user_id)
     -- one lookup by key a user (OFFSET 0: not an anti-join that reads every profile)

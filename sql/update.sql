@@ -206,10 +206,11 @@ $$;
 
 -- Takes the staged totals of `users` out of bondhu.run_totals (apply_pending): a batch
 -- leaves no rows behind, and rows taken by a statement that fails come back with its
--- rollback.
+-- rollback. One plan a session, as apply_pending's (PostgreSQL 18 plans an SQL
+-- function's statement for its arguments' values too).
 CREATE FUNCTION bondhu.take_staged_totals(users uuid[])
 RETURNS TABLE (user_id uuid, n integer[], d numeric[], pending_rows integer)
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SET plan_cache_mode = force_generic_plan SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM bondhu.run_totals t WHERE t.user_id = ANY (users)
     RETURNING t.user_id, t.n, t.d, t.pending_rows
 $$;
@@ -239,9 +240,10 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Creates the missing profiles of `users` and locks all of them in key order. False
--- when a profile was deleted while the lock waited (it is then not locked).
+-- when a profile was deleted while the lock waited (it is then not locked). One plan a
+-- session, as take_staged_totals'.
 CREATE FUNCTION bondhu.lock_profiles(users uuid[]) RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SET plan_cache_mode = force_generic_plan SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO public.user_personality_profiles (user_id)
     SELECT u.user_id FROM unnest(users) u(user_id)
     -- one lookup by key a user (OFFSET 0: not an anti-join that reads every profile)

@@ -1,7 +1,7 @@
--- A batch of up to 10,000 users runs one plan, made once a session; a larger one is
--- planned for its users (apply_pending). Each insight counts once whichever plan runs:
--- 10,001 users, five rounds of one insight each, every round crossing the threshold
--- another way in the same session, with the caller's own planner settings (which
+-- Every batch runs one plan, made once a session, whatever its size (apply_pending).
+-- Each insight counts once whatever the batch size and the planner settings: 10,001
+-- users, seven rounds of one insight each, batches of every user, of 10,000 and 1, of
+-- 5,000 and of 2,500 in the same session, with the caller's own planner settings (which
 -- apply_pending sets for itself and gives back), and at the end with a role's
 -- (ALTER ROLE ... SET, as pg_cron's job owner or PostgREST's role may have them).
 CREATE EXTENSION bondhu;
@@ -24,18 +24,17 @@ LANGUAGE sql AS $$
            (SELECT (bondhu_metrics() -> 'backlog' ->> 'pending_insights')::bigint)
 $$;
 
--- 1: update_all, one batch of 10,001 users (a plan for them)
+-- 1: update_all, one batch of 10,001 users
 CALL new_round();
 SELECT r -> 'users_processed' AS users, r -> 'insights_processed' AS n FROM bondhu_update_all() r;
 SELECT * FROM wrong_after(1);
--- 2: batches of 10,000 and 1 (the session's one plan), the caller in force_custom_plan
+-- 2: batches of 10,000 and 1, the caller in force_custom_plan
 SET plan_cache_mode = force_custom_plan;
 CALL new_round();
 CALL bondhu_run_update_all(10000);
 SELECT * FROM wrong_after(2);
 SHOW plan_cache_mode;
--- 3: one batch of 10,001 in the same session (a plan for them again), the caller in
--- force_generic_plan
+-- 3: one batch of 10,001 in the same session, the caller in force_generic_plan
 SET plan_cache_mode = force_generic_plan;
 CALL new_round();
 CALL bondhu_run_update_all(10001);
