@@ -155,10 +155,11 @@ $$;
 -- insights applied, rejected (in all and for each reason) and stale, and keys ignored.
 -- Every batch runs one plan, made once a session (force_generic_plan), that looks its
 -- users up by key: planning the statement with its users as constants cost ~0.9 us a
--- user for each `= ANY (users)` in it (~0.5 s for bondhu_update_all's 100,000), and
--- ~15 % of a night's batched run with 1,000 users a batch. Measured paired on PG18
--- (100,000 users), the plan made for the users was no faster to run: the full run
--- 7.0 -> 6.7 s (median of 4 pairs) and the night of 20,000 users 1.03 -> 0.98 s (of 8).
+-- user for each `= ANY (users)` in it (~0.5 s for bondhu_update_all's 100,000 users),
+-- and ~15 % of a night's batched run with 1,000 users a batch. Measured paired on PG18
+-- (100,000 users), the plan made for the users was no faster to run: the full run took
+-- 7.01 -> 6.55 s (medians of 8 pairs) and the night of 20,000 users 1.11 -> 1.08 s (of
+-- 12), with take_staged_totals and lock_profiles planned once a session too.
 CREATE FUNCTION bondhu.apply_pending(users uuid[], covered bondhu.cursor, snapshot bondhu.cursor,
                                      window_start timestamptz, dampening numeric, run_id uuid)
 RETURNS TABLE (user_count bigint, insights_processed bigint, rejected_insights bigint, stale_insights bigint,

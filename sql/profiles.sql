@@ -50,7 +50,7 @@ BEGIN
                                      'neuroticism', stored[5], 'updated_at', profile.updated_at),
         'as_of', now(),
         -- (greatest ignores NULL: no self-service update made yet)
-        'next_update_at', CASE WHEN operator THEN now() ELSE greatest(now(), bondhu.next_self_update_at(target)) END);
+        'next_update_at', CASE WHEN operator THEN now() ELSE greatest(now(), bondhu.next_self_update_at(target, cfg.self_update_min_interval)) END);
 END $$;
 COMMENT ON FUNCTION public.bondhu_profile(uuid) IS
     'The live profile: stored traits plus what pending insights will add, as the next update would write them. Writes nothing.';

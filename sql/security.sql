@@ -71,38 +71,37 @@ CREATE TABLE bondhu.self_update_requests (
     requested_at timestamptz NOT NULL
 );
 
--- When the user `target` may next make a self-service update: self_update_min_interval
--- after their last one; NULL when they have made none. Read with the profile locked
--- (update_personality), it holds until the caller commits.
-CREATE FUNCTION bondhu.next_self_update_at(target uuid) RETURNS timestamptz
+-- When the user `target` may next make a self-service update: `min_interval` (the
+-- setting self_update_min_interval, as the caller read it) after their last one; NULL
+-- when they have made none. Read with the profile locked (update_personality), it holds
+-- until the caller commits.
+CREATE FUNCTION bondhu.next_self_update_at(target uuid, min_interval interval) RETURNS timestamptz
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT r.requested_at + s.self_update_min_interval
-    FROM bondhu.self_update_requests r, bondhu.settings s
-    WHERE r.user_id = target
+    SELECT r.requested_at + min_interval FROM bondhu.self_update_requests r WHERE r.user_id = target
 $$;
 
--- Refuses, with SQLSTATE PT429 (PostgREST answers HTTP 429), a self-service update
--- before next_self_update_at, saying how long to wait (in its DETAIL as JSON:
--- {"retry_after_seconds", "retry_at"}); otherwise records this one. Called with
--- the profile locked, so two concurrent requests are seen in turn.
-CREATE FUNCTION bondhu.admit_self_update(target uuid) RETURNS void
+-- Refuses a self-service update before `retry_at` (next_self_update_at) with SQLSTATE
+-- PT429 (PostgREST answers HTTP 429), saying how long to wait (in its DETAIL as JSON:
+-- {"retry_after_seconds", "retry_at"}).
+CREATE FUNCTION bondhu.refuse_self_update(retry_at timestamptz, min_interval interval) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    retry_at timestamptz := bondhu.next_self_update_at(target);
-    wait_seconds integer;
+    wait_seconds integer := greatest(1, ceil(extract(epoch FROM retry_at - now())))::integer;
 BEGIN
-    IF retry_at > now() THEN
-        wait_seconds := greatest(1, ceil(extract(epoch FROM retry_at - now())))::integer;
-        RAISE EXCEPTION 'bondhu_update_personality: too many updates, try again in % seconds', wait_seconds
-            USING ERRCODE = 'PT429',
-                  -- for clients: PostgREST passes it on as the error's "details"
-                  DETAIL = jsonb_build_object('retry_after_seconds', wait_seconds, 'retry_at', retry_at)::text,
-                  HINT = format('A user may update their own profile once every %s.',
-                                (SELECT s.self_update_min_interval FROM bondhu.settings s));
-    END IF;
+    RAISE EXCEPTION 'bondhu_update_personality: too many updates, try again in % seconds', wait_seconds
+        USING ERRCODE = 'PT429',
+              -- for clients: PostgREST passes it on as the error's "details"
+              DETAIL = jsonb_build_object('retry_after_seconds', wait_seconds, 'retry_at', retry_at)::text,
+              HINT = format('A user may update their own profile once every %s.', min_interval);
+END $$;
+
+-- Records a self-service update of `target` now: the start of its next interval. Called
+-- with the profile locked, so two concurrent requests are seen in turn.
+CREATE FUNCTION bondhu.note_self_update(target uuid) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO bondhu.self_update_requests AS r (user_id, requested_at) VALUES (target, now())
     ON CONFLICT (user_id) DO UPDATE SET requested_at = excluded.requested_at;
-END $$;
+$$;
 
 ------------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC, then granted deliberately, from one list.

@@ -28,6 +28,7 @@ DECLARE
     cfg bondhu.settings;
     operator boolean;
     snapshot bondhu.cursor;
+    retry_at timestamptz;
     profile public.user_personality_profiles;
     applied record;
     traits double precision[];
@@ -54,20 +55,25 @@ BEGIN
         INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
         ON CONFLICT (user_id) DO NOTHING;
         SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
-        -- Too soon: refused (PT429) if anything is still pending. (Asked only then: when
-        -- the call is admitted, what it applies tells.)
-        IF NOT operator AND bondhu.next_self_update_at(target) > now() AND bondhu.has_pending(target) THEN
-            PERFORM bondhu.admit_self_update(target);
-        END IF;
-        -- Taken after the lock: covers whatever the previous holder of the lock applied.
-        snapshot := bondhu.current_cursor();
-        SELECT * INTO applied
-        FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot,
-                                       bondhu.moment_before(now(), cfg.insight_window),
-                                       cfg.dampening);
-        -- the slot is used by a call that applied (or counted) anything
-        IF NOT operator AND applied.user_id IS NOT NULL THEN
-            PERFORM bondhu.admit_self_update(target);
+        -- A signed-in call inside the rate limit's interval (read once, with cfg's
+        -- interval) is refused (PT429) if anything is still pending, and otherwise
+        -- applies nothing. Any other call applies; one that applied (or counted)
+        -- anything uses the user's slot.
+        retry_at := CASE WHEN NOT operator THEN bondhu.next_self_update_at(target, cfg.self_update_min_interval) END;
+        IF retry_at > now() THEN
+            IF bondhu.has_pending(target) THEN
+                PERFORM bondhu.refuse_self_update(retry_at, cfg.self_update_min_interval);
+            END IF;
+        ELSE
+            -- Taken after the lock: covers whatever the previous holder of the lock applied.
+            snapshot := bondhu.current_cursor();
+            SELECT * INTO applied
+            FROM bondhu.apply_user_pending(target, bondhu.global_cursor(), snapshot,
+                                           bondhu.moment_before(now(), cfg.insight_window),
+                                           cfg.dampening);
+            IF NOT operator AND applied.user_id IS NOT NULL THEN
+                PERFORM bondhu.note_self_update(target);
+            END IF;
         END IF;
     ELSE
         SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target;

@@ -40,6 +40,7 @@ FROM bondhu_profile(:amy) p;
 SELECT r -> 'insights_processed' AS applied FROM bondhu_update_personality(:amy) r;
 RESET ROLE;
 INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:amy, '{"openness": 1}');
+SELECT requested_at AS amy_slot FROM bondhu.self_update_requests WHERE user_id = :amy \gset
 SET ROLE authenticated;
 \set VERBOSITY sqlstate
 SELECT bondhu_update_personality(:amy);
@@ -55,6 +56,13 @@ EXCEPTION WHEN SQLSTATE 'PT429' THEN
         (detail::jsonb ->> 'retry_after_seconds')::int BETWEEN 3590 AND 3600,
         (detail::jsonb ->> 'retry_at')::timestamptz BETWEEN now() + interval '59 minutes' AND now() + interval '61 minutes';
 END $$;
+-- the refused calls recorded nothing (the slot is still the first update's) and applied
+-- nothing
+RESET ROLE;
+SELECT requested_at = :'amy_slot' AS slot_unchanged,
+       (SELECT count(*) FROM personality_profile_history WHERE user_id = :amy) AS history_rows
+FROM bondhu.self_update_requests WHERE user_id = :amy;
+SET ROLE authenticated;
 -- the live profile is not rate limited, and shows the pending insight
 SELECT p -> 'pending_insights' AS pending FROM bondhu_profile(:amy) p;
 

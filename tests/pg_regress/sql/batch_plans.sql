@@ -1,7 +1,7 @@
 -- Every batch runs one plan, made once a session, whatever its size (apply_pending).
 -- Each insight counts once whatever the batch size and the planner settings: 10,001
 -- users, seven rounds of one insight each, batches of every user, of 10,000 and 1, of
--- 5,000 and of 2,500 in the same session, with the caller's own planner settings (which
+-- 10,001, of 5,000 and of 2,500, with the caller's own planner settings (which
 -- apply_pending sets for itself and gives back), and at the end with a role's
 -- (ALTER ROLE ... SET, as pg_cron's job owner or PostgREST's role may have them).
 CREATE EXTENSION bondhu;
