@@ -906,9 +906,11 @@ BEGIN
         -- A signed-in call inside the rate limit's interval (read once, with cfg's
         -- interval) is refused (PT429) if anything is still pending, and otherwise
         -- applies nothing. Any other call applies; one that applied (or counted)
-        -- anything uses the user's slot.
+        -- anything uses the user's slot. The interval is of wall-clock time, not of
+        -- transaction starts: a client that held its transaction open before calling
+        -- would otherwise be measured from a moment in the past.
         retry_at := CASE WHEN NOT operator THEN bondhu.next_self_update_at(target, cfg.self_update_min_interval) END;
-        IF retry_at > now() THEN
+        IF retry_at > clock_timestamp() THEN
             IF bondhu.has_pending(target) THEN
                 PERFORM bondhu.refuse_self_update(retry_at, cfg.self_update_min_interval);
             END IF;
@@ -941,6 +943,35 @@ BEGIN
                                        '{"not_an_object": 0, "not_a_number": 0, "over_100": 0}'),
         'trait_changes', bondhu.trait_changes(traits, coalesce(applied.traits_after, traits)),
         'updated_at', CASE WHEN applied.insights_processed > 0 THEN now() ELSE profile.updated_at END);
+END $$;
+
+-- Errors reach the server log: the caller gets each error's SQLSTATE, message and hint,
+-- and its detail only from bondhu's own refusals; Postgres's details and contexts can
+-- quote a row (a user id, trait values) or the JWT.
+CREATE OR REPLACE FUNCTION public.bondhu_update_personality(user_id uuid) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state text;
+    message text;
+    detail text;
+    hint text;
+BEGIN
+    RETURN bondhu.update_personality(user_id);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
+                            detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    -- an option given as '' would still be sent (an empty HINT line): each is given
+    -- only when it says something
+    IF state IN ('PT429', '42501', '22004') AND detail <> '' THEN
+        IF hint <> '' THEN
+            RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail, HINT = hint;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail;
+    ELSIF hint <> '' THEN
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, HINT = hint;
+    ELSE
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message;
+    END IF;
 END $$;
 
 ------------------------------------------------------------------------------------
@@ -2051,7 +2082,7 @@ $$;
 CREATE FUNCTION bondhu.refuse_self_update(retry_at timestamptz, min_interval interval) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    wait_seconds integer := greatest(1, ceil(extract(epoch FROM retry_at - now())))::integer;
+    wait_seconds integer := greatest(1, ceil(extract(epoch FROM retry_at - clock_timestamp())))::integer;
 BEGIN
     RAISE EXCEPTION 'bondhu_update_personality: too many updates, try again in % seconds', wait_seconds
         USING ERRCODE = 'PT429',
@@ -2061,10 +2092,12 @@ BEGIN
 END $$;
 
 -- Records a self-service update of `target` now: the start of its next interval. Called
--- with the profile locked, so two concurrent requests are seen in turn.
+-- with the profile locked, so two concurrent requests are seen in turn. Now is the wall
+-- clock (clock_timestamp()), not the transaction's start (now()): a slot stamped with
+-- the start of a transaction held open before the call would end that much early.
 CREATE FUNCTION bondhu.note_self_update(target uuid) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO bondhu.self_update_requests AS r (user_id, requested_at) VALUES (target, now())
+    INSERT INTO bondhu.self_update_requests AS r (user_id, requested_at) VALUES (target, clock_timestamp())
     ON CONFLICT (user_id) DO UPDATE SET requested_at = excluded.requested_at;
 $$;
 

@@ -86,7 +86,7 @@ $$;
 CREATE FUNCTION bondhu.refuse_self_update(retry_at timestamptz, min_interval interval) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    wait_seconds integer := greatest(1, ceil(extract(epoch FROM retry_at - now())))::integer;
+    wait_seconds integer := greatest(1, ceil(extract(epoch FROM retry_at - clock_timestamp())))::integer;
 BEGIN
     RAISE EXCEPTION 'bondhu_update_personality: too many updates, try again in % seconds', wait_seconds
         USING ERRCODE = 'PT429',
@@ -96,10 +96,12 @@ BEGIN
 END $$;
 
 -- Records a self-service update of `target` now: the start of its next interval. Called
--- with the profile locked, so two concurrent requests are seen in turn.
+-- with the profile locked, so two concurrent requests are seen in turn. Now is the wall
+-- clock (clock_timestamp()), not the transaction's start (now()): a slot stamped with
+-- the start of a transaction held open before the call would end that much early.
 CREATE FUNCTION bondhu.note_self_update(target uuid) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO bondhu.self_update_requests AS r (user_id, requested_at) VALUES (target, now())
+    INSERT INTO bondhu.self_update_requests AS r (user_id, requested_at) VALUES (target, clock_timestamp())
     ON CONFLICT (user_id) DO UPDATE SET requested_at = excluded.requested_at;
 $$;
 

@@ -58,9 +58,11 @@ BEGIN
         -- A signed-in call inside the rate limit's interval (read once, with cfg's
         -- interval) is refused (PT429) if anything is still pending, and otherwise
         -- applies nothing. Any other call applies; one that applied (or counted)
-        -- anything uses the user's slot.
+        -- anything uses the user's slot. The interval is of wall-clock time, not of
+        -- transaction starts: a client that held its transaction open before calling
+        -- would otherwise be measured from a moment in the past.
         retry_at := CASE WHEN NOT operator THEN bondhu.next_self_update_at(target, cfg.self_update_min_interval) END;
-        IF retry_at > now() THEN
+        IF retry_at > clock_timestamp() THEN
             IF bondhu.has_pending(target) THEN
                 PERFORM bondhu.refuse_self_update(retry_at, cfg.self_update_min_interval);
             END IF;
@@ -109,8 +111,13 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
                             detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    -- an option given as '' would still be sent (an empty HINT line): each is given
+    -- only when it says something
     IF state IN ('PT429', '42501', '22004') AND detail <> '' THEN
-        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail, HINT = hint;
+        IF hint <> '' THEN
+            RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail, HINT = hint;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, DETAIL = detail;
     ELSIF hint <> '' THEN
         RAISE EXCEPTION USING ERRCODE = state, MESSAGE = message, HINT = hint;
     ELSE

@@ -66,6 +66,36 @@ SET ROLE authenticated;
 -- the live profile is not rate limited, and shows the pending insight
 SELECT p -> 'pending_insights' AS pending FROM bondhu_profile(:amy) p;
 
+-- The interval is of wall-clock time, not of transaction starts: a client that holds its
+-- transaction open before calling is measured from its call. The slot is the moment of
+-- the call (stamped now(), the transaction's start, it would end that much early and
+-- admit a second update inside the interval)...
+RESET ROLE;
+UPDATE bondhu.settings SET self_update_min_interval = '2 seconds';
+\set dan '''00000000-0000-4000-8000-0000000000d4'''
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:dan, '{"openness": 1}');
+SELECT set_config('request.jwt.claims', json_build_object('sub', :dan, 'role', 'authenticated')::text, false) IS NOT NULL AS signed_in;
+BEGIN;
+SELECT pg_sleep(0.2);
+SET ROLE authenticated;
+SELECT bondhu_update_personality(:dan) -> 'insights_processed' AS applied;
+RESET ROLE;
+SELECT requested_at >= now() + interval '0.2 seconds' AS slot_is_the_call FROM bondhu.self_update_requests WHERE user_id = :dan;
+COMMIT;
+-- ...and a call is compared with the wall clock too: made after the interval ended, in a
+-- transaction that began inside it, it applies (compared with now(), it was refused).
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:dan, '{"openness": 1}');
+BEGIN;
+UPDATE bondhu.self_update_requests SET requested_at = now() - interval '1 second' WHERE user_id = :dan;
+SELECT pg_sleep(1.5);
+SET ROLE authenticated;
+SELECT bondhu_update_personality(:dan) -> 'insights_processed' AS applied;
+RESET ROLE;
+COMMIT;
+UPDATE bondhu.settings SET self_update_min_interval = '1 hour';
+SET ROLE authenticated;
+SELECT set_config('request.jwt.claims', json_build_object('sub', :amy, 'role', 'authenticated')::text, false) IS NOT NULL AS signed_in;
+
 -- Another user's live profile: refused like an update of it; without a signed-in user too.
 \set VERBOSITY terse
 SELECT bondhu_profile(:bob);
@@ -73,6 +103,8 @@ SELECT set_config('request.jwt.claims', '', false) IS NOT NULL AS signed_out;
 SELECT bondhu_profile(:amy);
 SELECT bondhu_profile(NULL);
 \set VERBOSITY default
+-- an update without a signed-in user says why in its DETAIL, and sends no empty HINT
+SELECT bondhu_update_personality(:amy);
 
 -- The read surface: no cursor columns; the history for a chart.
 SELECT set_config('request.jwt.claims', json_build_object('sub', :amy, 'role', 'authenticated')::text, false) IS NOT NULL AS signed_in;
