@@ -22,6 +22,7 @@ DROP FUNCTION bondhu.cleanup_summary(run bondhu.task_runs);
 DROP FUNCTION bondhu.finish_cleanup_run(run_id uuid);
 DROP FUNCTION bondhu.finish_update_run(run_id uuid);
 DROP FUNCTION bondhu.next_pending_user(after uuid, covered bondhu.cursor, snapshot bondhu.cursor);
+DROP FUNCTION bondhu.data_tables();
 
 -- The schedules operators set, each in its own zone (scheduling.sql).
 CREATE TABLE bondhu.schedules (
@@ -1822,8 +1823,7 @@ BEGIN
         SELECT format('%s is owned by %s, which is not a superuser: bondhu refuses to run '
                       '(a superuser: ALTER TABLE %s OWNER TO a superuser)', d.relation, r.rolname, d.relation)
         FROM bondhu.data_tables() d
-        JOIN pg_catalog.pg_class c ON c.oid = d.relation
-        JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+        JOIN pg_catalog.pg_roles r ON r.oid = d.owner
         WHERE d.kind = 'TABLE' AND NOT r.rolsuper);
 
     IF last_update.status = 'failed' THEN
@@ -2340,16 +2340,16 @@ INSERT INTO bondhu.schedules (id, schedule, timezone, last_due_at)
 SELECT j.id, j.schedule, bondhu.cron_timezone(), now() FROM bondhu.own_jobs() j
 ON CONFLICT (id) DO NOTHING;
 
--- The tables bondhu keeps as members, and what each needs for pg_dump. Each is looked up
--- by key (OFFSET 0 keeps the lookup per name): hashing every relation of the database
--- for five names cost ~0.1 ms on each update (require_superuser_owned_tables).
-CREATE OR REPLACE FUNCTION bondhu.data_tables() RETURNS TABLE (relation regclass, kind text)
+-- The tables bondhu keeps as members, what each needs for pg_dump, and its owner. Each
+-- is looked up by key (OFFSET 0 keeps the lookup per name): hashing every relation of
+-- the database for five names cost ~0.1 ms on each update (require_superuser_owned_tables).
+CREATE FUNCTION bondhu.data_tables() RETURNS TABLE (relation regclass, kind text, owner oid)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT c.oid::regclass, CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END
+    SELECT c.oid::regclass, CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, c.relowner
     FROM unnest(ARRAY['public.chat_personality_insights', 'public.entertainment_interactions',
                       'public.user_personality_profiles', 'public.personality_profile_history',
                       'public.personality_profile_history_id_seq']) AS n(name)
-    CROSS JOIN LATERAL (SELECT c.oid, c.relkind FROM pg_catalog.pg_class c
+    CROSS JOIN LATERAL (SELECT c.oid, c.relkind, c.relowner FROM pg_catalog.pg_class c
                         WHERE c.oid = to_regclass(n.name) OFFSET 0) c
 $$;
 
@@ -2366,9 +2366,8 @@ BEGIN
     SELECT t.relation, o.rolname INTO untrusted
     FROM bondhu.data_tables() t
     -- each table's owner, looked up by key (as in data_tables)
-    CROSS JOIN LATERAL (SELECT r.rolname, r.rolsuper
-                        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
-                        WHERE c.oid = t.relation OFFSET 0) o
+    CROSS JOIN LATERAL (SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r
+                        WHERE r.oid = t.owner OFFSET 0) o
     WHERE t.kind = 'TABLE' AND NOT o.rolsuper
     LIMIT 1;
     IF FOUND THEN

@@ -123,8 +123,7 @@ BEGIN
         SELECT format('%s is owned by %s, which is not a superuser: bondhu refuses to run '
                       '(a superuser: ALTER TABLE %s OWNER TO a superuser)', d.relation, r.rolname, d.relation)
         FROM bondhu.data_tables() d
-        JOIN pg_catalog.pg_class c ON c.oid = d.relation
-        JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+        JOIN pg_catalog.pg_roles r ON r.oid = d.owner
         WHERE d.kind = 'TABLE' AND NOT r.rolsuper);
 
     IF last_update.status = 'failed' THEN
