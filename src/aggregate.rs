@@ -88,15 +88,13 @@ impl FinerSums {
 
     /// Adds `numeric` to trait i's sum.
     fn add(&mut self, i: usize, numeric: Numeric<'_>, memory: AggregateMemory) {
-        let sums = self.sums_mut(memory);
-        sums[i] = Some(NumericSum::add(sums[i], numeric, memory));
+        NumericSum::add(&mut self.sums_mut(memory)[i], numeric, memory);
     }
 
     /// Adds `sum`, if any, to trait i's sum.
     fn add_sum(&mut self, i: usize, sum: Option<NumericSum>, memory: AggregateMemory) {
-        if sum.is_some() {
-            let sums = self.sums_mut(memory);
-            sums[i] = NumericSum::add_sum(sums[i], sum, memory);
+        if let Some(sum) = sum {
+            NumericSum::add_sum(&mut self.sums_mut(memory)[i], sum, memory);
         }
     }
 }
@@ -171,59 +169,56 @@ impl AggregateMemory {
     }
 }
 
-/// An exact sum of numerics: a numeric in the aggregate's memory, made only by
-/// NumericSum::add, so live as long as the state that holds it.
+/// An exact sum of numerics: a numeric in a chunk of its own (made by NumericSum::add or
+/// deserialize), which only its state's FinerSums holds, and which lives as long as that
+/// state (copies of it are read, never kept).
 #[derive(Clone, Copy)]
 struct NumericSum(pg_sys::Datum);
 
 impl NumericSum {
-    /// `sum` + `numeric` (a copy of `numeric` when there is no sum yet), in the
-    /// aggregate's memory.
-    fn add(sum: Option<NumericSum>, numeric: Numeric<'_>, memory: AggregateMemory) -> NumericSum {
+    /// Adds `numeric` to the sum in `slot` (a copy of `numeric` when there is none yet),
+    /// in the aggregate's memory.
+    fn add(slot: &mut Option<NumericSum>, numeric: Numeric<'_>, memory: AggregateMemory) {
         // SAFETY: to_datum makes a numeric varlena, live for this call at least.
-        unsafe { Self::add_datum(sum, numeric.to_datum(), memory) }
+        unsafe { Self::add_datum(slot, numeric.to_datum(), memory) }
     }
 
-    /// The sum of two optional sums (either may be absent), in the aggregate's memory.
-    fn add_sum(
-        a: Option<NumericSum>,
-        b: Option<NumericSum>,
-        memory: AggregateMemory,
-    ) -> Option<NumericSum> {
-        match b {
-            // SAFETY: b is a numeric datum in aggregate memory, live with its state.
-            Some(b) => Some(unsafe { Self::add_datum(a, b.0, memory) }),
-            None => a,
-        }
+    /// Adds another state's sum to the sum in `slot`, in the aggregate's memory.
+    fn add_sum(slot: &mut Option<NumericSum>, other: NumericSum, memory: AggregateMemory) {
+        // SAFETY: other is a numeric datum, live with its state.
+        unsafe { Self::add_datum(slot, other.0, memory) }
     }
 
-    /// `sum` + `numeric`, in the aggregate's memory.
+    /// Adds `numeric` to the sum in `slot`, in the aggregate's memory, and frees the sum
+    /// it replaces: keeping each one would grow the aggregate's memory with every
+    /// adjustment added (~9 kB a document for sums of 16,000 digits: 555 MB for one
+    /// user's 60,000 such insights).
     ///
     /// # Safety
     ///
-    /// `numeric` is a live numeric datum.
+    /// `numeric` is a live numeric datum, not the one in `slot`.
     unsafe fn add_datum(
-        sum: Option<NumericSum>,
+        slot: &mut Option<NumericSum>,
         numeric: pg_sys::Datum,
         memory: AggregateMemory,
-    ) -> NumericSum {
-        NumericSum(memory.run(|| {
-            match sum {
-                // SAFETY: both are numeric datums, live: the sum in the aggregate's
-                // memory, `numeric` by the caller's promise.
-                Some(sum) => unsafe {
-                    direct_function_call_as_datum(
-                        pg_sys::numeric_add,
-                        &[Some(sum.0), Some(numeric)],
-                    )
-                }
-                .expect("numeric_add returns a value"),
-                // SAFETY: `numeric` is a numeric varlena (the caller's promise).
-                None => pg_sys::Datum::from(unsafe {
-                    pg_sys::pg_detoast_datum_copy(numeric.cast_mut_ptr())
-                }),
+    ) {
+        let total = memory.run(|| match *slot {
+            // SAFETY: both are numeric datums, live: the sum with its state, `numeric` by
+            // the caller's promise.
+            Some(sum) => unsafe {
+                direct_function_call_as_datum(pg_sys::numeric_add, &[Some(sum.0), Some(numeric)])
             }
-        }))
+            .expect("numeric_add returns a value"),
+            // SAFETY: `numeric` is a numeric varlena (the caller's promise).
+            None => pg_sys::Datum::from(unsafe {
+                pg_sys::pg_detoast_datum_copy(numeric.cast_mut_ptr())
+            }),
+        });
+        if let Some(old) = slot.replace(NumericSum(total)) {
+            // SAFETY: a chunk of its own that only this slot held (NumericSum), and
+            // numeric_add made `total` anew: nothing points to it now.
+            unsafe { pg_sys::pfree(old.0.cast_mut_ptr()) };
+        }
     }
 
     fn value(self) -> AnyNumeric {

@@ -50,3 +50,32 @@ SELECT bondhu.insight_counts(doc, fresh, from_chat) AS counts, bondhu.insight_su
 FROM (VALUES ('{"openness": 0.1}'::jsonb, true, true), ('{"openness": 1e-30, "x": 1, "y": 2}', true, false),
              ('{"openness": 1e-30, "extraversion": -0.000000000000000000000001}', true, true),
              ('{"openness": 2}', false, true), ('[]', true, true), (NULL, true, true)) AS v(doc, fresh, from_chat);
+
+-- Sums finer than the fixed point are numerics that the aggregate replaces at each
+-- adjustment, and frees: one user's 20,000 adjustments of 16,384 digits each (1 +
+-- 10^-16383, ~140 bytes stored) leave the backend's peak memory flat (it grew ~180 MB
+-- when each replaced sum was kept), and the sum is exact.
+\set erin '''00000000-0000-0000-0000-0000000e7170'''
+INSERT INTO chat_personality_insights (user_id, adjustments)
+SELECT :erin, jsonb_build_object('openness', 1 + 1e-16383::numeric, 'extraversion', -(1 + 1e-16383::numeric))
+FROM generate_series(1, 20000);
+SELECT (regexp_match(pg_read_file('/proc/self/status'), 'VmHWM:\s+(\d+) kB'))[1]::bigint AS peak_kb_before \gset
+SELECT (s)[1] = 20000 + 20000 * 1e-16383::numeric AS exact_sum, (s)[3] = -(20000 + 20000 * 1e-16383::numeric) AS exact_negative
+FROM (SELECT bondhu.insight_sums(c.adjustments, true, true) AS s
+      FROM chat_personality_insights c WHERE c.user_id = :erin) t;
+SELECT r -> 'insights_processed' AS applied FROM bondhu_update_personality(:erin) r;
+SELECT (regexp_match(pg_read_file('/proc/self/status'), 'VmHWM:\s+(\d+) kB'))[1]::bigint - :peak_kb_before < 40000
+    AS peak_grew_under_40_mb;
+SELECT openness, extraversion FROM user_personality_profiles WHERE user_id = :erin;
+
+-- A trait with nothing to add keeps its value as stored, to the last digit: the live
+-- profile shows it, and an update of another trait leaves it (both gave its first 15
+-- significant digits, 50.0123456789012, and the history a change of 0).
+\set finn '''00000000-0000-0000-0000-00000000f177'''
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:finn, '{"extraversion": 0.123456789012345678}');
+SELECT r -> 'insights_processed' AS applied FROM bondhu_update_personality(:finn) r;
+SELECT extraversion AS stored FROM user_personality_profiles WHERE user_id = :finn;
+SELECT p -> 'pending_insights' AS pending, p -> 'extraversion' AS live FROM bondhu_profile(:finn) p;
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES (:finn, '{"openness": 1}');
+SELECT r -> 'trait_changes' AS changes FROM bondhu_update_personality(:finn) r;
+SELECT openness, extraversion AS still_stored FROM user_personality_profiles WHERE user_id = :finn;
