@@ -197,19 +197,17 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'adjusted_trait_fixed_point_wrapper';
 -- new = clamp(current + dampening * sum, 0, 100), in exact decimal arithmetic. A trait
 -- without a value (an adopted profile) starts at 50, like a missing profile. The numeric
 -- expression below defines it, with the current value as its 15 significant digits (as
--- PostgreSQL turns a double into numeric: 50.3 + 0.15 is 50.45); a trait with nothing to
--- add (a sum of 0) keeps its value as stored, clamped, rather than lose the digits past
--- the 15th at every update of the other traits. adjusted_trait_fixed_point
--- (src/trait_math.rs) computes the numeric expression's double in integers, ~5 times
--- faster (~0.25 us a trait where numeric took ~1.4 us, and a run makes five a user), and
--- gives NULL for values it cannot hold exactly (the expression then decides). A
--- #[pg_test] compares them on random and edge values.
+-- PostgreSQL turns a double into numeric: 50.3 + 0.15 is 50.45); but a trait with
+-- nothing to add (a sum of 0) keeps its value as stored, clamped, rather than lose the
+-- digits past the 15th at every update of the other traits. adjusted_trait_fixed_point
+-- (src/trait_math.rs) computes this in integers, ~5 times faster (~0.25 us a trait where
+-- numeric took ~1.4 us, and a run makes five a user), the sum of 0 included, and gives
+-- NULL for values it cannot hold exactly (the expression then decides). A #[pg_test]
+-- compares them on random and edge values.
 CREATE OR REPLACE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
 RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN total = 0 THEN least(100, greatest(0, coalesce(current, 50)))
-                ELSE coalesce(bondhu.adjusted_trait_fixed_point(current, total, dampening),
-                              least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total))::double precision)
-           END
+    SELECT coalesce(bondhu.adjusted_trait_fixed_point(current, total, dampening),
+                    least(100, greatest(0, coalesce(current, 50)::numeric + dampening * total))::double precision)
 $$;
 
 CREATE FUNCTION bondhu."incarnation_changed"()

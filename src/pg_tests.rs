@@ -351,9 +351,9 @@ mod tests {
     }
 
     /// The trait math in integers (bondhu.adjusted_trait_fixed_point) gives, bit for
-    /// bit, the double of the numeric expression that defines bondhu.adjusted_trait,
-    /// wherever it gives one; and adjusted_trait, which takes it first, always does, but
-    /// for a sum of 0: then it keeps the current value as it is, clamped.
+    /// bit, the double that defines bondhu.adjusted_trait (the numeric expression, or
+    /// for a sum of 0 the current value as it is, clamped), wherever it gives one; and
+    /// adjusted_trait, which takes it first, always does.
     /// 120,000 seeded cases: random values at every precision, exact ties at the 15th
     /// digit (50 + an odd multiple of 2^-14), tiny and huge magnitudes, the limits of
     /// the integer computation, specials and NULLs, and totals finer than 10^-24, of
@@ -365,8 +365,9 @@ mod tests {
             "SELECT setseed(0.4711);
              CREATE TABLE trait_cases AS
              SELECT c.current, t.total, d.dampening,
-                    least(100, greatest(0, coalesce(c.current, 50)::numeric + d.dampening * t.total))::float8
-                        AS by_numeric
+                    CASE WHEN t.total = 0 THEN least(100, greatest(0, coalesce(c.current, 50)))
+                         ELSE least(100, greatest(0, coalesce(c.current, 50)::numeric + d.dampening * t.total))::float8
+                    END AS by_numeric
              FROM generate_series(1, 120000) g
              CROSS JOIN LATERAL (SELECT CASE g % 8
                  WHEN 0 THEN random() * 100
@@ -409,9 +410,7 @@ mod tests {
                                        AND current > 50 AND current < 54 AND (current * 16384)::bigint % 2 = 1
                                        AND current * 16384 = floor(current * 16384)),
                     count(*) FILTER (WHERE float8send(bondhu.adjusted_trait(current, total, dampening))
-                                           IS DISTINCT FROM float8send(CASE WHEN total = 0
-                                               THEN least(100, greatest(0, coalesce(current, 50)))
-                                               ELSE by_numeric END))
+                                           IS DISTINCT FROM float8send(by_numeric))
              FROM trait_cases",
         )
         .expect("compared");
@@ -419,7 +418,11 @@ mod tests {
             ties.unwrap_or(0) > 5_000,
             "ties at the 15th digit: {ties:?}"
         );
-        assert_eq!(wrong, Some(0), "adjusted_trait is the numeric expression, or keeps the value");
+        assert_eq!(
+            wrong,
+            Some(0),
+            "adjusted_trait is the numeric expression, or keeps the value"
+        );
     }
 
     /// A parallel aggregate (workers' partial states serialized, handed to the leader,

@@ -3,6 +3,9 @@
 //!
 //!   new = least(100, greatest(0, current::numeric + dampening * total))::float8
 //!
+//! (with nothing to add, a total of 0, the current value as it is, clamped: see
+//! adjusted_trait).
+//!
 //! Each step is Postgres's own: a double becomes the decimal of its 15 significant
 //! digits (float8_numeric prints it with "%.15g"), numeric multiplication and addition
 //! are exact, and a numeric becomes the double nearest to it (numeric_float8 prints it
@@ -23,8 +26,14 @@ const MAX_SCALE: u32 = 36;
 
 /// clamp(current + dampening × total, 0, 100) as the double Postgres's numeric
 /// arithmetic gives (see the module's comment); a missing current value counts as 50.
-/// None where the values are beyond this computation: the caller uses numeric.
+/// With nothing to add (a total of 0) the current value is kept as it is, clamped:
+/// through numeric it would lose its digits past the 15th at every update of the
+/// profile's other traits. None where the values are beyond this computation: the
+/// caller uses numeric.
 pub fn adjusted_trait(current: Option<f64>, total: Decimal, dampening: Decimal) -> Option<f64> {
+    if total.mantissa == 0 {
+        return Some(kept(current));
+    }
     let current = match current {
         Some(x) => of_double(x)?,
         None => Decimal {
@@ -47,6 +56,17 @@ pub fn adjusted_trait(current: Option<f64>, total: Decimal, dampening: Decimal) 
         Some(100.0)
     } else {
         nearest_double(new)
+    }
+}
+
+/// A value with nothing to add: least(100, greatest(0, coalesce(current, 50))) on
+/// doubles, as Postgres compares them (NaN above every number, -0 not below 0).
+fn kept(current: Option<f64>) -> f64 {
+    match current {
+        None => 50.0,
+        Some(x) if x.is_nan() || x >= 100.0 => 100.0,
+        Some(x) if x <= 0.0 => 0.0,
+        Some(x) => x,
     }
 }
 
@@ -282,10 +302,39 @@ mod tests {
     }
 
     #[test]
+    fn nothing_to_add_keeps_the_value() {
+        let tenth = decimal(1, 1);
+        // 17 significant digits: numeric would keep 15 (50.0123456789012)
+        let stored = 50.012345678901234;
+        assert_eq!(
+            adjusted_trait(Some(stored), decimal(0, 0), tenth),
+            Some(stored)
+        );
+        assert_eq!(
+            adjusted_trait(Some(stored), decimal(0, 24), tenth),
+            Some(stored)
+        );
+        assert_eq!(adjusted_trait(None, decimal(0, 0), tenth), Some(50.0));
+        // clamped as least(100, greatest(0, x)) on doubles: NaN above all, -0 is 0
+        for (x, kept) in [
+            (f64::NAN, 100.0),
+            (f64::INFINITY, 100.0),
+            (1e21, 100.0),
+            (100.5, 100.0),
+            (f64::NEG_INFINITY, 0.0),
+            (-5.0, 0.0),
+        ] {
+            assert_eq!(adjusted_trait(Some(x), decimal(0, 0), tenth), Some(kept));
+        }
+        let zero = adjusted_trait(Some(-0.0), decimal(0, 0), tenth).unwrap();
+        assert!(zero == 0.0 && zero.is_sign_positive());
+    }
+
+    #[test]
     fn values_beyond_the_integers_are_left_to_numeric() {
         let tenth = decimal(1, 1);
-        assert_eq!(adjusted_trait(Some(f64::NAN), decimal(0, 0), tenth), None);
-        assert_eq!(adjusted_trait(Some(1e21), decimal(0, 0), tenth), None);
+        assert_eq!(adjusted_trait(Some(f64::NAN), decimal(1, 0), tenth), None);
+        assert_eq!(adjusted_trait(Some(1e21), decimal(1, 0), tenth), None);
         // 10^-24 × 10^-24: a scale of 48
         assert_eq!(
             adjusted_trait(Some(50.0), decimal(1, 24), decimal(1, 24)),
