@@ -201,9 +201,9 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'adjusted_trait_fixed_point_wrapper';
 -- nothing to add (a sum of 0) keeps its value as stored, clamped, rather than lose the
 -- digits past the 15th at every update of the other traits. adjusted_trait_fixed_point
 -- (src/trait_math.rs) computes this in integers, ~5 times faster (~0.25 us a trait where
--- numeric took ~1.4 us, and a run makes five a user), the sum of 0 included, and gives
--- NULL for values it cannot hold exactly (the expression then decides). A #[pg_test]
--- compares them on random and edge values.
+-- numeric took ~1.4 us, and a run makes five a user), the sum of 0 included (whatever
+-- the dampening), and gives NULL for other values it cannot hold exactly (the expression
+-- then decides). A #[pg_test] compares them on random and edge values.
 CREATE OR REPLACE FUNCTION bondhu.adjusted_trait(current double precision, total numeric, dampening numeric)
 RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT coalesce(bondhu.adjusted_trait_fixed_point(current, total, dampening),

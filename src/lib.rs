@@ -267,7 +267,7 @@ mod bondhu {
                     fcinfo, n,
                 )))
             };
-            crate::trait_math::adjusted_trait(pg_getarg::<f64>(fcinfo, 0), numeric(1)?, numeric(2)?)
+            crate::trait_math::adjusted_trait(pg_getarg::<f64>(fcinfo, 0), numeric(1)?, numeric(2))
         }
     }
 

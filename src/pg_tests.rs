@@ -423,6 +423,19 @@ mod tests {
             Some(0),
             "adjusted_trait is the numeric expression, or keeps the value"
         );
+        // a sum of 0 keeps the value even with a dampening of 40 digits, which the
+        // integers do not hold
+        let kept = Spi::get_one::<bool>(
+            "SELECT float8send(bondhu.adjusted_trait(50.012345678901234, 0,
+                                                     0.1000000000000000000000000000000000000001))
+                    = float8send(50.012345678901234::float8)",
+        )
+        .expect("compared");
+        assert_eq!(
+            kept,
+            Some(true),
+            "a sum of 0 keeps the value whatever the dampening"
+        );
     }
 
     /// A parallel aggregate (workers' partial states serialized, handed to the leader,

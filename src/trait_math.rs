@@ -15,9 +15,10 @@
 //! on integer mantissas (src/decimal.rs); and the double is a correctly rounded division
 //! or Rust's correctly rounded parse. A value this cannot hold exactly (digits past
 //! 10^-36, a mantissa past 2^127, a current value not finite or of 10^21 or more in
-//! magnitude) gives None: the caller then computes it in numeric. The SQL function uses
-//! this first and numeric after (sql/apply.sql); a #[pg_test] compares the two on random
-//! and edge values. No 128-bit division: that would cost what numeric does.
+//! magnitude, for a total other than 0) gives None: the caller then computes it in
+//! numeric. The SQL function uses this first and numeric after (sql/apply.sql); a
+//! #[pg_test] compares the two on random and edge values. No 128-bit division: that
+//! would cost what numeric does.
 use crate::decimal::Decimal;
 use std::fmt::Write;
 
@@ -28,12 +29,18 @@ const MAX_SCALE: u32 = 36;
 /// arithmetic gives (see the module's comment); a missing current value counts as 50.
 /// With nothing to add (a total of 0) the current value is kept as it is, clamped:
 /// through numeric it would lose its digits past the 15th at every update of the
-/// profile's other traits. None where the values are beyond this computation: the
-/// caller uses numeric.
-pub fn adjusted_trait(current: Option<f64>, total: Decimal, dampening: Decimal) -> Option<f64> {
+/// profile's other traits; the dampening is then not needed (None: one beyond what
+/// the integers hold, which a total of 0 must not leave to numeric). None where the
+/// values are beyond this computation: the caller uses numeric.
+pub fn adjusted_trait(
+    current: Option<f64>,
+    total: Decimal,
+    dampening: Option<Decimal>,
+) -> Option<f64> {
     if total.mantissa == 0 {
         return Some(kept(current));
     }
+    let dampening = dampening?;
     let current = match current {
         Some(x) => of_double(x)?,
         None => Decimal {
@@ -274,31 +281,49 @@ mod tests {
         let tenth = decimal(1, 1);
         // 50 + 0.1 × 12.5 = 51.25
         assert_eq!(
-            adjusted_trait(Some(50.0), decimal(125, 1), tenth),
+            adjusted_trait(Some(50.0), decimal(125, 1), Some(tenth)),
             Some(51.25)
         );
         // a missing value starts at 50
-        assert_eq!(adjusted_trait(None, decimal(-3, 0), tenth), Some(49.7));
+        assert_eq!(
+            adjusted_trait(None, decimal(-3, 0), Some(tenth)),
+            Some(49.7)
+        );
         // clamped at both ends, exactly 0 and 100 included
         assert_eq!(
-            adjusted_trait(Some(99.0), decimal(20, 0), tenth),
+            adjusted_trait(Some(99.0), decimal(20, 0), Some(tenth)),
             Some(100.0)
         );
         assert_eq!(
-            adjusted_trait(Some(99.0), decimal(10, 0), tenth),
+            adjusted_trait(Some(99.0), decimal(10, 0), Some(tenth)),
             Some(100.0)
         );
-        assert_eq!(adjusted_trait(Some(1.0), decimal(-20, 0), tenth), Some(0.0));
-        assert_eq!(adjusted_trait(Some(1.0), decimal(-10, 0), tenth), Some(0.0));
-        assert_eq!(adjusted_trait(Some(0.0), decimal(0, 0), tenth), Some(0.0));
+        assert_eq!(
+            adjusted_trait(Some(1.0), decimal(-20, 0), Some(tenth)),
+            Some(0.0)
+        );
+        assert_eq!(
+            adjusted_trait(Some(1.0), decimal(-10, 0), Some(tenth)),
+            Some(0.0)
+        );
+        assert_eq!(
+            adjusted_trait(Some(0.0), decimal(0, 0), Some(tenth)),
+            Some(0.0)
+        );
         // 0.1 + 0.2 in decimal is 0.3, the double nearest to it (not 0.1 + 0.2 in doubles)
-        assert_eq!(adjusted_trait(Some(0.1), decimal(2, 0), tenth), Some(0.3));
+        assert_eq!(
+            adjusted_trait(Some(0.1), decimal(2, 0), Some(tenth)),
+            Some(0.3)
+        );
         // a value outside 0..100 is clamped too
         assert_eq!(
-            adjusted_trait(Some(250.0), decimal(0, 0), tenth),
+            adjusted_trait(Some(250.0), decimal(0, 0), Some(tenth)),
             Some(100.0)
         );
-        assert_eq!(adjusted_trait(Some(-5.0), decimal(0, 0), tenth), Some(0.0));
+        assert_eq!(
+            adjusted_trait(Some(-5.0), decimal(0, 0), Some(tenth)),
+            Some(0.0)
+        );
     }
 
     #[test]
@@ -307,14 +332,14 @@ mod tests {
         // 17 significant digits: numeric would keep 15 (50.0123456789012)
         let stored = 50.012345678901234;
         assert_eq!(
-            adjusted_trait(Some(stored), decimal(0, 0), tenth),
+            adjusted_trait(Some(stored), decimal(0, 0), Some(tenth)),
             Some(stored)
         );
         assert_eq!(
-            adjusted_trait(Some(stored), decimal(0, 24), tenth),
+            adjusted_trait(Some(stored), decimal(0, 24), Some(tenth)),
             Some(stored)
         );
-        assert_eq!(adjusted_trait(None, decimal(0, 0), tenth), Some(50.0));
+        assert_eq!(adjusted_trait(None, decimal(0, 0), Some(tenth)), Some(50.0));
         // clamped as least(100, greatest(0, x)) on doubles: NaN above all, -0 is 0
         for (x, kept) in [
             (f64::NAN, 100.0),
@@ -324,30 +349,42 @@ mod tests {
             (f64::NEG_INFINITY, 0.0),
             (-5.0, 0.0),
         ] {
-            assert_eq!(adjusted_trait(Some(x), decimal(0, 0), tenth), Some(kept));
+            assert_eq!(
+                adjusted_trait(Some(x), decimal(0, 0), Some(tenth)),
+                Some(kept)
+            );
         }
-        let zero = adjusted_trait(Some(-0.0), decimal(0, 0), tenth).unwrap();
+        let zero = adjusted_trait(Some(-0.0), decimal(0, 0), Some(tenth)).unwrap();
         assert!(zero == 0.0 && zero.is_sign_positive());
+        // a dampening beyond the integers is not needed, and not left to numeric
+        assert_eq!(
+            adjusted_trait(Some(stored), decimal(0, 0), None),
+            Some(stored)
+        );
+        assert_eq!(adjusted_trait(Some(stored), decimal(1, 0), None), None);
     }
 
     #[test]
     fn values_beyond_the_integers_are_left_to_numeric() {
         let tenth = decimal(1, 1);
-        assert_eq!(adjusted_trait(Some(f64::NAN), decimal(1, 0), tenth), None);
-        assert_eq!(adjusted_trait(Some(1e21), decimal(1, 0), tenth), None);
+        assert_eq!(
+            adjusted_trait(Some(f64::NAN), decimal(1, 0), Some(tenth)),
+            None
+        );
+        assert_eq!(adjusted_trait(Some(1e21), decimal(1, 0), Some(tenth)), None);
         // 10^-24 × 10^-24: a scale of 48
         assert_eq!(
-            adjusted_trait(Some(50.0), decimal(1, 24), decimal(1, 24)),
+            adjusted_trait(Some(50.0), decimal(1, 24), Some(decimal(1, 24))),
             None
         );
         // a mantissa past 2^127
         assert_eq!(
-            adjusted_trait(Some(50.0), decimal(i128::MAX, 0), decimal(3, 0)),
+            adjusted_trait(Some(50.0), decimal(i128::MAX, 0), Some(decimal(3, 0))),
             None
         );
         // the sum's rescaling past 2^127: 10^20 at scale 36
         assert_eq!(
-            adjusted_trait(Some(1e20), decimal(1, 36), decimal(1, 0)),
+            adjusted_trait(Some(1e20), decimal(1, 36), Some(decimal(1, 0))),
             None
         );
     }
