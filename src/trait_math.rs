@@ -307,7 +307,7 @@ mod tests {
             Some(0.0)
         );
         assert_eq!(
-            adjusted_trait(Some(0.0), decimal(0, 0), Some(tenth)),
+            adjusted_trait(Some(0.5), decimal(-5, 0), Some(tenth)),
             Some(0.0)
         );
         // 0.1 + 0.2 in decimal is 0.3, the double nearest to it (not 0.1 + 0.2 in doubles)
@@ -315,13 +315,14 @@ mod tests {
             adjusted_trait(Some(0.1), decimal(2, 0), Some(tenth)),
             Some(0.3)
         );
-        // a value outside 0..100 is clamped too
+        // a value outside 0..100 is clamped too (with nothing to add as well: see
+        // nothing_to_add_keeps_the_value)
         assert_eq!(
-            adjusted_trait(Some(250.0), decimal(0, 0), Some(tenth)),
+            adjusted_trait(Some(250.0), decimal(1, 0), Some(tenth)),
             Some(100.0)
         );
         assert_eq!(
-            adjusted_trait(Some(-5.0), decimal(0, 0), Some(tenth)),
+            adjusted_trait(Some(-5.0), decimal(1, 0), Some(tenth)),
             Some(0.0)
         );
     }
