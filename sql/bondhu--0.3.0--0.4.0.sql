@@ -911,9 +911,14 @@ BEGIN
     -- it holds the lock (another call or a run applied it while it waited) uses no slot
     -- either, and is not refused.
     IF operator OR bondhu.has_pending(target) THEN
-        INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
-        ON CONFLICT (user_id) DO NOTHING;
-        SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
+        -- created only when missing: an INSERT that finds the profile would still
+        -- fire the table's BEFORE INSERT triggers (the application's too)
+        SELECT * INTO profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO public.user_personality_profiles AS p (user_id) VALUES (target)
+            ON CONFLICT (user_id) DO NOTHING;
+            SELECT * INTO STRICT profile FROM public.user_personality_profiles p WHERE p.user_id = target FOR UPDATE;
+        END IF;
         -- A signed-in call inside the rate limit's interval (read once, with cfg's
         -- interval) is refused (PT429) if anything is still pending, and otherwise
         -- applies nothing. Any other call applies; one that applied (or counted)

@@ -148,3 +148,31 @@ RESET track_activities;
 \set VERBOSITY default
 SELECT count(*) - :runs_before AS logged_by_the_refusals FROM bondhu.task_runs;
 SELECT r ->> 'status' AS status FROM bondhu_update_all() r;
+
+-- The application's BEFORE INSERT triggers on the profiles fire only for the profiles
+-- bondhu creates: a run and a self-service update lock an existing profile (users fb
+-- and fc here) without proposing to insert it again.
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES
+    ('00000000-0000-0000-0000-0000000000fb', '{"openness": 1}'),
+    ('00000000-0000-0000-0000-0000000000fc', '{"openness": 1}');
+SELECT r ->> 'status' AS status, r -> 'users_processed' AS users FROM bondhu_update_all() r;
+CREATE TABLE proposed_profiles (user_id uuid);
+CREATE FUNCTION note_proposed_profile() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.proposed_profiles VALUES (NEW.user_id);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER note_proposed_profile BEFORE INSERT ON user_personality_profiles
+    FOR EACH ROW EXECUTE FUNCTION note_proposed_profile();
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES
+    ('00000000-0000-0000-0000-0000000000fc', '{"openness": 1}'),
+    ('00000000-0000-0000-0000-0000000000fe', '{"openness": 1}');
+SELECT r ->> 'status' AS status, r -> 'users_processed' AS users FROM bondhu_update_all() r;
+INSERT INTO chat_personality_insights (user_id, adjustments) VALUES
+    ('00000000-0000-0000-0000-0000000000fb', '{"openness": 1}'),
+    ('00000000-0000-0000-0000-0000000000fd', '{"openness": 1}');
+SELECT r -> 'insights_processed' AS n FROM bondhu_update_personality('00000000-0000-0000-0000-0000000000fb') r;
+SELECT r -> 'insights_processed' AS n FROM bondhu_update_personality('00000000-0000-0000-0000-0000000000fd') r;
+-- only the new users, fe (by the run) and fd (by the self-service update)
+SELECT user_id FROM proposed_profiles ORDER BY 1;
+SELECT user_id, openness FROM user_personality_profiles WHERE user_id::text > '00000000-0000-0000-0000-0000000000fa' ORDER BY 1;
