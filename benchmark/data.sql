@@ -70,3 +70,29 @@ CREATE PROCEDURE peer.add_new_day() LANGUAGE sql AS $$
     INSERT INTO public.entertainment_interactions (user_id, created_at, personality_insights)
         SELECT user_id, at, doc FROM peer.staging_new_day WHERE NOT is_chat;
 $$;
+-- The floor under any nightly run that keeps bondhu's record: the night's writes alone,
+-- on bondhu's tables. One UPDATE of the active users' five traits and one history row
+-- each, with no insight read, as one statement; the count of history rows written.
+CREATE FUNCTION peer.night_writes() RETURNS bigint LANGUAGE sql AS $$
+    WITH active AS (SELECT DISTINCT user_id FROM peer.staging_new_day),
+    updated AS (
+        UPDATE public.user_personality_profiles p
+        SET openness = p.openness + 0.01, conscientiousness = p.conscientiousness + 0.01,
+            extraversion = p.extraversion + 0.01, agreeableness = p.agreeableness + 0.01,
+            neuroticism = p.neuroticism + 0.01, updated_at = now()
+        FROM active a WHERE p.user_id = a.user_id
+        RETURNING p.*
+    ), written AS (
+        INSERT INTO public.personality_profile_history
+            (user_id, applied_at, task_id, trigger, insights_processed,
+             openness_before, openness_after, conscientiousness_before, conscientiousness_after,
+             extraversion_before, extraversion_after, agreeableness_before, agreeableness_after,
+             neuroticism_before, neuroticism_after)
+        SELECT u.user_id, now(), NULL, 'update_all', 5, u.openness - 0.01, u.openness,
+               u.conscientiousness - 0.01, u.conscientiousness, u.extraversion - 0.01, u.extraversion,
+               u.agreeableness - 0.01, u.agreeableness, u.neuroticism - 0.01, u.neuroticism
+        FROM updated u
+        RETURNING 1
+    )
+    SELECT count(*) FROM written
+$$;

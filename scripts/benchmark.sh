@@ -66,6 +66,8 @@ repeat run_update_all "fresh bondhu false" "CALL bondhu_run_update_all()"
 # night's insights pending (measured while the nightly run's data is set up)
 repeat nightly "night; timed 'SELECT bondhu_metrics()' >>$RESULTS/metrics_raw" "SELECT bondhu_update_all()"
 repeat nightly_call "night; timed 'SELECT bondhu_metrics()' >>$RESULTS/metrics_raw" "CALL bondhu_run_update_all()"
+# the floor under the night: its writes alone (the active users' profiles and history rows)
+repeat night_writes "night" "SELECT peer.night_writes()"
 stats <"$RESULTS/metrics_raw" >"$RESULTS/metrics"
 repeat metrics_all_pending "fresh bondhu false" "SELECT bondhu_metrics()"
 repeat cleanup "fresh bondhu true" "SELECT bondhu_cleanup_insights('90 days')"
@@ -147,6 +149,7 @@ data: random v4 user ids, every user with a profile before the run; realistic ni
 | (4) set-based float8 statement, the night after (whole window again) | $(min nightly_set_based_f8) | $(med nightly_set_based_f8) |
 | (4) bondhu_update_all(), the night after      | $(min nightly) | $(med nightly) |
 | (4) CALL bondhu_run_update_all(), the night after | $(min nightly_call) | $(med nightly_call) |
+| (4) the night's writes alone: profiles and history rows, no insight read | $(min night_writes) | $(med night_writes) |
 | (8) bondhu_metrics(), the night's insights pending | $(min metrics) | $(med metrics) |
 | (8) bondhu_metrics(), all 30 days pending (never run) | $(min metrics_all_pending) | $(med metrics_all_pending) |
 | (6) bondhu_cleanup_insights('90 days')        | $(min cleanup) | $(med cleanup) |
@@ -178,6 +181,7 @@ data: random v4 user ids, every user with a profile before the run; realistic ni
 | backend peak memory < 512 MB                             | $((peak_kb / 1024)) MB | $(verdict "$((peak_kb / 1024))" 512 "<=") |
 
 (per-user loop, for reference: $(ratio "$loop_full" "$(med update_all)") x update_all's time)
+(the night's writes alone, for reference: $(ratio "$(med night_writes)" "$(med nightly_set_based_f8)") x the float8 nightly statement, $(awk -v m="$(med night_writes)" -v n="$ACTIVE" 'BEGIN {printf "%.1f", m * 1000 / n}') us a touched user)
 plans: $EXPLAIN_DIR
 REPORT
 rm -rf "$RESULTS"
